@@ -1,0 +1,43 @@
+"""Where the Hydra configs live and the resolvers they use."""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from .errors import ConfigError
+
+
+def conf_dir() -> Path:
+    """``conf/`` at the repository top level (beside the package; an editable install keeps it
+    there). ``SPARSITY_EXP_CONF`` points elsewhere."""
+    path = Path(os.environ.get("SPARSITY_EXP_CONF", Path(__file__).resolve().parent.parent / "conf"))
+    if not (path / "config.yaml").is_file():
+        raise ConfigError(
+            f"no config.yaml in {path}: install sparsity-exp from its repository with `pip install -e .`, "
+            f"or set SPARSITY_EXP_CONF to the folder holding the configs"
+        )
+    return path
+
+
+def run_name(overrides: str, label=None) -> str:
+    """Collision-free run folder name: time, a short summary of the overrides, a short hash.
+
+    The hash covers the overrides, the clock to the nanosecond and the process id, so two runs of
+    one command (even in parallel) never share a folder."""
+    now = time.time_ns()
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now / 1e9))
+    summary = re.sub(r"[^A-Za-z0-9=,.+_-]+", "-", str(overrides or "defaults"))[:60].strip("-,")
+    digest = hashlib.sha1(f"{overrides}|{now}|{os.getpid()}".encode()).hexdigest()[:6]
+    parts = [stamp] + ([str(label)] if label not in (None, "", "None") else []) + [summary, digest]
+    return "_".join(parts)
+
+
+def register_resolvers() -> None:
+    # use_cache: Hydra resolves hydra.run.dir more than once; the name must not change in between.
+    if not OmegaConf.has_resolver("sx_run_name"):
+        OmegaConf.register_new_resolver("sx_run_name", run_name, use_cache=True)

@@ -1,0 +1,89 @@
+"""The LayerNorm-ed pure residual MLP of PAPER.md §4.5.
+
+    z_0 = P flatten(x)                       input projection
+    z_l = z_{l-1} + V act(K LN(z_{l-1}) + b)   (value=true: a transformer-style MLP block)
+    z_l = z_{l-1} + act(W LN(z_{l-1}) + b)     (value=false: the authors' MNIST MLP, W is width x width)
+    logits = H z_L
+
+It is the only model written here; ViT and T5 come from torchvision / transformers.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..sites import MLPSite
+
+
+class MLPBlock(nn.Module):
+    def __init__(self, width: int, d_ff: int, act: nn.Module, value: bool, norm_affine: bool, norm_eps: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(width, eps=norm_eps, elementwise_affine=norm_affine)
+        self.key = nn.Linear(width, d_ff if value else width)
+        self.act = act
+        self.value = nn.Linear(d_ff, width) if value else None
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        u = self.act(self.key(self.norm(z)))
+        if self.value is not None:
+            u = self.value(u)
+        return z + u
+
+
+class LNMLP(nn.Module):
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        make_act: Callable[[], nn.Module],
+        width: int = 256,
+        depth: int = 4,
+        d_ff: int = 1024,
+        value: bool = False,
+        norm_affine: bool = False,
+        norm_eps: float = 1e-5,
+        final_norm: bool = False,
+    ):
+        super().__init__()
+        self.inp = nn.Linear(in_features, width)
+        self.blocks = nn.ModuleList(
+            MLPBlock(width, d_ff, make_act(), value, norm_affine, norm_eps) for _ in range(depth)
+        )
+        self.final_norm = nn.LayerNorm(width, eps=norm_eps, elementwise_affine=norm_affine) if final_norm else None
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.inp(x.flatten(1))
+        for block in self.blocks:
+            z = block(z)
+        if self.final_norm is not None:
+            z = self.final_norm(z)
+        return self.head(z)
+
+
+def build(cfg, info, make_act) -> LNMLP:
+    return LNMLP(
+        in_features=math.prod(info.input_shape),
+        num_classes=info.num_classes,
+        make_act=make_act,
+        width=cfg.width,
+        depth=cfg.depth,
+        d_ff=cfg.d_ff,
+        value=cfg.value,
+        norm_affine=cfg.norm_affine,
+        norm_eps=cfg.norm_eps,
+        final_norm=cfg.final_norm,
+    )
+
+
+def sites(model: LNMLP) -> list[MLPSite]:
+    out = []
+    for i, block in enumerate(model.blocks):
+        p = f"blocks.{i}"
+        paths = {"norm": f"{p}.norm", "key": f"{p}.key", "act": f"{p}.act",
+                 "value": f"{p}.value" if block.value is not None else None}
+        out.append(MLPSite(model=model, index=i, name=p, paths=paths))
+    return out

@@ -1,0 +1,61 @@
+"""What a probe is.
+
+A probe reads MLP sites, never model-specific code. It may take part in three moments:
+
+  * ``observe(split)``: a context manager around a forward (and, for split 'train', the backward)
+    of a training batch at the probe's cadence, or of every test batch at evaluation;
+    ``rows(split)`` then returns what was accumulated and resets it. Accumulate on the device;
+    only ``rows`` synchronises with the host.
+  * ``measure(ctx)``: a standalone measurement (its own forwards/backwards) at its cadence and
+    at the end; for the expensive probes.
+
+A row is ``(split, metric, layer, value)``; the probe's name is added by the ProbeSet.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+from typing import Iterator
+
+from ..sites import MLPSite
+
+Row = tuple  # (split, metric, layer, value)
+
+
+class Probe:
+    name = "probe"
+
+    def __init__(self, sites: list[MLPSite], every: int = 0, **_):
+        self.sites = sites
+        self.every = int(every or 0)  # train-batch cadence in steps; 0 = never on train batches
+
+    def due(self, step: int) -> bool:
+        return self.every > 0 and step % self.every == 0
+
+    def observe(self, split: str):
+        return nullcontext()
+
+    def rows(self, split: str) -> list[Row]:
+        return []
+
+    def measure(self, ctx) -> list[Row]:
+        return []
+
+
+def layer_rows(split: str, metric: str, values, average: bool = True) -> Iterator[Row]:
+    """One row per layer, plus the mean over layers as layer 'avg'."""
+    values = list(values)
+    for i, v in enumerate(values):
+        yield (split, metric, i, float(v))
+    if average and values:
+        yield (split, metric, "avg", float(sum(values) / len(values)))
+
+
+@contextmanager
+def observing(probes, split: str):
+    """Enter ``observe(split)`` of every probe in ``probes`` together."""
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        for p in probes:
+            stack.enter_context(p.observe(split))
+        yield
