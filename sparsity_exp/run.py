@@ -68,6 +68,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> Trainer:
     data = build_data(cfg.data)
     model = build_model(cfg.model, data.info, cfg.activation).to(device)
     sites = find_sites(model)
+    write_json(run_dir / "sites.json", [{"index": s.index, "name": s.name, "stack": s.stack, "paths": s.paths}
+                                        for s in sites])
     probes = build_probes(cfg.probes, sites)
     t = cfg.trainer
     train_batches = make_batches(data.train, t.batch_size, shuffle=True, drop_last=True, seed=cfg.seed,
@@ -85,7 +87,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> Trainer:
             model=model, task=ClassificationTask(t.label_smoothing), optimizer=optimizer, schedule=schedule,
             train_batches=train_batches, test_batches=test_batches, probes=probes, recorder=recorder,
             total_steps=total, steps_per_epoch=steps_per_epoch, log_every=t.log_every, eval_every=t.eval_every,
-            device=device, grad_clip=t.grad_clip, progress=t.progress,
+            device=device, grad_clip=t.grad_clip, progress=t.progress, run_dir=run_dir,
+            checkpoint_every=t.checkpoint_every, keep_checkpoints=t.keep_checkpoints, seed=cfg.seed,
         )
         trainer.fit()
     return trainer

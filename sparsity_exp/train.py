@@ -18,8 +18,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .batches import forever
+from .checkpoint import prune_checkpoints, save_checkpoint
 from .errors import UserError
 from .probes import observing
+from .probes.base import ProbeContext
 
 
 class NonFiniteLoss(UserError):
@@ -70,6 +72,10 @@ class Trainer:
     grad_clip: float = 0.0
     callbacks: list = field(default_factory=list)
     progress: bool = True
+    run_dir: object = None  # checkpoints go to <run_dir>/checkpoints when set
+    checkpoint_every: int = 0  # 0 = only the final checkpoint
+    keep_checkpoints: int = 0  # newest K kept; 0 = all
+    seed: int = 0
     step: int = 0
     last: dict = field(default_factory=dict)  # last logged values, for the bar and the summary
 
@@ -135,6 +141,27 @@ class Trainer:
         for p in self.probes:
             self._write(p.name, p.rows("test"))
 
+    def measure(self, last: bool) -> None:
+        """Standalone probe measurements that are due now (expensive probes, own cadence)."""
+        due = [p for p in self.probes if p.measure_due(self.step, last)]
+        if not due:
+            return
+        ctx = ProbeContext(model=self.model, sites=due[0].sites, task=self.task, train_batches=self.train_batches,
+                           test_batches=self.test_batches, device=self.device, step=self.step, seed=self.seed,
+                           recorder=self.recorder, optimizer=self.optimizer)
+        for p in due:
+            self._write(p.name, p.measure(ctx))
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict()}
+
+    def save_checkpoint(self) -> None:
+        if self.run_dir is None:
+            return
+        save_checkpoint(self.run_dir, self.step, self.state_dict())
+        prune_checkpoints(self.run_dir, self.keep_checkpoints)
+
     def fit(self) -> None:
         batches = forever(self.train_batches)
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress, dynamic_ncols=True,
@@ -142,14 +169,21 @@ class Trainer:
         try:
             if self.step == 0:
                 self.evaluate()
+                self.measure(last=False)
+                if self.checkpoint_every:
+                    self.save_checkpoint()
                 self.recorder.flush()
             while self.step < self.total_steps:
                 batch = tuple(t.to(self.device, non_blocking=True) for t in next(batches))
                 logged = self.step % self.log_every == 0
                 self.train_step(batch)
-                evaluated = self.step % self.eval_every == 0 or self.step == self.total_steps
+                last = self.step == self.total_steps
+                evaluated = self.step % self.eval_every == 0 or last
                 if evaluated:
                     self.evaluate()
+                self.measure(last)
+                if last or (self.checkpoint_every and self.step % self.checkpoint_every == 0):
+                    self.save_checkpoint()
                 if logged or evaluated:
                     self.recorder.flush()
                     bar.set_postfix(self._postfix(), refresh=False)

@@ -30,6 +30,8 @@ def test_run_folder_contents(compose, tiny, tmp_path):
     last_test = final.set_index(final.layer.astype(str)).value
     assert on_disk["test"]["activation_sparsity"]["1"] == pytest.approx(last_test["1"])
     assert (run / "quicklook.png").stat().st_size > 10_000
+    sites = json.loads((run / "sites.json").read_text())
+    assert [s["name"] for s in sites] == ["blocks.0", "blocks.1"] and sites[1]["paths"]["act"] == "blocks.1.act"
 
 
 def test_same_seed_same_result_other_seed_other_result(compose, tiny, tmp_path):

@@ -6,30 +6,55 @@ A probe reads MLP sites, never model-specific code. It may take part in three mo
     of a training batch at the probe's cadence, or of every test batch at evaluation;
     ``rows(split)`` then returns what was accumulated and resets it. Accumulate on the device;
     only ``rows`` synchronises with the host.
-  * ``measure(ctx)``: a standalone measurement (its own forwards/backwards) at its cadence and
-    at the end; for the expensive probes.
+  * ``measure(ctx)``: a standalone measurement (its own forwards/backwards) every
+    ``measure_every`` steps and, when ``at_end``, after the last step; for the expensive probes.
+    ``ctx`` is a ``ProbeContext``; it must leave parameters and gradients as it found them.
 
 A row is ``(split, metric, layer, value)``; the probe's name is added by the ProbeSet.
 """
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
 
 from ..sites import MLPSite
 
 Row = tuple  # (split, metric, layer, value)
 
 
+@dataclass
+class ProbeContext:
+    """What a standalone measurement may use."""
+
+    model: torch.nn.Module
+    sites: list
+    task: Any  # task(model, batch, train) -> (loss, stats)
+    train_batches: Any  # iterable of batches already on ``device`` or movable with .to
+    test_batches: Any
+    device: torch.device
+    step: int
+    seed: int
+    recorder: Any  # for recorder.save_arrays(name, step, **arrays)
+    optimizer: Any = None
+
+
 class Probe:
     name = "probe"
 
-    def __init__(self, sites: list[MLPSite], every: int = 0, **_):
+    def __init__(self, sites: list[MLPSite], every: int = 0, measure_every: int = 0, at_end: bool = False, **_):
         self.sites = sites
         self.every = int(every or 0)  # train-batch cadence in steps; 0 = never on train batches
+        self.measure_every = int(measure_every or 0)  # standalone cadence; 0 = never during training
+        self.at_end = bool(at_end)
 
     def due(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0
+
+    def measure_due(self, step: int, last: bool) -> bool:
+        return (self.measure_every > 0 and step % self.measure_every == 0) or (last and self.at_end)
 
     def observe(self, split: str):
         return nullcontext()
