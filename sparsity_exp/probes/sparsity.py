@@ -5,6 +5,7 @@ Per MLP site, over every entry (samples x tokens x d_ff) of one observation:
                        'activation concentration'; Li et al.'s nonzero % is 1 - this)
   derivative_sparsity  fraction of pre-activations h in the activation's zero-derivative region
   derivative2          mean sigma'(h)^2
+Entries of padding tokens are left out when the task marks them (probes/masking.py).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 from ..activations import SiteActivation
 from .base import Probe, layer_rows
 from .hooks import forward_hooks
+from .masking import token_mask_for
 
 _ZEROS, _FLAT, _DERIV2, _COUNT = range(4)
 
@@ -30,16 +32,26 @@ class SparsityProbe(Probe):
             if not isinstance(s.act, SiteActivation):
                 raise TypeError(f"site {s.name}: activation {type(s.act).__name__} does not declare its regions")
 
-    def _hook(self, split: str, i: int):
+    def _hook(self, split: str, site):
+        i = site.index
+
         def fn(module, inputs, output):
             h, a = inputs[0].detach(), output.detach()
             stats = self._stats.get(split)
             if stats is None:
                 stats = self._stats[split] = torch.zeros(len(self.sites), 4, dtype=torch.float64, device=a.device)
-            stats[i, _ZEROS] += module.zero_output(a).sum()
-            stats[i, _FLAT] += module.flat_region(h).sum()
-            stats[i, _DERIV2] += module.derivative(h).double().pow(2).sum()
-            stats[i, _COUNT] += a.numel()
+            mask = token_mask_for(site, a)
+            if mask is None:
+                stats[i, _ZEROS] += module.zero_output(a).sum()
+                stats[i, _FLAT] += module.flat_region(h).sum()
+                stats[i, _DERIV2] += module.derivative(h).double().pow(2).sum()
+                stats[i, _COUNT] += a.numel()
+            else:  # padding tokens do not count
+                m = mask.unsqueeze(-1)
+                stats[i, _ZEROS] += (module.zero_output(a) & m).sum()
+                stats[i, _FLAT] += (module.flat_region(h) & m).sum()
+                stats[i, _DERIV2] += (module.derivative(h).double().pow(2) * m).sum()
+                stats[i, _COUNT] += mask.sum() * a.shape[-1]
         return fn
 
     @contextmanager
@@ -47,7 +59,7 @@ class SparsityProbe(Probe):
         if split == "test" and not self.test:
             yield
             return
-        with forward_hooks((s.act, self._hook(split, s.index)) for s in self.sites):
+        with forward_hooks((s.act, self._hook(split, s)) for s in self.sites):
             yield
 
     def rows(self, split: str):
