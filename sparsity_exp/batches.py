@@ -2,40 +2,81 @@
 
 In-memory tensor datasets (the embedded digits) are moved to the device once and sliced there:
 no DataLoader overhead and no host-to-device copy per step. Any other dataset goes through a
-DataLoader with a seeded generator, workers and pinned memory from config."""
+DataLoader with a seeded generator, workers and pinned memory from config.
+
+``batch_size`` is the global batch. Under data parallel training (distributed.py) rank r of N
+takes its share of it: for training, the r-th slice of every global batch that one process would
+draw (in-memory data) or a DistributedSampler shard (on-disk data); for evaluation, every N-th
+example of the test set, so the ranks' sums add up to the whole test set exactly once."""
 from __future__ import annotations
 
 from typing import Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
 
 class DeviceTensorBatches:
     def __init__(self, ds: TensorDataset, batch_size: int, shuffle: bool, drop_last: bool,
-                 generator: torch.Generator, device: torch.device):
+                 generator: torch.Generator, device: torch.device, rank: int = 0, world_size: int = 1):
         self.tensors = [t.to(device) for t in ds.tensors]
         self.n = len(self.tensors[0])
         self.batch_size, self.shuffle, self.drop_last, self.generator = batch_size, shuffle, drop_last, generator
+        # this rank's part of each global batch (the whole batch in a single process)
+        self.share = batch_size // world_size
+        self.offset = rank * self.share
 
     def __len__(self) -> int:
         return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
 
     def __iter__(self):
+        # every rank draws the same permutation (same seed), as a single process would
         order = torch.randperm(self.n, generator=self.generator) if self.shuffle else torch.arange(self.n)
         order = order.to(self.tensors[0].device)
         for b in range(len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            if self.share != self.batch_size:
+                idx = idx[self.offset:self.offset + self.share]
             yield tuple(t[idx] for t in self.tensors)
 
 
+class EpochSampledLoader:
+    """A DataLoader over a DistributedSampler that moves to the next epoch's shuffle on every pass."""
+
+    def __init__(self, loader: DataLoader):
+        self.loader, self.epoch = loader, 0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        self.loader.sampler.set_epoch(self.epoch)
+        self.epoch += 1
+        return iter(self.loader)
+
+
 def make_batches(ds: Dataset, batch_size: int, shuffle: bool, drop_last: bool, seed: int,
-                 device: torch.device, num_workers: int = 0):
+                 device: torch.device, num_workers: int = 0, rank: int = 0, world_size: int = 1):
     generator = torch.Generator().manual_seed(seed)
+    if world_size > 1 and not drop_last:
+        # evaluation: every world_size-th example, no padding, no example counted twice
+        local = max(1, -(-batch_size // world_size))
+        if isinstance(ds, TensorDataset):
+            shard = TensorDataset(*(t[rank::world_size] for t in ds.tensors))
+            return DeviceTensorBatches(shard, local, shuffle, drop_last, generator, device)
+        return DataLoader(ds, batch_size=local, sampler=list(range(rank, len(ds), world_size)),
+                          num_workers=num_workers, pin_memory=device.type == "cuda",
+                          persistent_workers=num_workers > 0)
     if isinstance(ds, TensorDataset):
-        return DeviceTensorBatches(ds, batch_size, shuffle, drop_last, generator, device)
+        return DeviceTensorBatches(ds, batch_size, shuffle, drop_last, generator, device, rank, world_size)
     if len(ds) < batch_size and drop_last:
         drop_last = False
+    if world_size > 1:
+        sampler = DistributedSampler(ds, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
+                                     drop_last=True)
+        return EpochSampledLoader(DataLoader(ds, batch_size=batch_size // world_size, sampler=sampler,
+                                             drop_last=True, num_workers=num_workers,
+                                             pin_memory=device.type == "cuda", persistent_workers=num_workers > 0))
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, generator=generator,
                       num_workers=num_workers, pin_memory=device.type == "cuda",
                       persistent_workers=num_workers > 0)

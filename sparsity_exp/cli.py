@@ -20,6 +20,7 @@ def _run(args: list[str]) -> int:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from . import distributed
     from .config import conf_dir, register_resolvers
     from .errors import UserError
 
@@ -29,14 +30,24 @@ def _run(args: list[str]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     register_resolvers()
+    missing = _missing_launcher(args)
+    if missing:
+        print(f"error: {missing}", file=sys.stderr)
+        return 2
+    # under torchrun: join the ranks first, so that all of them name one run folder
+    if distributed.init_from_env() and not distributed.is_main():
+        args = [*args, "hydra.output_subdir=null"]  # rank 0 alone writes the run folder
 
     @hydra.main(config_path=config_path, config_name="config", version_base="1.3")
     def task(cfg):
         from .run import execute
 
+        from .speed import set_threads
+
         hc = HydraConfig.get()
-        run_dir = Path(hc.runtime.output_dir)
+        run_dir = distributed.agree_on_run_dir(Path(hc.runtime.output_dir))
         try:
+            set_threads(cfg.trainer.get("threads", "auto"), str(hc.launcher.get("_target_", "")))
             return execute(cfg, run_dir)
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -51,8 +62,30 @@ def _run(args: list[str]) -> int:
         return None
 
     sys.argv = ["sparsity-exp run", *args]
-    task()
+    try:
+        task()
+    finally:
+        distributed.shutdown()
     return 0
+
+
+# launcher preset -> (module its Hydra plugin installs, pip package)
+_LAUNCHERS = {"local": ("hydra_plugins.hydra_joblib_launcher", "hydra-joblib-launcher"),
+              "slurm": ("hydra_plugins.hydra_submitit_launcher", "hydra-submitit-launcher")}
+
+
+def _missing_launcher(args: list[str]) -> str | None:
+    """A launcher preset (conf/hydra/launcher) whose plugin is not installed: say how to install it."""
+    import importlib.util
+
+    for arg in args:
+        if arg.startswith("hydra/launcher="):
+            name = arg.split("=", 1)[1]
+            module, package = _LAUNCHERS.get(name, (None, None))
+            if module and importlib.util.find_spec(module) is None:
+                return (f"hydra/launcher={name} needs the {package} plugin: "
+                        f"pip install 'sparsity-exp[cluster]' (or pip install {package})")
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

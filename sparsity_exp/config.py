@@ -28,11 +28,13 @@ def run_name(overrides: str, label=None) -> str:
     """Collision-free run folder name: time, a short summary of the overrides, a short hash.
 
     The hash covers the overrides, the clock to the nanosecond and the process id, so two runs of
-    one command (even in parallel) never share a folder."""
-    now = time.time_ns()
+    one command (even in parallel) never share a folder. Under torchrun every rank uses rank 0's
+    clock and process id (distributed.init_from_env), so all ranks name one folder."""
+    token = os.environ.get("SPARSITY_EXP_RUN_TOKEN")
+    now, pid = (int(token.split("-")[0]), token.split("-")[1]) if token else (time.time_ns(), os.getpid())
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now / 1e9))
     summary = re.sub(r"[^A-Za-z0-9=,.+_-]+", "-", str(overrides or "defaults"))[:60].strip("-,")
-    digest = hashlib.sha1(f"{overrides}|{now}|{os.getpid()}".encode()).hexdigest()[:6]
+    digest = hashlib.sha1(f"{overrides}|{now}|{pid}".encode()).hexdigest()[:6]
     parts = [stamp] + ([str(label)] if label not in (None, "", "None") else []) + [summary, digest]
     return "_".join(parts)
 

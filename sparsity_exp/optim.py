@@ -8,15 +8,27 @@ import torch
 from .errors import ConfigError
 
 
-def build_optimizer(cfg, params) -> torch.optim.Optimizer:
+def build_optimizer(cfg, params, device: torch.device | None = None) -> torch.optim.Optimizer:
     name = cfg.name
     if name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                nesterov=cfg.nesterov)
     if name in ("adam", "adamw"):
         cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-        return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+        return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
+                   **_fused(cfg, device))
     raise ConfigError(f"optim.name={name!r} is unknown; choose one of ['adam', 'adamw', 'sgd']")
+
+
+def _fused(cfg, device) -> dict:
+    """``optim.fused``: auto = the fused (one kernel for all parameters) Adam/AdamW on CUDA and
+    torch's default (foreach) elsewhere; true/false force it."""
+    fused = cfg.get("fused", "auto")
+    if fused == "auto":
+        return {"fused": True} if device is not None and device.type == "cuda" else {}
+    if not isinstance(fused, bool):
+        raise ConfigError(f"optim.fused={fused!r}; choose auto, true or false")
+    return {"fused": fused}
 
 
 def lr_factor(cfg, step: int, total_steps: int) -> float:

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from . import distributed
 from .batches import make_batches
 from .data import build_data
 from .errors import ConfigError
@@ -22,6 +23,7 @@ from .optim import build_optimizer, build_schedule
 from .plots.quicklook import sparsity_per_layer
 from .probes import build_probes
 from .record import METRICS_FILE, Recorder, write_json
+from .speed import set_backend_flags, training_forwards
 from .train import ClassificationTask, Trainer
 
 
@@ -32,6 +34,9 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
+    local = distributed.local_device(name)  # under torchrun: the GPU of this rank
+    if local is not None:
+        return local
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -43,6 +48,9 @@ def resolve_device(name: str) -> torch.device:
 
 def execute(cfg: DictConfig, run_dir: Path) -> dict:
     """Train and probe as ``cfg`` says; write everything into ``run_dir``; return the summary."""
+    if not distributed.is_main():  # data parallel: the other ranks train alongside, rank 0 writes
+        _train(cfg, run_dir)
+        return {}
     started = time.perf_counter()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -68,27 +76,34 @@ def _train(cfg: DictConfig, run_dir: Path) -> Trainer:
     data = build_data(cfg.data)
     model = build_model(cfg.model, data.info, cfg.activation).to(device)
     sites = find_sites(model)
-    write_json(run_dir / "sites.json", [{"index": s.index, "name": s.name, "stack": s.stack, "paths": s.paths}
-                                        for s in sites])
+    if distributed.is_main():
+        write_json(run_dir / "sites.json", [{"index": s.index, "name": s.name, "stack": s.stack,
+                                             "paths": s.paths} for s in sites])
     probes = build_probes(cfg.probes, sites)
     t = cfg.trainer
+    ranks = {"rank": distributed.rank(), "world_size": distributed.world_size()}
+    distributed.check_batch_size(t.batch_size)
     train_batches = make_batches(data.train, t.batch_size, shuffle=True, drop_last=True, seed=cfg.seed,
-                                 device=device, num_workers=t.num_workers)
+                                 device=device, num_workers=t.num_workers, **ranks)
     test_batches = make_batches(data.test, t.eval_batch_size, shuffle=False, drop_last=False, seed=cfg.seed,
-                                device=device, num_workers=t.num_workers)
+                                device=device, num_workers=t.num_workers, **ranks)
     steps_per_epoch = len(train_batches)
     total = math.ceil(t.epochs * steps_per_epoch) if t.epochs else int(t.steps)
     if total <= 0:
         raise ConfigError(f"the run has {total} steps; set trainer.steps (or trainer.epochs) to a positive number")
-    optimizer = build_optimizer(cfg.optim, model.parameters())
+    optimizer = build_optimizer(cfg.optim, model.parameters(), device)
     schedule = build_schedule(cfg.optim.schedule, optimizer, total)
-    with Recorder(run_dir) as recorder:
+    set_backend_flags(t, device)
+    forward_model, eager_model = training_forwards(model, device, t)
+    main = distributed.is_main()
+    with Recorder(run_dir) if main else distributed.NullRecorder() as recorder:
         trainer = Trainer(
             model=model, task=ClassificationTask(t.label_smoothing), optimizer=optimizer, schedule=schedule,
             train_batches=train_batches, test_batches=test_batches, probes=probes, recorder=recorder,
             total_steps=total, steps_per_epoch=steps_per_epoch, log_every=t.log_every, eval_every=t.eval_every,
-            device=device, grad_clip=t.grad_clip, progress=t.progress, run_dir=run_dir,
+            device=device, grad_clip=t.grad_clip, progress=t.progress and main, run_dir=run_dir if main else None,
             checkpoint_every=t.checkpoint_every, keep_checkpoints=t.keep_checkpoints, seed=cfg.seed,
+            forward_model=forward_model, eager_model=eager_model,
         )
         trainer.fit()
     return trainer

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from .batches import forever
 from .checkpoint import prune_checkpoints, save_checkpoint
+from .distributed import probe_rows, sum_over_ranks
 from .errors import UserError
 from .probes import observing
 from .probes.base import ProbeContext
@@ -76,6 +77,11 @@ class Trainer:
     checkpoint_every: int = 0  # 0 = only the final checkpoint
     keep_checkpoints: int = 0  # newest K kept; 0 = all
     seed: int = 0
+    # the training forward/backward runs through forward_model (DDP and/or torch.compile around
+    # model; None = model); steps that probes observe run through eager_model (DDP, not compiled:
+    # hooks on a compiled model's submodules are not reliably called). model stays the bare module.
+    forward_model: object = None
+    eager_model: object = None
     step: int = 0
     last: dict = field(default_factory=dict)  # last logged values, for the bar and the summary
 
@@ -94,21 +100,25 @@ class Trainer:
             cb.on_step_start(self)
         log_now = self.step % self.log_every == 0
         due = [p for p in self.probes if p.due(self.step)] if log_now else []
+        fast = self.forward_model or self.model
         with observing(due, "train"):
-            loss, stats = self.task(self.model, batch, train=True)
+            loss, stats = self.task((self.eager_model or fast) if due else fast, batch, train=True)
             loss.backward()
         if log_now:
-            loss_v = float(loss.detach())  # host sync, only at log steps
+            # host sync, only at log steps; sums over ranks under data parallel training
+            loss_sum, correct, count = sum_over_ranks(
+                [loss.detach().double() * stats["count"], stats["correct"], stats["count"]], self.device)
+            loss_v = loss_sum / count
             if not math.isfinite(loss_v):
                 raise NonFiniteLoss(
                     f"training loss became {loss_v} at step {self.step}; lower optim.lr or enable "
                     f"trainer.grad_clip. Rows up to this step are in {self.recorder.path}."
                 )
             self._write("train", [("train", "loss", "avg", loss_v),
-                                  ("train", "accuracy", "avg", float(stats["correct"]) / stats["count"]),
+                                  ("train", "accuracy", "avg", correct / count),
                                   ("train", "lr", "avg", self.optimizer.param_groups[0]["lr"])])
             for p in due:
-                self._write(p.name, p.rows("train"))
+                self._write(p.name, probe_rows(p, "train"))
             for cb in self.callbacks:
                 for probe, *row in cb.log_rows(self):
                     self._write(probe, [tuple(row)])
@@ -136,10 +146,11 @@ class Trainer:
                 loss_sum += loss.double() * stats["count"]
                 correct += stats["correct"]
                 count += stats["count"]
-        self._write("eval", [("test", "loss", "avg", float(loss_sum) / max(1, count)),
-                             ("test", "accuracy", "avg", float(correct) / max(1, count))])
+        loss_sum, correct, count = sum_over_ranks([loss_sum, correct, count], self.device)
+        self._write("eval", [("test", "loss", "avg", loss_sum / max(1, count)),
+                             ("test", "accuracy", "avg", correct / max(1, count))])
         for p in self.probes:
-            self._write(p.name, p.rows("test"))
+            self._write(p.name, probe_rows(p, "test"))
 
     def measure(self, last: bool) -> None:
         """Standalone probe measurements that are due now (expensive probes, own cadence)."""

@@ -62,6 +62,15 @@ class Probe:
     def rows(self, split: str) -> list[Row]:
         return []
 
+    def accumulators(self, split: str) -> list[torch.Tensor]:
+        """The device tensors ``rows(split)`` turns into values. Under data parallel training they
+        are summed over ranks (in place) before ``rows``, so they must be sums (of values and of
+        counts). The default finds them in ``self._stats[split]`` (a tensor, or a dict/list of
+        tensors); a probe that keeps other accumulators (a max, a running mean) overrides this."""
+        found = getattr(self, "_stats", {}).get(split)
+        items = found.values() if isinstance(found, dict) else found if isinstance(found, (list, tuple)) else [found]
+        return [t for t in items if isinstance(t, torch.Tensor)]
+
     def measure(self, ctx) -> list[Row]:
         return []
 
