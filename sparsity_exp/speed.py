@@ -41,9 +41,11 @@ def set_backend_flags(trainer_cfg, device: torch.device) -> None:
 
 def training_forwards(model: torch.nn.Module, device: torch.device, trainer_cfg):
     """(forward_model, eager_model) for the Trainer: DDP around ``model`` under torchrun, and
-    torch.compile of that when ``trainer.compile`` is set (mode ``trainer.compile_mode``)."""
+    torch.compile of that when ``trainer.compile`` is set (``trainer.compile_mode``,
+    ``trainer.compile_backend``)."""
     eager = distributed.wrap_model(model, device)
     fast = eager
     if trainer_cfg.get("compile", False):
-        fast = torch.compile(eager, mode=trainer_cfg.get("compile_mode") or None)
+        fast = torch.compile(eager, mode=trainer_cfg.get("compile_mode") or None,
+                             backend=trainer_cfg.get("compile_backend") or "inductor")
     return fast, eager

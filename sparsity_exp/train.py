@@ -100,9 +100,10 @@ class Trainer:
             cb.on_step_start(self)
         log_now = self.step % self.log_every == 0
         due = [p for p in self.probes if p.due(self.step)] if log_now else []
-        fast = self.forward_model or self.model
+        fast = self.model if self.forward_model is None else self.forward_model
+        net = (fast if self.eager_model is None else self.eager_model) if due else fast
         with observing(due, "train"):
-            loss, stats = self.task((self.eager_model or fast) if due else fast, batch, train=True)
+            loss, stats = self.task(net, batch, train=True)
             loss.backward()
         if log_now:
             # host sync, only at log steps; sums over ranks under data parallel training
