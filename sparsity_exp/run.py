@@ -123,6 +123,8 @@ def _summary(cfg, trainer: Trainer, run_dir: Path, wall: float) -> dict:
         "epochs": round(trainer.epoch, 4),
         "wall_time_s": round(wall, 3),
         "device": str(trainer.device),
+        "threads": torch.get_num_threads(),
+        "world_size": distributed.world_size(),
         "seed": cfg.seed,
         **final,
     }
