@@ -1,0 +1,289 @@
+"""Training throughput of `sparsity-exp run` against a bare PyTorch loop of the same model.
+
+    python benchmarks/throughput.py [--budget-s 60] [--presets none,cheap,default] [--json out.json]
+                                    [--peak-tflops T] [Hydra overrides ...]
+
+e.g. `python benchmarks/throughput.py model=mlp trainer.batch_size=256 --budget-s 30`, or after the
+transformer models land `model=vit ...` / `model=t5 ...`: every Hydra override of `run` passes
+through, and the run is wired by run.py exactly as a real run (data, model, sites, modules, probes,
+optimizer, task, DDP/compile/TF32 options).
+
+For each probe preset (`conf/probes/<preset>.yaml`; missing presets are skipped with a note):
+  * the trainer: `Trainer.train_step` on every step, probes observing at their cadence (log steps
+    every trainer.log_every), the metrics file flushed at log steps as `fit` does; evaluation and
+    standalone measurements are left out (they have their own cadence);
+  * the bare loop: the same model object (and the same DDP/compiled forward), the same batches
+    already on the device, the task's loss, backward, optimizer step, zero_grad; nothing else.
+Both loops cycle over the same few batches prefetched to the device, so data loading is not timed.
+Printed: steps/s, samples/s (tokens/s where a batch holds token ids), the trainer/bare ratio, FLOPs
+per step counted by torch.utils.flop_counter on one step, and MFU on CUDA (achieved FLOP/s over the
+card's dense peak from the table below, or --peak-tflops). On CUDA it also checks that steps which
+do not log make no host synchronisation (torch.cuda.set_sync_debug_mode).
+
+The timed wall clock is --budget-s in all, split evenly over the measured loops, which alternate
+over --rounds rounds (the fastest round of each is kept); building, warmup and compilation come on
+top.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from unittest import mock
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from sparsity_exp.batches import to_device  # noqa: E402
+from sparsity_exp.config import conf_dir, register_resolvers  # noqa: E402
+from sparsity_exp.optim import build_optimizer  # noqa: E402
+from sparsity_exp.train import Trainer  # noqa: E402
+
+# Dense peak TFLOP/s (no sparsity) by the first name fragment found in torch.cuda.get_device_name().
+# Vendor data sheets; SXM parts. Order matters: more specific names first.
+PEAK_TFLOPS = {
+    "H200": {"bf16": 989.0, "tf32": 494.0, "fp32": 67.0},
+    "H100 PCIe": {"bf16": 756.0, "tf32": 378.0, "fp32": 51.0},
+    "H100": {"bf16": 989.0, "tf32": 494.0, "fp32": 67.0},
+    "A100": {"bf16": 312.0, "tf32": 156.0, "fp32": 19.5},
+    "L40S": {"bf16": 362.0, "tf32": 183.0, "fp32": 91.6},
+    "L4": {"bf16": 121.0, "tf32": 60.0, "fp32": 30.3},
+    "A10": {"bf16": 125.0, "tf32": 62.5, "fp32": 31.2},
+    "V100": {"bf16": 125.0, "tf32": 15.7, "fp32": 15.7},  # no bf16/tf32: fp16 tensor cores, fp32
+    "RTX 4090": {"bf16": 165.0, "tf32": 82.6, "fp32": 82.6},
+}
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides)
+
+
+def numeric_precision(cfg, device: torch.device) -> str:
+    precision = str(cfg.trainer.get("precision", "fp32"))  # trainer.precision comes with bf16 autocast
+    if "bf16" in precision or "16" in precision:
+        return "bf16"
+    if device.type == "cuda" and cfg.trainer.get("tf32", True):
+        return "tf32"
+    return "fp32"
+
+
+def peak_flops(device: torch.device, precision: str, override_tflops: float | None):
+    if override_tflops:
+        return override_tflops * 1e12, "--peak-tflops"
+    if device.type != "cuda":
+        return None, "no peak table for CPUs (give --peak-tflops)"
+    name = torch.cuda.get_device_name(device)
+    for fragment, peaks in PEAK_TFLOPS.items():
+        if fragment in name:
+            return peaks[precision] * 1e12, f"{name}, {precision} dense peak {peaks[precision]:g} TFLOP/s"
+    return None, f"{name} is not in the peak table (give --peak-tflops)"
+
+
+def batch_sizes(trainer: Trainer, batch) -> tuple[int, int | None]:
+    """(samples, tokens) in one batch; tokens from the task when it counts them, else from an
+    integer [batch, tokens] tensor (token ids), else None."""
+    samples = len(batch[0]) if isinstance(batch, (tuple, list)) else len(next(iter(batch.values())))
+    counter = getattr(trainer.task, "tokens", None)
+    if callable(counter):
+        return samples, int(counter(batch))
+    tensors = batch if isinstance(batch, (tuple, list)) else list(batch.values())
+    for t in tensors:
+        if torch.is_tensor(t) and t.dim() >= 2 and not t.is_floating_point():
+            return samples, t.numel()
+    return samples, None
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(run_steps, chunk: int, seconds: float, device: torch.device) -> tuple[int, float]:
+    """Run ``chunk`` steps at a time until ``seconds`` passed; (steps, wall seconds)."""
+    sync(device)
+    start = time.perf_counter()
+    steps = 0
+    while steps == 0 or time.perf_counter() - start < seconds:
+        run_steps(chunk)
+        steps += chunk
+    sync(device)
+    return steps, time.perf_counter() - start
+
+
+def count_flops(trainer: Trainer, batch) -> float | None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        with FlopCounterMode(display=False) as counter:
+            loss, _ = trainer.task(trainer.model, batch, train=True)
+            loss.backward()
+    except Exception as exc:  # a model the counter cannot trace: report, do not fail the benchmark
+        print(f"note: FLOP counting failed ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return None
+    finally:
+        trainer.model.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def host_syncs_in_quiet_steps(trainer: Trainer, batches) -> str:
+    """On CUDA: run the steps up to the next log step with sync debug mode 'error'."""
+    if trainer.device.type != "cuda":
+        return "not checked (CPU)"
+    while trainer.step % trainer.log_every != 1 % trainer.log_every:
+        trainer.train_step(next(batches))
+    quiet = trainer.log_every - 1
+    if quiet < 1:
+        return "not checked (trainer.log_every=1: every step logs)"
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(quiet):
+            trainer.train_step(next(batches))
+    except RuntimeError as exc:
+        return f"HOST SYNC in a non-log step at step {trainer.step}: {str(exc).splitlines()[0]}"
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    return f"none in {quiet} non-log steps"
+
+
+def measure_preset(cfg, seconds: float, prefetch: int, warmup: int, rounds: int = 1) -> dict:
+    """Wire the run as run.py does (its fit replaced by this measurement) and time both loops."""
+    from sparsity_exp import run
+
+    out: dict = {}
+
+    def bench_fit(trainer: Trainer) -> None:
+        device = trainer.device
+        source = iter(trainer.train_batches)
+        prefetched = [to_device(next(source), device) for _ in range(min(prefetch, len(trainer.train_batches)))]
+        batches = itertools.cycle(prefetched)
+        samples, tokens = batch_sizes(trainer, prefetched[0])
+        out["flops_per_step"] = count_flops(trainer, prefetched[0])
+
+        net = trainer.model if trainer.forward_model is None else trainer.forward_model
+        optimizer = build_optimizer(cfg.optim, trainer.model.parameters(), device)
+
+        def bare(n: int) -> None:
+            for _ in range(n):
+                loss, _ = trainer.task(net, next(batches), train=True)
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+
+        def loop(n: int) -> None:
+            for _ in range(n):
+                logged = trainer.step % trainer.log_every == 0
+                trainer.train_step(next(batches))
+                if logged:
+                    trainer.recorder.flush()
+
+        chunk = max(1, int(trainer.log_every))
+        bare(warmup)
+        loop(max(warmup, chunk))  # covers one log step (probe hooks, eager path under compile)
+        # alternate the loops over rounds and keep each one's fastest round: on a shared machine
+        # the least disturbed round is the best estimate of what the code costs
+        for _ in range(rounds):
+            for name, fn in (("bare", bare), ("trainer", loop)):
+                steps, wall = timed(fn, chunk, seconds, device)
+                rate = steps / wall
+                if rate > out.get(name, {}).get("steps_per_s", 0.0):
+                    out[name] = {"steps": steps, "seconds": round(wall, 3), "steps_per_s": rate,
+                                 "samples_per_s": rate * samples,
+                                 "tokens_per_s": rate * tokens if tokens else None}
+        out["host_syncs"] = host_syncs_in_quiet_steps(trainer, batches)
+        out["device"] = str(device)
+        out["samples_per_batch"], out["tokens_per_batch"] = samples, tokens
+
+    with tempfile.TemporaryDirectory(prefix="sx-bench-") as tmp, mock.patch.object(Trainer, "fit", bench_fit):
+        run._train(cfg, Path(tmp))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog="Any other argument is a Hydra override of `sparsity-exp run`.")
+    parser.add_argument("--budget-s", type=float, default=60.0, help="timed seconds in all (default 60)")
+    parser.add_argument("--presets", default="none,cheap,default", help="probe presets to compare")
+    parser.add_argument("--prefetch", type=int, default=8, help="batches kept on the device and cycled")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps before each measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="alternations of the two loops; the best is kept")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="peak TFLOP/s for MFU (overrides the table)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
+    args, overrides = parser.parse_known_args(argv)
+    bad = [o for o in overrides if o.startswith("-")]
+    if bad:
+        parser.error(f"unknown option(s) {bad}; Hydra overrides look like key=value")
+
+    presets, skipped = [], []
+    for p in [p.strip() for p in args.presets.split(",") if p.strip()]:
+        (presets if (conf_dir() / "probes" / f"{p}.yaml").is_file() else skipped).append(p)
+    for p in skipped:
+        print(f"note: probe preset {p!r} does not exist (conf/probes/{p}.yaml); skipped")
+    if not presets:
+        print("error: no probe preset to measure", file=sys.stderr)
+        return 2
+
+    seconds = args.budget_s / (2 * len(presets) * max(1, args.rounds))
+    base = [*overrides, "trainer.progress=false"]
+    results = {}
+    for p in presets:
+        cfg = compose([*base, f"probes={p}"])
+        print(f"measuring probes={p} ({seconds:.1f} s per loop) ...", flush=True)
+        results[p] = measure_preset(cfg, seconds, args.prefetch, args.warmup, max(1, args.rounds))
+
+    cfg = compose([*base, "probes=none"])
+    device = torch.device(next(iter(results.values()))["device"])
+    precision = numeric_precision(cfg, device)
+    peak, peak_note = peak_flops(device, precision, args.peak_tflops)
+    report = {"overrides": overrides, "model": cfg.model.name, "batch_size": int(cfg.trainer.batch_size),
+              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "precision": precision, "peak_flops": peak, "peak_source": peak_note,
+              "torch_threads": torch.get_num_threads(), "skipped_presets": skipped, "presets": results}
+    print_report(report)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def print_report(r: dict) -> None:
+    first = next(iter(r["presets"].values()))
+    flops = first["flops_per_step"]
+    tokens = first["tokens_per_batch"] is not None
+    print(f"\nmodel={r['model']} batch={r['batch_size']} device={r['device']} precision={r['precision']} "
+          f"threads={r['torch_threads']} overrides={' '.join(r['overrides']) or '(none)'}")
+    print(f"FLOPs per training step (forward+backward, counted): {flops / 1e9:.3f} GFLOP" if flops else
+          "FLOPs per training step: not counted")
+    print(f"MFU peak: {r['peak_source']}")
+    rate_col = "tokens/s" if tokens else "samples/s"
+    print(f"\n{'probes':10s} {'loop':8s} {'steps':>6s} {'steps/s':>9s} {rate_col:>11s} {'GFLOP/s':>9s} "
+          f"{'MFU':>7s} {'vs bare':>8s}")
+    for preset, res in r["presets"].items():
+        for loop in ("bare", "trainer"):
+            m = res[loop]
+            rate = m["tokens_per_s"] if tokens else m["samples_per_s"]
+            achieved = flops * m["steps_per_s"] if flops else None
+            mfu = f"{100 * achieved / r['peak_flops']:6.2f}%" if achieved and r["peak_flops"] else "    n/a"
+            ratio = m["steps_per_s"] / res["bare"]["steps_per_s"]
+            gflops = f"{achieved / 1e9:9.2f}" if achieved else "      n/a"
+            print(f"{preset:10s} {loop:8s} {m['steps']:6d} {m['steps_per_s']:9.2f} {rate:11.1f} {gflops} {mfu} "
+                  f"{ratio:8.3f}")
+    print("\ntrainer/bare ratio per preset: " + ", ".join(
+        f"{p} {res['trainer']['steps_per_s'] / res['bare']['steps_per_s']:.3f}" for p, res in r["presets"].items()))
+    print("host synchronisation in non-log steps: " + "; ".join(
+        f"{p}: {res['host_syncs']}" for p, res in r["presets"].items()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
