@@ -68,3 +68,18 @@ def test_threads_auto_is_one_under_joblib(monkeypatch):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_tf32_flag_follows_the_config_on_cuda_only(compose):
+    from sparsity_exp.speed import set_backend_flags
+
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        set_backend_flags(compose("trainer.tf32=false").trainer, torch.device("cuda"))
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        set_backend_flags(compose().trainer, torch.device("cpu"))  # CPU: nothing to switch
+        assert not torch.backends.cuda.matmul.allow_tf32
+        set_backend_flags(compose().trainer, torch.device("cuda"))  # default: on
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
