@@ -29,17 +29,55 @@ class NonFiniteLoss(UserError):
 
 
 class ClassificationTask:
-    """Cross-entropy on (input, label) batches; reports summed loss and correct count on device."""
+    """Cross-entropy on (input, label) batches; reports summed loss and correct count on device.
 
-    def __init__(self, label_smoothing: float = 0.0):
+    ``batch_transform`` (training only, e.g. MixUp/CutMix) maps (x, labels) to (x', soft labels);
+    accuracy is then counted against the original labels."""
+
+    def __init__(self, label_smoothing: float = 0.0, batch_transform=None):
         self.label_smoothing = label_smoothing
+        self.batch_transform = batch_transform
 
     def __call__(self, model, batch, train: bool):
         x, y = batch
+        target = y
+        if train and self.batch_transform is not None:
+            x, target = self.batch_transform(x, y)
         logits = model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing if train else 0.0)
+        loss = F.cross_entropy(logits, target, label_smoothing=self.label_smoothing if train else 0.0)
         correct = (logits.detach().argmax(-1) == y).sum()
         return loss, {"correct": correct, "count": y.numel()}
+
+    @staticmethod
+    def loss_weight(batch) -> int:
+        """How many terms the batch's mean loss averages (gradient accumulation weighs by it)."""
+        return len(batch[0])
+
+
+class Seq2SeqTask:
+    """Sequence to sequence on (input_ids, attention_mask, labels) batches (labels -100 = padding):
+    the loss is the model's own (mean token cross-entropy), accuracy is token accuracy on the label
+    tokens. With ``mask_padding`` the real tokens of each stack are marked
+    (``probes.masking.token_masks``) around the forward, so token-level probes leave padding out;
+    the authors counted every token (``data.mask_padding=false``)."""
+
+    def __init__(self, mask_padding: bool = True):
+        self.mask_padding = mask_padding
+
+    def __call__(self, model, batch, train: bool):
+        from .probes.masking import token_masks
+
+        input_ids, attention_mask, labels = batch
+        real = labels != -100  # decoder position t reads token t-1 and predicts label t
+        masks = {"encoder": attention_mask.bool(), "decoder": real} if self.mask_padding else {}
+        with token_masks(**masks):
+            out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+        correct = ((out.logits.detach().argmax(-1) == labels) & real).sum()
+        return out.loss, {"correct": correct, "count": real.sum()}
+
+    @staticmethod
+    def loss_weight(batch):
+        return (batch[2] != -100).sum()
 
 
 class Callback:
@@ -76,6 +114,8 @@ class Trainer:
     checkpoint_every: int = 0  # 0 = only the final checkpoint
     keep_checkpoints: int = 0  # newest K kept; 0 = all
     seed: int = 0
+    precision: str = "fp32"  # fp32 | bf16 (autocast around forwards; parameters and optimizer stay fp32)
+    grad_accum: int = 1  # each batch runs as this many micro-batches, gradients summed
     step: int = 0
     last: dict = field(default_factory=dict)  # last logged values, for the bar and the summary
 
@@ -95,8 +135,7 @@ class Trainer:
         log_now = self.step % self.log_every == 0
         due = [p for p in self.probes if p.due(self.step)] if log_now else []
         with observing(due, "train"):
-            loss, stats = self.task(self.model, batch, train=True)
-            loss.backward()
+            loss, stats = self._forward_backward(batch)
         if log_now:
             loss_v = float(loss.detach())  # host sync, only at log steps
             if not math.isfinite(loss_v):
@@ -105,7 +144,7 @@ class Trainer:
                     f"trainer.grad_clip. Rows up to this step are in {self.recorder.path}."
                 )
             self._write("train", [("train", "loss", "avg", loss_v),
-                                  ("train", "accuracy", "avg", float(stats["correct"]) / stats["count"]),
+                                  ("train", "accuracy", "avg", float(stats["correct"]) / float(stats["count"])),
                                   ("train", "lr", "avg", self.optimizer.param_groups[0]["lr"])])
             for p in due:
                 self._write(p.name, p.rows("train"))
@@ -123,6 +162,32 @@ class Trainer:
         for cb in self.callbacks:
             cb.after_step(self)
 
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
+    def _forward_backward(self, batch):
+        """Forward and backward of one batch. With ``grad_accum`` > 1 the batch runs as that many
+        micro-batches, each loss weighted by its share of the batch's loss terms, so the summed
+        gradient (and the per-token gradients probes see) equal those of the whole batch."""
+        if self.grad_accum <= 1:
+            with self.autocast():
+                loss, stats = self.task(self.model, batch, train=True)
+            loss.backward()
+            return loss, stats
+        chunks = list(zip(*(t.chunk(self.grad_accum) for t in batch)))
+        weigh = getattr(self.task, "loss_weight", lambda b: len(b[0]))
+        weights = [weigh(c) for c in chunks]
+        total = sum(weights)
+        loss_sum, correct, count = 0.0, 0, 0
+        for chunk, w in zip(chunks, weights):
+            with self.autocast():
+                loss, stats = self.task(self.model, chunk, train=True)
+            (loss * (w / total)).backward()
+            loss_sum = loss_sum + loss.detach() * (w / total)
+            correct = correct + stats["correct"]
+            count = count + stats["count"]
+        return loss_sum, {"correct": correct, "count": count}
+
     @torch.no_grad()
     def evaluate(self) -> None:
         self.model.eval()
@@ -132,12 +197,14 @@ class Trainer:
         with observing(self.probes, "test"):
             for batch in self.test_batches:
                 batch = tuple(t.to(self.device, non_blocking=True) for t in batch)
-                loss, stats = self.task(self.model, batch, train=False)
+                with self.autocast():
+                    loss, stats = self.task(self.model, batch, train=False)
                 loss_sum += loss.double() * stats["count"]
                 correct += stats["correct"]
                 count += stats["count"]
-        self._write("eval", [("test", "loss", "avg", float(loss_sum) / max(1, count)),
-                             ("test", "accuracy", "avg", float(correct) / max(1, count))])
+        count = max(1.0, float(count))  # a tensor for token tasks
+        self._write("eval", [("test", "loss", "avg", float(loss_sum) / count),
+                             ("test", "accuracy", "avg", float(correct) / count)])
         for p in self.probes:
             self._write(p.name, p.rows("test"))
 
