@@ -150,3 +150,25 @@ def test_cli_t5_runs_offline_on_the_embedded_corpus(cli, tmp_path, monkeypatch):
     assert [(s["stack"], s["name"]) for s in sites] == [("encoder", "encoder.block.0"), ("decoder", "decoder.block.0")]
     acc = m[(m.metric == "accuracy") & (m.split == "test")].value
     assert ((acc > 0) & (acc < 1)).all()
+
+
+def test_sentencepiece_model_file(compose, tmp_path):
+    spm = pytest.importorskip("sentencepiece")
+    from sparsity_exp.data.text import PretrainedTokenizer, pydoc_documents
+
+    (tmp_path / "corpus.txt").write_text("\n".join(pydoc_documents()[:10]))
+    spm.SentencePieceTrainer.train(input=str(tmp_path / "corpus.txt"), model_prefix=str(tmp_path / "sp"),
+                                   vocab_size=200, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                   user_defined_symbols=[f"<extra_id_{k}>" for k in range(3)], minloglevel=2)
+    tok = PretrainedTokenizer(str(tmp_path / "sp.model"), extra_ids=3)
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "sp.model"))
+    assert tok.vocab_size == 200 and tok.eos_id == 1 and tok.pad_id == 0
+    assert tok.sentinels == [sp.piece_to_id(f"<extra_id_{k}>") for k in range(3)]
+    assert tok.decode(tok.encode("the for statement")) == "the for statement"
+    cfg = compose("data=text", f"data.tokenizer={tmp_path / 'sp.model'}", "data.extra_ids=3", "data.inputs_length=16",
+                  "data.noise_density=0.1")
+    from sparsity_exp.data import build_data
+
+    data = build_data(cfg.data)
+    x, _, labels = data.test[0]
+    assert data.info.vocab_size == 200 and labels[0] == tok.sentinels[0] and x.max() < 200
