@@ -5,11 +5,13 @@
 For each model: steps/s with probes=none and probes=default, at the preset's cadence
 (trainer.log_every, train-batch probes every 20 steps) and with the probes on every step
 (log_every=1, the worst case), and the ratio default/none. Evaluation is left out: only train_step
-is timed, after a few warm-up steps. Figures are printed, never asserted.
+is timed, after a few warm-up steps; none and default alternate ``--repeats`` times and the medians
+are shown (a shared machine drifts). Figures are printed, never asserted.
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -62,6 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--models", default="vit,t5")
+    parser.add_argument("--repeats", type=int, default=3, help="alternate none/default this often; medians shown")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     register_resolvers()
@@ -70,8 +73,11 @@ def main() -> None:
     for model in args.models.split(","):
         for cadence, extra in (("preset (log_every=20)", []), ("every step", ["trainer.log_every=1"])):
             base = [f"model={model}", *extra, *args.overrides]
-            off = steps_per_second(base + ["probes=none"], args.steps)
-            on = steps_per_second(base + ["probes=default"], args.steps)
+            offs, ons = [], []
+            for _ in range(args.repeats):  # alternating, so drifting machine load hits both alike
+                offs.append(steps_per_second(base + ["probes=none"], args.steps))
+                ons.append(steps_per_second(base + ["probes=default"], args.steps))
+            off, on = statistics.median(offs), statistics.median(ons)
             print(f"{model:6s} {cadence:22s} {off:13.2f} {on:16.2f} {on / off:6.3f}", flush=True)
 
 
