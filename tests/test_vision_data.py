@@ -131,4 +131,4 @@ def test_mixup_trains_through_the_classification_task(compose, tmp_path):
     assert float(loss.detach()) == pytest.approx(float(expected.detach()), rel=1e-6)
     assert int(stats["correct"]) == int((model(mx).argmax(-1) == y).sum())
     loss_eval, _ = task(model, (x, y), train=False)  # no mixing at evaluation
-    assert float(loss_eval) == pytest.approx(float(torch.nn.functional.cross_entropy(model(x), y)), rel=1e-6)
+    assert float(loss_eval.detach()) == pytest.approx(float(torch.nn.functional.cross_entropy(model(x), y).detach()), rel=1e-6)
