@@ -13,7 +13,9 @@ from __future__ import annotations
 from typing import Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, TensorDataset
+
+from .errors import ConfigError
 
 
 class DeviceTensorBatches:
@@ -55,8 +57,24 @@ class EpochSampledLoader:
         return iter(self.loader)
 
 
+class RepeatedAugmentationSampler(Sampler):
+    """Repeated augmentation (Hoffer et al. 2020; the RA sampler of the paper's ImageNet recipe):
+    every epoch draws ceil(n / repeats) distinct images and lists each ``repeats`` times in a row,
+    so one batch holds differently augmented copies of an image; the epoch keeps n entries."""
+
+    def __init__(self, n: int, repeats: int, generator: torch.Generator):
+        self.n, self.repeats, self.generator = n, repeats, generator
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        picked = torch.randperm(self.n, generator=self.generator)[: -(-self.n // self.repeats)]
+        return iter(picked.repeat_interleave(self.repeats)[: self.n].tolist())
+
+
 def make_batches(ds: Dataset, batch_size: int, shuffle: bool, drop_last: bool, seed: int,
-                 device: torch.device, num_workers: int = 0, rank: int = 0, world_size: int = 1):
+                 device: torch.device, num_workers: int = 0, repeats: int = 1, rank: int = 0, world_size: int = 1):
     generator = torch.Generator().manual_seed(seed)
     if world_size > 1 and not drop_last:
         # evaluation: every world_size-th example, no padding, no example counted twice
@@ -67,17 +85,22 @@ def make_batches(ds: Dataset, batch_size: int, shuffle: bool, drop_last: bool, s
         return DataLoader(ds, batch_size=local, sampler=list(range(rank, len(ds), world_size)),
                           num_workers=num_workers, pin_memory=device.type == "cuda",
                           persistent_workers=num_workers > 0)
-    if isinstance(ds, TensorDataset):
+    if isinstance(ds, TensorDataset) and repeats == 1:
         return DeviceTensorBatches(ds, batch_size, shuffle, drop_last, generator, device, rank, world_size)
     if len(ds) < batch_size and drop_last:
         drop_last = False
     if world_size > 1:
+        if repeats > 1:
+            raise ConfigError("repeated augmentation (data.repeated_augmentation > 1) is not supported under torchrun yet; "
+                              "set data.repeated_augmentation=1 for data parallel runs")
         sampler = DistributedSampler(ds, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
                                      drop_last=True)
         return EpochSampledLoader(DataLoader(ds, batch_size=batch_size // world_size, sampler=sampler,
                                              drop_last=True, num_workers=num_workers,
                                              pin_memory=device.type == "cuda", persistent_workers=num_workers > 0))
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, generator=generator,
+    sampler = RepeatedAugmentationSampler(len(ds), repeats, generator) if shuffle and repeats > 1 else None
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+                      drop_last=drop_last, generator=generator if sampler is None else None,
                       num_workers=num_workers, pin_memory=device.type == "cuda",
                       persistent_workers=num_workers > 0)
 

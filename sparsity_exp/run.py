@@ -19,12 +19,12 @@ from .batches import make_batches
 from .data import build_data
 from .errors import ConfigError
 from .models import build_model, find_sites
-from .optim import build_optimizer, build_schedule
+from .optim import build_optimizer, build_schedule, param_groups
 from .plots.quicklook import sparsity_per_layer
 from .probes import build_probes
 from .record import METRICS_FILE, Recorder, write_json
 from .speed import set_backend_flags, training_forwards
-from .train import ClassificationTask, Trainer
+from .train import ClassificationTask, Seq2SeqTask, Trainer
 
 
 def seed_everything(seed: int) -> None:
@@ -84,29 +84,46 @@ def _train(cfg: DictConfig, run_dir: Path) -> Trainer:
     ranks = {"rank": distributed.rank(), "world_size": distributed.world_size()}
     distributed.check_batch_size(t.batch_size)
     train_batches = make_batches(data.train, t.batch_size, shuffle=True, drop_last=True, seed=cfg.seed,
-                                 device=device, num_workers=t.num_workers, **ranks)
+                                 device=device, num_workers=t.num_workers, repeats=data.train_repeats, **ranks)
     test_batches = make_batches(data.test, t.eval_batch_size, shuffle=False, drop_last=False, seed=cfg.seed,
                                 device=device, num_workers=t.num_workers, **ranks)
     steps_per_epoch = len(train_batches)
     total = math.ceil(t.epochs * steps_per_epoch) if t.epochs else int(t.steps)
     if total <= 0:
         raise ConfigError(f"the run has {total} steps; set trainer.steps (or trainer.epochs) to a positive number")
-    optimizer = build_optimizer(cfg.optim, model.parameters(), device)
+    optimizer = build_optimizer(cfg.optim, param_groups(model, cfg.optim), device)
     schedule = build_schedule(cfg.optim.schedule, optimizer, total)
     set_backend_flags(t, device)
     forward_model, eager_model = training_forwards(model, device, t)
     main = distributed.is_main()
     with Recorder(run_dir) if main else distributed.NullRecorder() as recorder:
         trainer = Trainer(
-            model=model, task=ClassificationTask(t.label_smoothing), optimizer=optimizer, schedule=schedule,
+            model=model, task=make_task(cfg, data), optimizer=optimizer, schedule=schedule,
             train_batches=train_batches, test_batches=test_batches, probes=probes, recorder=recorder,
             total_steps=total, steps_per_epoch=steps_per_epoch, log_every=t.log_every, eval_every=t.eval_every,
             device=device, grad_clip=t.grad_clip, progress=t.progress and main, run_dir=run_dir if main else None,
             checkpoint_every=t.checkpoint_every, keep_checkpoints=t.keep_checkpoints, seed=cfg.seed,
             forward_model=forward_model, eager_model=eager_model,
+            **precision_and_accumulation(t),
         )
         trainer.fit()
     return trainer
+
+
+def make_task(cfg, data):
+    """The loss and accuracy the data calls for: classification, or sequence to sequence (T5)."""
+    if data.info.task == "seq2seq":
+        return Seq2SeqTask(mask_padding=cfg.data.get("mask_padding", True))
+    return ClassificationTask(cfg.trainer.label_smoothing, batch_transform=data.train_batch_transform)
+
+
+def precision_and_accumulation(t) -> dict:
+    precision, accum = t.get("precision", "fp32"), int(t.get("grad_accum", 1))
+    if precision not in ("fp32", "bf16"):
+        raise ConfigError(f"trainer.precision={precision!r}; choose fp32 or bf16")
+    if accum < 1 or t.batch_size % accum:
+        raise ConfigError(f"trainer.grad_accum={accum} must be >= 1 and divide trainer.batch_size={t.batch_size}")
+    return {"precision": precision, "grad_accum": accum}
 
 
 def _summary(cfg, trainer: Trainer, run_dir: Path, wall: float) -> dict:

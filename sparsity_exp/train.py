@@ -11,6 +11,7 @@ after the backward (before the optimizer step) and after the step.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -30,17 +31,55 @@ class NonFiniteLoss(UserError):
 
 
 class ClassificationTask:
-    """Cross-entropy on (input, label) batches; reports summed loss and correct count on device."""
+    """Cross-entropy on (input, label) batches; reports summed loss and correct count on device.
 
-    def __init__(self, label_smoothing: float = 0.0):
+    ``batch_transform`` (training only, e.g. MixUp/CutMix) maps (x, labels) to (x', soft labels);
+    accuracy is then counted against the original labels."""
+
+    def __init__(self, label_smoothing: float = 0.0, batch_transform=None):
         self.label_smoothing = label_smoothing
+        self.batch_transform = batch_transform
 
     def __call__(self, model, batch, train: bool):
         x, y = batch
+        target = y
+        if train and self.batch_transform is not None:
+            x, target = self.batch_transform(x, y)
         logits = model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing if train else 0.0)
+        loss = F.cross_entropy(logits, target, label_smoothing=self.label_smoothing if train else 0.0)
         correct = (logits.detach().argmax(-1) == y).sum()
         return loss, {"correct": correct, "count": y.numel()}
+
+    @staticmethod
+    def loss_weight(batch) -> int:
+        """How many terms the batch's mean loss averages (gradient accumulation weighs by it)."""
+        return len(batch[0])
+
+
+class Seq2SeqTask:
+    """Sequence to sequence on (input_ids, attention_mask, labels) batches (labels -100 = padding):
+    the loss is the model's own (mean token cross-entropy), accuracy is token accuracy on the label
+    tokens. With ``mask_padding`` the real tokens of each stack are marked
+    (``probes.masking.token_masks``) around the forward, so token-level probes leave padding out;
+    the authors counted every token (``data.mask_padding=false``)."""
+
+    def __init__(self, mask_padding: bool = True):
+        self.mask_padding = mask_padding
+
+    def __call__(self, model, batch, train: bool):
+        from .probes.masking import token_masks
+
+        input_ids, attention_mask, labels = batch
+        real = labels != -100  # decoder position t reads token t-1 and predicts label t
+        masks = {"encoder": attention_mask.bool(), "decoder": real} if self.mask_padding else {}
+        with token_masks(**masks):
+            out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+        correct = ((out.logits.detach().argmax(-1) == labels) & real).sum()
+        return out.loss, {"correct": correct, "count": real.sum()}
+
+    @staticmethod
+    def loss_weight(batch):
+        return (batch[2] != -100).sum()
 
 
 class Callback:
@@ -82,6 +121,8 @@ class Trainer:
     # hooks on a compiled model's submodules are not reliably called). model stays the bare module.
     forward_model: object = None
     eager_model: object = None
+    precision: str = "fp32"  # fp32 | bf16 (autocast around forwards; parameters and optimizer stay fp32)
+    grad_accum: int = 1  # each batch runs as this many micro-batches, gradients summed
     step: int = 0
     last: dict = field(default_factory=dict)  # last logged values, for the bar and the summary
 
@@ -104,8 +145,7 @@ class Trainer:
         fast = self.model if self.forward_model is None else self.forward_model
         net = (fast if self.eager_model is None else self.eager_model) if due else fast
         with observing(due, "train"):
-            loss, stats = self.task(net, batch, train=True)
-            loss.backward()
+            loss, stats = self._forward_backward(batch, net)
         if log_now:
             # host sync, only at log steps; sums over ranks under data parallel training
             loss_sum, correct, count = sum_over_ranks(
@@ -135,6 +175,37 @@ class Trainer:
         for cb in self.callbacks:
             cb.after_step(self)
 
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
+    def _forward_backward(self, batch, net=None):
+        """Forward and backward of one batch through ``net`` (the model, or its DDP/compiled
+        wrapper). With ``grad_accum`` > 1 the batch runs as that many micro-batches, each loss
+        weighted by its share of the batch's loss terms, so the summed gradient (and the per-token
+        gradients probes see) equal those of the whole batch. Under DDP only the last micro-batch
+        all-reduces gradients."""
+        net = self.model if net is None else net
+        if self.grad_accum <= 1:
+            with self.autocast():
+                loss, stats = self.task(net, batch, train=True)
+            loss.backward()
+            return loss, stats
+        chunks = list(zip(*(t.chunk(self.grad_accum) for t in batch)))
+        weigh = getattr(self.task, "loss_weight", lambda b: len(b[0]))
+        weights = [weigh(c) for c in chunks]
+        total = sum(weights)
+        loss_sum, correct, count = 0.0, 0, 0
+        for k, (chunk, w) in enumerate(zip(chunks, weights)):
+            last = k == len(chunks) - 1
+            with nullcontext() if last or not hasattr(net, "no_sync") else net.no_sync():
+                with self.autocast():
+                    loss, stats = self.task(net, chunk, train=True)
+                (loss * (w / total)).backward()
+            loss_sum = loss_sum + loss.detach() * (w / total)
+            correct = correct + stats["correct"]
+            count = count + stats["count"]
+        return loss_sum, {"correct": correct, "count": count}
+
     @torch.no_grad()
     def evaluate(self) -> None:
         self.model.eval()
@@ -144,7 +215,8 @@ class Trainer:
         with observing(self.probes, "test"):
             for batch in self.test_batches:
                 batch = tuple(t.to(self.device, non_blocking=True) for t in batch)
-                loss, stats = self.task(self.model, batch, train=False)
+                with self.autocast():
+                    loss, stats = self.task(self.model, batch, train=False)
                 loss_sum += loss.double() * stats["count"]
                 correct += stats["correct"]
                 count += stats["count"]

@@ -12,7 +12,7 @@ from sparsity_exp.run import execute
 def test_run_folder_contents(compose, tiny, tmp_path):
     summary = execute(compose(*tiny), tmp_path / "run")
     run = tmp_path / "run"
-    assert (run / "config.yaml").read_text().startswith("model:")
+    assert {"model:", "data:", "optim:"} <= {line.split(" ")[0] for line in (run / "config.yaml").read_text().splitlines()}
     m = pd.read_csv(run / "metrics.csv")
     assert tuple(m.columns) == COLUMNS
     sp = m[(m.probe == "sparsity") & (m.metric == "activation_sparsity")]

@@ -3,6 +3,7 @@ to know about them (input shape, number of classes)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from torch.utils.data import Dataset
 
@@ -11,8 +12,12 @@ from ..errors import ConfigError
 
 @dataclass
 class DataInfo:
-    input_shape: tuple  # shape of one example, e.g. (1, 8, 8)
-    num_classes: int
+    input_shape: tuple  # shape of one example, e.g. (1, 8, 8); (inputs_length,) for token data
+    num_classes: int  # classes, or the vocabulary size for token data
+    task: str = "classification"  # "classification" (input, label) or "seq2seq" (input_ids, attention_mask, labels)
+    vocab_size: int | None = None  # token data: the tokenizer's vocabulary (with sentinels)
+    pad_id: int = 0
+    eos_id: int = 1
 
 
 @dataclass
@@ -20,12 +25,17 @@ class DataBundle:
     train: Dataset
     test: Dataset
     info: DataInfo
+    # applied by the task to training batches on the device (e.g. MixUp/CutMix): (x, y) -> (x, y')
+    train_batch_transform: Callable | None = None
+    train_repeats: int = 1  # repeated augmentation: each training image this many times per epoch
 
 
 def build_data(cfg) -> DataBundle:
-    from . import images
+    from . import images, text, vision
 
-    builders = {"digits": images.digits, "mnist": images.mnist, "fashion_mnist": images.fashion_mnist}
+    builders = {"digits": images.digits, "mnist": images.mnist, "fashion_mnist": images.fashion_mnist,
+                "text": text.text, "c4": text.c4,
+                "cifar10": vision.cifar10, "cifar100": vision.cifar100, "imagenet": vision.imagenet}
     if cfg.name not in builders:
         raise ConfigError(f"data.name={cfg.name!r} is unknown; choose one of {sorted(builders)}")
     return builders[cfg.name](cfg)

@@ -5,15 +5,22 @@ registered below; every probe and intervention then works on it through the site
 """
 from __future__ import annotations
 
+import sys
+
 from torch import nn
 
 from ..activations import build_activation
 from ..errors import ConfigError
 from ..sites import MLPSite
-from . import mlp
+from . import mlp, t5, vit
 
-# name -> (module with build/sites, model class the sites function understands)
-MODELS = {"mlp": (mlp, mlp.LNMLP)}
+# name -> (module with build/sites, model class the sites function understands). A class may be
+# given as "module:Class" so that heavy libraries (transformers) are imported only by runs using them.
+MODELS = {
+    "mlp": (mlp, mlp.LNMLP),
+    "vit": (vit, "torchvision.models.vision_transformer:VisionTransformer"),
+    "t5": (t5, "transformers.models.t5.modeling_t5:T5ForConditionalGeneration"),
+}
 
 
 def build_model(model_cfg, info, activation_cfg) -> nn.Module:
@@ -24,8 +31,18 @@ def build_model(model_cfg, info, activation_cfg) -> nn.Module:
     return module.build(model_cfg, info, lambda: build_activation(activation_cfg))
 
 
+def _loaded_class(cls):
+    """The class itself, or None when it is named by a module that was never imported (then no
+    model of that class can exist)."""
+    if not isinstance(cls, str):
+        return cls
+    module, _, attr = cls.partition(":")
+    return getattr(sys.modules[module], attr) if module in sys.modules else None
+
+
 def find_sites(model: nn.Module) -> list[MLPSite]:
     for module, cls in MODELS.values():
-        if isinstance(model, cls):
+        cls = _loaded_class(cls)
+        if cls is not None and isinstance(model, cls):
             return module.sites(model)
     raise TypeError(f"no MLP-site function is registered for {type(model).__name__}")
