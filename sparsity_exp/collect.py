@@ -320,7 +320,8 @@ def load_table(path: Path) -> pd.DataFrame:
     return table
 
 
-def report(col: Collection, file=sys.stdout) -> None:
+def report(col: Collection, file=None) -> None:
+    file = file or sys.stdout
     counts = col.runs.status.value_counts()
     order = [s for s in STATUSES if s in counts] + sorted(set(counts.index) - set(STATUSES))
     parts = ", ".join(f"{counts[s]} {s}" for s in order)

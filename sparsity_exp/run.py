@@ -82,7 +82,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> Trainer:
         raise ConfigError(f"the run has {total} steps; set trainer.steps (or trainer.epochs) to a positive number")
     optimizer = build_optimizer(cfg.optim, model.parameters())
     schedule = build_schedule(cfg.optim.schedule, optimizer, total)
-    with Recorder(run_dir) as recorder:
+    with Recorder(run_dir, tensorboard=t.get("tensorboard", False)) as recorder:
         trainer = Trainer(
             model=model, task=ClassificationTask(t.label_smoothing), optimizer=optimizer, schedule=schedule,
             train_batches=train_batches, test_batches=test_batches, probes=probes, recorder=recorder,
