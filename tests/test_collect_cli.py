@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from sparsity_exp.cli import main
 from sparsity_exp.errors import ConfigError
 from sparsity_exp.record import Recorder
 from sparsity_exp.run import execute
@@ -15,9 +16,10 @@ from tests.conftest import ROOT
 
 
 @pytest.fixture
-def two_runs(cli, tiny, tmp_path):
-    out = cli("run", "-m", *tiny, "model.depth=1,2")
-    assert out.returncode == 0, out.stderr
+def two_runs(compose, tiny, tmp_path):
+    """Two real tiny runs, as a sweep over model.depth would leave them."""
+    for depth in (1, 2):
+        execute(compose(*tiny, f"model.depth={depth}"), tmp_path / "results" / "multirun" / "t" / f"{depth - 1}_depth")
     return tmp_path / "results"
 
 
@@ -56,14 +58,15 @@ def test_collect_and_figures_end_to_end(cli, two_runs, tmp_path):
         "sparsity_train.pdf", "sparsity_train.png"]
 
 
-def test_cli_errors_are_short(cli, tmp_path):
-    out = cli("collect", "nowhere")
-    assert out.returncode == 2 and out.stderr.startswith("error: nowhere does not exist")
+def test_cli_errors_are_short(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["collect", "nowhere"]) == 2
+    assert capsys.readouterr().err.startswith("error: nowhere does not exist")
     (tmp_path / "empty").mkdir()
-    out = cli("figures", "empty")
-    assert out.returncode == 2 and "no run folders" in out.stderr and "Traceback" not in out.stderr
-    out = cli("figures", "empty", "--only", "nonsense")
-    assert out.returncode == 2 and "unknown figure" in out.stderr
+    assert main(["figures", "empty"]) == 2
+    assert "no run folders" in capsys.readouterr().err
+    assert main(["figures", "empty", "--only", "nonsense"]) == 2
+    assert "unknown figure" in capsys.readouterr().err
 
 
 def test_tensorboard_mirrors_the_rows(compose, tiny, tmp_path):
