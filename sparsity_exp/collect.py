@@ -105,6 +105,9 @@ def read_rows(path: Path) -> tuple[pd.DataFrame, int]:
     lines = data.count(b"\n")
     if lines <= 1:  # empty, or the header only
         return _empty_rows(), dropped
+    fast = _read_clean(data, lines)
+    if fast is not None:
+        return fast, dropped
     raw = pd.read_csv(io.BytesIO(data), dtype=str, keep_default_na=False, on_bad_lines="skip",
                       engine="c")
     missing = [c for c in COLUMNS if c not in raw.columns]
@@ -130,6 +133,22 @@ def read_rows(path: Path) -> tuple[pd.DataFrame, int]:
         "value": value[ok].astype("float64"),
     })
     return rows.reset_index(drop=True), dropped
+
+
+def _read_clean(data: bytes, lines: int) -> pd.DataFrame | None:
+    """The common case, parsed with types at once: every line complete and numeric where it should be.
+    None when anything looks off (the careful path then finds and counts the bad lines)."""
+    names = {c: str for c in ("split", "probe", "metric", "layer")}
+    try:
+        rows = pd.read_csv(io.BytesIO(data), dtype=names, keep_default_na=False, na_values={"value": ["nan"]},
+                           engine="c")
+    except (ValueError, pd.errors.ParserError):
+        return None
+    if (tuple(rows.columns) != COLUMNS or len(rows) != lines - 1 or rows.step.dtype.kind != "i"
+            or rows.epoch.dtype.kind != "f" or rows.value.dtype.kind != "f" or rows.value.isna().any()
+            or (rows[list(names)] == "").any().any()):
+        return None
+    return rows.astype({"step": "int64", "epoch": "float64", "value": "float64"})
 
 
 def _empty_rows() -> pd.DataFrame:
@@ -281,6 +300,18 @@ def have_parquet() -> bool:
     return True
 
 
+def _write_csv(table: pd.DataFrame, path) -> None:
+    """pyarrow's CSV writer when installed (about ten times faster than pandas on millions of rows)."""
+    if have_parquet():
+        import pyarrow as pa
+        import pyarrow.csv as pa_csv
+
+        pa_csv.write_csv(pa.Table.from_pandas(table, preserve_index=False), path,
+                         write_options=pa_csv.WriteOptions(quoting_style="needed"))
+    else:
+        table.to_csv(path, index=False)
+
+
 def write_collection(col: Collection, out: Path) -> list[Path]:
     """``out`` (CSV), ``out`` with suffix .parquet when pyarrow is installed, ``<out stem>_runs.csv``."""
     out = Path(out)
@@ -288,7 +319,7 @@ def write_collection(col: Collection, out: Path) -> list[Path]:
         out = out.with_suffix(".csv")
     out.parent.mkdir(parents=True, exist_ok=True)
     written = []
-    _atomic(out, lambda tmp: col.table.to_csv(tmp, index=False))
+    _atomic(out, lambda tmp: _write_csv(col.table, tmp))
     written.append(out)
     if have_parquet():
         pq = out.with_suffix(".parquet")

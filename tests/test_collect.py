@@ -159,8 +159,11 @@ def test_parquet_is_optional(results, tmp_path, monkeypatch):
     import sparsity_exp.collect as collect_module
 
     monkeypatch.setattr(collect_module, "have_parquet", lambda: False)
-    written = write_collection(collect([results]), tmp_path / "t.csv")
+    col = collect([results])
+    written = write_collection(col, tmp_path / "t.csv")
     assert [p.name for p in written] == ["t.csv", "t_runs.csv"]
+    back = load_table(tmp_path / "t.csv")  # pandas' own CSV writer reads back the same
+    assert back.value.tolist() == col.table.value.tolist() and back.layer.tolist() == col.table.layer.tolist()
 
 
 def test_load_table_refuses_other_files(tmp_path):

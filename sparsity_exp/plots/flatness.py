@@ -71,8 +71,8 @@ def augmented_flatness(table: pd.DataFrame, out_dir: Path, hue=None) -> list[Pat
 
 
 def flatness_vs_sparsity(table: pd.DataFrame, out_dir: Path, hue=None, sparsity_split: str = "train") -> list[Path]:
-    ys = table[[(p, m) in FLATNESS for p, m in zip(table.probe, table.metric)]]
-    ys = ys[ys.layer.astype(str) == "avg"]
+    ys = table[table.metric.isin({m for _, m in FLATNESS}) & (table.layer.astype(str) == "avg")]
+    ys = ys[[(p, m) in FLATNESS for p, m in zip(ys.probe, ys.metric)]]
     if ys.empty:
         raise Skip("no hessian / sharpness rows: enable those probes (probes=full)")
     xs = select(table, "activation_sparsity", probe="sparsity", layer="avg")
