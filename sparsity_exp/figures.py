@@ -8,6 +8,7 @@ make one kind each.
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from pathlib import Path
 
@@ -47,12 +48,15 @@ KINDS = {
 }
 
 
-def make_figures(table: pd.DataFrame, out_dir: Path, names=None):
-    """Draw the named figures (all by default); return ({name: paths}, {name: why skipped})."""
+def make_figures(table: pd.DataFrame, out_dir: Path, names=None, hue=None):
+    """Draw the named figures (all by default); return ({name: paths}, {name: why skipped}).
+    ``hue``: the config key(s) that group runs into curves (default: every key that varies but the seed)."""
     made, skipped = {}, {}
     for name in names or FIGURES:
+        fn = FIGURES[name]
+        kwargs = {"hue": hue} if hue and "hue" in inspect.signature(fn).parameters else {}
         try:
-            made[name] = FIGURES[name](table, Path(out_dir))
+            made[name] = fn(table, Path(out_dir), **kwargs)
         except Skip as why:
             skipped[name] = str(why)
     return made, skipped
@@ -76,6 +80,8 @@ def _parse(argv, prog: str, names: list[str]):
     parser.add_argument("paths", nargs="+", metavar="PATH", help="run folders, folders holding them, or one collected table")
     parser.add_argument("--out", default="figures", help="folder for the PNG and PDF files (default: figures)")
     parser.add_argument("--only", default=None, help=f"comma-separated subset of: {', '.join(names)}")
+    parser.add_argument("--hue", default=None, help="comma-separated config keys that group runs into curves "
+                                                    "(default: every varying key except the seed)")
     args = parser.parse_args(argv)
     chosen = names
     if args.only:
@@ -90,7 +96,8 @@ def main(argv: list[str], prog: str = "sparsity-exp figures", names=None) -> int
     args, chosen = _parse(argv, prog, list(names or FIGURES))
     out = Path(args.out)
     table = load_or_collect(args.paths, out)
-    made, skipped = make_figures(table, out, chosen)
+    hue = [k.strip() for k in args.hue.split(",") if k.strip()] if args.hue else None
+    made, skipped = make_figures(table, out, chosen, hue=hue)
     for name, paths in made.items():
         print(f"made    {name}: {', '.join(str(p) for p in paths if p.suffix == '.png')} (+ .pdf)")
     for name, why in skipped.items():

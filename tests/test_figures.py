@@ -274,3 +274,11 @@ def test_missing_data_is_skipped_with_a_reason(tmp_path):
     assert "spectrum probe" in skipped["spectrum_histograms"] and "rmt probe" in skipped["mp_bound"]
     assert "hessian" in skipped["flatness_vs_sparsity"]
     assert sorted(n for names in KINDS.values() for n in names) == sorted(FIGURES)
+
+
+def test_hue_picks_the_grouping_key(tmp_path, drawn):
+    made, skipped = make_figures(table(sparsity_rows(), tmp_path), tmp_path, ["sparsity"], hue=["seed"])
+    ax = visible_axes(drawn[0])[0]
+    assert sorted(l.get_label() for l in ax.get_lines()) == ["seed=0", "seed=1"]  # relu and jsrelu averaged
+    made, skipped = make_figures(table(sparsity_rows(), tmp_path), tmp_path, ["sparsity"], hue=["nope"])
+    assert "nope" in skipped["sparsity"] and "activation.name" in skipped["sparsity"]
