@@ -62,11 +62,9 @@ def augmented_flatness(table: pd.DataFrame, out_dir: Path, hue=None) -> list[Pat
     avg = pd.concat([rows[rows.layer.astype(str) == "avg"], ratio], ignore_index=True)
     present = [m for m in [*AUGMENTED, RATIO] if (avg.metric == m).any()]
     label = {**AUGMENTED, RATIO: "AS_K / L0 coefficient (= ‖a‖₀ for ReLU)"}
-    fig, axes = lines_per_group(avg, "metric", present, keys, title=lambda m: label[m], ylabel="layer average",
-                                logy=True, ncols=len(present))
-    for ax, m in zip(axes, present):
-        ax.set_ylabel(label[m] + " (layer avg)")
-    fig.suptitle(f"augmented flatness, {split} batches" if split == "train" else f"augmented flatness, {split}")
+    fig, axes = lines_per_group(avg, "metric", present, keys, title=lambda m: label[m],
+                                ylabel="value (average over layers)", logy=True, ncols=3)
+    fig.suptitle("augmented flatness, " + ("training batches" if split == "train" else f"split {split}"))
     return save(fig, out_dir, "augmented_flatness")
 
 
