@@ -12,6 +12,11 @@ commands:
   run [overrides]   train and probe one configuration (Hydra overrides, e.g. model.depth=6 optim.lr=0.1);
                     `run -m a=1,2 b=x,y` runs the grid; `run --help` lists the config groups;
                     `run --cfg job` prints the composed config without running
+  collect PATH... [--out FILE]
+                    every run folder under PATH... into one tidy table (CSV, and Parquet when pyarrow is
+                    installed) joined with the config keys that vary; counts runs per status
+  figures PATH... [--out DIR] [--only NAME,...]
+                    every figure whose data exist, from run folders or a collected table (PNG and PDF)
 """
 
 
@@ -88,6 +93,22 @@ def _missing_launcher(args: list[str]) -> str | None:
     return None
 
 
+def _table_command(command: str, args: list[str]) -> int:
+    from .errors import UserError
+
+    try:
+        if command == "collect":
+            from .collect import main as collect_main
+
+            return collect_main(args)
+        from .figures import main as figures_main
+
+        return figures_main(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -96,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "run":
         return _run(rest)
+    if command in ("collect", "figures"):
+        return _table_command(command, rest)
     print(f"error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -33,11 +33,30 @@ def write_json(path: Path, obj) -> None:
     write_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
-class Recorder:
-    """Rows into ``metrics.csv`` (one row per step, split, probe, metric, layer, value)."""
+TENSORBOARD_DIR = "tensorboard"
 
-    def __init__(self, run_dir: Path):
+
+def tensorboard_writer(log_dir: Path):
+    """A TensorBoard SummaryWriter, or a clear error when the optional package is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:  # torch's writer needs the tensorboard package
+        from .errors import ConfigError
+
+        raise ConfigError("trainer.tensorboard=true needs the tensorboard package: "
+                          "`pip install tensorboard` (or `pip install -e '.[tensorboard]'`), "
+                          "or set trainer.tensorboard=false") from exc
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+class Recorder:
+    """Rows into ``metrics.csv`` (one row per step, split, probe, metric, layer, value); with
+    ``tensorboard=True`` the same rows also go to ``<run>/tensorboard/`` as scalars tagged
+    ``<probe>/<split>/<metric>/<layer>``, written at each flush."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool = False):
         self.run_dir = Path(run_dir)
+        self._tb = tensorboard_writer(self.run_dir / TENSORBOARD_DIR) if tensorboard else None
         self.path = self.run_dir / METRICS_FILE
         new = not self.path.exists() or self.path.stat().st_size == 0
         self._file = open(self.path, "a", newline="")
@@ -55,10 +74,18 @@ class Recorder:
     def flush(self) -> None:
         if self._pending:
             self._writer.writerows(self._pending)
+            self._mirror(self._pending)
             self.rows_written += len(self._pending)
             self._pending.clear()
         self._file.flush()
         os.fsync(self._file.fileno())
+
+    def _mirror(self, rows) -> None:
+        if self._tb is None:
+            return
+        for step, _epoch, split, probe, metric, layer, value in rows:
+            self._tb.add_scalar(f"{probe}/{split}/{metric}/{layer}", value, global_step=step)
+        self._tb.flush()
 
     def save_arrays(self, name: str, step: int, **arrays) -> Path:
         """Large arrays (eigenvalues, histograms) go to ``arrays/<name>_step<step>.npz``."""
@@ -74,6 +101,8 @@ class Recorder:
     def close(self) -> None:
         self.flush()
         self._file.close()
+        if self._tb is not None:
+            self._tb.close()
 
     def __enter__(self):
         return self

@@ -96,7 +96,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> Trainer:
     set_backend_flags(t, device)
     forward_model, eager_model = training_forwards(model, device, t)
     main = distributed.is_main()
-    with Recorder(run_dir) if main else distributed.NullRecorder() as recorder:
+    with Recorder(run_dir, tensorboard=t.get("tensorboard", False)) if main else distributed.NullRecorder() as recorder:
         trainer = Trainer(
             model=model, task=make_task(cfg, data), optimizer=optimizer, schedule=schedule,
             train_batches=train_batches, test_batches=test_batches, probes=probes, recorder=recorder,

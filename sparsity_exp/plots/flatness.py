@@ -1,0 +1,109 @@
+"""Flatness figures (PAPER.md §1.3, §2 claim 2, and the Hessian/sharpness probes).
+
+augmented_flatness     layer-averaged AS_K, coefficient L0, AS_V, coefficient L2 vs step (log y), and
+                       AS_K / coef_L0, which equals ||a||_0 for ReLU (its decrease over training is the
+                       2026 claim); one curve per run group, online and post-hoc rows told apart
+flatness_vs_sparsity   each Hessian/sharpness metric (layer 'avg') against the layer-averaged activation
+                       sparsity of the same run at the nearest logged step: one point per (run, step),
+                       a run's points joined in step order, colours by run group
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .common import Skip, colors, hue_keys, lines_per_group, ordered_groups, panels, pick_split, save, select
+
+AUGMENTED = {"as_key": "AS_K", "coef_l0": "L0 coefficient", "as_value": "AS_V", "coef_l2": "L2 coefficient"}
+RATIO = "as_key/coef_l0"
+FLATNESS = {
+    ("hessian", "trace"): "Hessian trace",
+    ("hessian", "top_eigenvalue"): "top Hessian eigenvalue",
+    ("sharpness", "avg_param"): "average-case sharpness, parameters",
+    ("sharpness", "worst_param"): "worst-case sharpness, parameters",
+    ("sharpness", "avg_feature_input"): "average-case sharpness, MLP inputs",
+    ("sharpness", "worst_feature_input"): "worst-case sharpness, MLP inputs",
+    ("sharpness", "avg_feature_act"): "average-case sharpness, activations",
+    ("sharpness", "worst_feature_act"): "worst-case sharpness, activations",
+}
+
+
+def _with_source(rows: pd.DataFrame, keys: list[str]) -> list[str]:
+    """Online and post-hoc rows of one metric are different curves."""
+    return keys + ["source"] if rows.source.nunique() > 1 else keys
+
+
+def _ratio_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """AS_K / coef_L0 per (run, source, step, layer), then averaged over the numbered layers as 'avg'."""
+    idx = ["run", "source", "split", "step", "layer"]
+    wide = rows[rows.metric.isin(["as_key", "coef_l0"])].pivot_table(index=idx, columns="metric", values="value",
+                                                                      aggfunc="mean")
+    if not {"as_key", "coef_l0"} <= set(wide.columns):
+        return rows.iloc[0:0]
+    ratio = (wide["as_key"] / wide["coef_l0"].replace(0, np.nan)).rename("value").reset_index()
+    per_layer = ratio[ratio.layer.astype(str) != "avg"]
+    if not per_layer.empty:
+        ratio = per_layer.groupby(["run", "source", "split", "step"], as_index=False).value.mean().assign(layer="avg")
+    ratio["metric"] = RATIO
+    extra = rows.drop(columns=["metric", "layer", "value", "step", "epoch"]).drop_duplicates(["run", "source", "split"])
+    return ratio.merge(extra, on=["run", "source", "split"], how="left")
+
+
+def augmented_flatness(table: pd.DataFrame, out_dir: Path, hue=None) -> list[Path]:
+    rows = select(table, list(AUGMENTED))
+    if rows.empty:
+        raise Skip("no as_key / coef_l0 / as_value / coef_l2 rows: enable the augmented_flatness probe, online "
+                   "or over checkpoints with `sparsity-exp probe RUN`")
+    rows, split = pick_split(rows)
+    keys = _with_source(rows, hue_keys(rows, hue))
+    ratio = _ratio_rows(rows)
+    avg = pd.concat([rows[rows.layer.astype(str) == "avg"], ratio], ignore_index=True)
+    present = [m for m in [*AUGMENTED, RATIO] if (avg.metric == m).any()]
+    label = {**AUGMENTED, RATIO: "AS_K / L0 coefficient (= ‖a‖₀ for ReLU)"}
+    fig, axes = lines_per_group(avg, "metric", present, keys, title=lambda m: label[m],
+                                ylabel="value (average over layers)", logy=True, ncols=3)
+    fig.suptitle("augmented flatness, " + ("training batches" if split == "train" else f"split {split}"))
+    return save(fig, out_dir, "augmented_flatness")
+
+
+def flatness_vs_sparsity(table: pd.DataFrame, out_dir: Path, hue=None, sparsity_split: str = "train") -> list[Path]:
+    ys = table[table.metric.isin({m for _, m in FLATNESS}) & (table.layer.astype(str) == "avg")]
+    ys = ys[[(p, m) in FLATNESS for p, m in zip(ys.probe, ys.metric)]]
+    if ys.empty:
+        raise Skip("no hessian / sharpness rows: enable those probes (probes=full)")
+    xs = select(table, "activation_sparsity", probe="sparsity", layer="avg")
+    if xs.empty:
+        raise Skip("no activation_sparsity rows to put on the x axis: enable the sparsity probe")
+    xs = xs[xs.split == sparsity_split] if (xs.split == sparsity_split).any() else pick_split(xs)[0]
+    x_split = xs.split.iloc[0]
+    panels_keys = list(dict.fromkeys(zip(ys.probe, ys.metric, ys.split)))
+    keys = hue_keys(table[table.run.isin(ys.run)], hue)
+    groups = ordered_groups(ys, keys)
+    palette = colors(len(groups), "tab10" if len(groups) <= 10 else "viridis")
+    fig, axes = panels(len(panels_keys), ncols=3, size=(4.0, 3.2))
+    points = 0
+    for ax, (probe, metric, split) in zip(axes, panels_keys):
+        for color, (label, g) in zip(palette, groups):
+            first = True
+            for run, y in g[(g.probe == probe) & (g.metric == metric) & (g.split == split)].groupby("run"):
+                x = xs[xs.run == run][["step", "value"]].sort_values("step")
+                if x.empty:
+                    continue
+                y = y[["step", "value"]].sort_values("step")
+                both = pd.merge_asof(y, x.rename(columns={"value": "x"}), on="step", direction="nearest")
+                ax.plot(both.x, both.value, "-", color=color, lw=0.6, alpha=0.5)
+                ax.scatter(both.x, both.value, color=color, s=14, label=label if first else None)
+                first = False
+                points += len(both)
+        title = FLATNESS[(probe, metric)]
+        ax.set_title(title if split in ("train", "avg") else f"{title} ({split})", fontsize=9)
+        ax.set_xlabel(f"activation sparsity ({x_split}, layer avg)")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    if not points:
+        raise Skip("the runs with hessian/sharpness rows have no activation_sparsity rows")
+    axes[-1].legend(fontsize=7)
+    fig.suptitle("flatness and sharpness against activation sparsity (one point per run and step)")
+    return save(fig, out_dir, "flatness_vs_sparsity")

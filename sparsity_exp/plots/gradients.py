@@ -1,0 +1,110 @@
+"""Gradient density (PAPER.md §1.2, §2 claim 9: small eta does not come from mis-aligning g).
+
+gradient_density             E[g^2 | a>0] / E[g^2] (metric density_ratio) vs step, log y, one curve
+                             per layer, one column per run group
+gradient_density_histograms  per run: one panel per layer, the distribution of log10|g| over all
+                             entries (solid) and over active entries (dashed) for up to ``max_steps``
+                             saved steps, from ``arrays/gradient_density_step*.npz``
+
+The histogram files are read tolerantly: per layer ``layer_<i>_all`` and ``layer_<i>_active``
+(counts), or ``layer_<i>`` with two rows (all, active) or one (all); bin edges of log10|g| from
+``edges`` (or ``bin_edges``, or ``layer_<i>_edges``), else from ``range`` = (lo, hi).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .common import Skip, colors, hue_keys, layer_order, lines_per_layer, panels, pick_split, save, select, slug
+from .spectrum import runs_with_arrays
+
+
+def read_histograms(npz) -> dict[str, dict]:
+    """{layer: {'edges': array or None, 'all': counts, 'active': counts or None}}."""
+    files = set(npz.files)
+    shared = next((np.asarray(npz[k], float) for k in ("edges", "bin_edges") if k in files), None)
+    out = {}
+    for key in sorted(files):
+        m = re.fullmatch(r"layer_(\d+)(?:_(all|active))?", key)
+        if not m:
+            continue
+        layer, part = m.groups()
+        entry = out.setdefault(layer, {"edges": None, "all": None, "active": None})
+        arr = np.asarray(npz[key], dtype=np.float64)
+        if part:
+            entry[part] = arr.ravel()
+        elif arr.ndim == 2:
+            entry["all"], entry["active"] = arr[0], (arr[1] if len(arr) > 1 else None)
+        else:
+            entry["all"] = arr.ravel()
+    for layer, entry in out.items():
+        own = f"layer_{layer}_edges"
+        edges = np.asarray(npz[own], float) if own in files else shared
+        if edges is None and "range" in files and entry["all"] is not None:
+            lo, hi = np.asarray(npz["range"], float).ravel()[:2]
+            edges = np.linspace(lo, hi, len(entry["all"]) + 1)
+        entry["edges"] = edges
+    return {l: e for l, e in out.items() if e["all"] is not None}
+
+
+def _coarse(counts: np.ndarray, edges, target: int = 150):
+    """Sum neighbouring bins so a 10,000-bin histogram draws as about ``target`` bins."""
+    n = len(counts)
+    if edges is None or len(edges) != n + 1:
+        edges = np.arange(n + 1, dtype=float)
+    k = max(1, n // target)
+    starts = np.arange(0, n, k)
+    return np.add.reduceat(counts, starts), np.append(edges[starts], edges[-1])
+
+
+def gradient_density(table: pd.DataFrame, out_dir: Path, hue=None) -> list[Path]:
+    rows = select(table, "density_ratio")
+    if rows.empty:
+        raise Skip("no density_ratio rows: enable the gradient_density probe")
+    rows, split = pick_split(rows)
+    fig, _ = lines_per_layer(rows, ["density_ratio"], hue_keys(rows, hue), {"density_ratio": "E[g² | a>0] / E[g²]"},
+                             logy={"density_ratio"})
+    fig.suptitle(f"gradient density on active units ({split})")
+    return save(fig, out_dir, "gradient_density")
+
+
+def gradient_density_histograms(table: pd.DataFrame, out_dir: Path, max_steps: int = 4) -> list[Path]:
+    found = runs_with_arrays(table, "gradient_density")
+    if not found:
+        raise Skip("no arrays/gradient_density_step*.npz in any run: enable the gradient_density probe")
+    written = []
+    for run, files in found:
+        pick = sorted({int(round(i)) for i in np.linspace(0, len(files) - 1, min(max_steps, len(files)))})
+        per_step = [(files[i][0], read_histograms(np.load(files[i][1]))) for i in pick]
+        layers = layer_order(set().union(*(h.keys() for _, h in per_step)))
+        if not layers:
+            continue
+        fig, axes = panels(len(layers), ncols=4)
+        palette = colors(len(per_step), "viridis")
+        with_edges = True
+        for ax, layer in zip(axes, layers):
+            for color, (step, hists) in zip(palette, per_step):
+                h = hists.get(layer)
+                if h is None:
+                    continue
+                with_edges &= h["edges"] is not None
+                total = max(h["all"].sum(), 1.0)
+                counts, edges = _coarse(h["all"], h["edges"])
+                ax.stairs(counts / total, edges, color=color, label=f"step {step}, all")
+                if h["active"] is not None:
+                    counts, edges = _coarse(h["active"], h["edges"])
+                    ax.stairs(counts / total, edges, color=color, ls="--", label=f"step {step}, active")
+            ax.set_yscale("log")
+            ax.set_title(f"layer {layer}", fontsize=9)
+            ax.set_xlabel("log10 |g|" if with_edges else "bin of log10 |g| (no edges saved)")
+            ax.set_ylabel("fraction of entries")
+            ax.grid(alpha=0.3)
+        axes[-1].legend(fontsize=6)
+        fig.suptitle(f"log10 |g| over all entries (solid) and active entries (dashed), {run}", fontsize=9)
+        written += save(fig, out_dir, f"gradient_density_hist_{slug(run)}")
+    if not written:
+        raise Skip("the gradient_density arrays hold no layer_<i> keys")
+    return written
