@@ -23,7 +23,7 @@ from .optim import build_optimizer, build_schedule
 from .preempt import Preempted
 from .plots.quicklook import sparsity_per_layer
 from .probes import build_probes
-from .record import METRICS_FILE, Recorder, write_json
+from .record import METRICS_FILE, Recorder, RecorderError, write_atomic, write_json
 from .train import ClassificationTask, Trainer
 from .validate import validate_config
 
@@ -85,9 +85,13 @@ def _execute(cfg: DictConfig, run_dir: Path) -> dict:
         print(f"continuing {run_dir} from {plan.checkpoint.name}", file=sys.stderr)
         if (run_dir / "error.txt").exists():  # the last attempt's error, kept under a name of its own
             (run_dir / "error.txt").replace(run_dir / f"error.before_step{plan.state['step']:08d}.txt")
+    previous = (run_dir / "summary.json").read_bytes() if resumed else None
     write_json(run_dir / "summary.json", {"status": "running", **resumed})
     try:
         trainer = _train(cfg, run_dir, plan.state)
+    except (resume.CheckpointError, RecorderError):
+        write_atomic(run_dir / "summary.json", previous)  # nothing was trained: the folder stays as it was
+        raise
     except (Preempted, KeyboardInterrupt) as exc:
         step = getattr(exc, "step", None)
         saved = getattr(exc, "checkpoint", None)

@@ -176,7 +176,7 @@ class Trainer:
             save_checkpoint(self.run_dir, self.step, self.state_dict(), path=path)
             where = f" The state at step {self.step} is in {path};"
         raise NonFiniteLoss(
-            f"training loss became non-finite at step {bad_step}.{where} rows up to step {self.step} are in "
+            f"training loss became non-finite at step {bad_step}.{where} rows logged before step {self.step} are in "
             f"{self.recorder.path}. Lower optim.lr or set trainer.grad_clip (e.g. 1.0), then start a new run."
         )
 

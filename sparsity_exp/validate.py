@@ -28,8 +28,11 @@ class Rule:
     nullable: bool = False
     length: int | None = None  # lists: exact length; items are checked with ``item``
     item: "Rule | None" = None
+    text: str | None = None  # says what is allowed where the fields above cannot (e.g. a pattern)
 
     def describe(self) -> str:
+        if self.text:
+            return self.text + (" or null" if self.nullable else "")
         noun = {"int": "an integer", "number": "a number", "bool": "true or false", "str": "a string",
                 "list": f"a list{f' of {self.length}' if self.length else ''}"}[self.kind]
         parts = [noun]
@@ -92,7 +95,7 @@ RULES: dict[str, Rule] = {
     "trainer.eval_batch_size": positive_int(),
     "trainer.log_every": positive_int(),
     "trainer.eval_every": positive_int(),
-    "trainer.device": Rule("str", pattern=r"auto|cpu|cuda(:\d+)?|mps"),
+    "trainer.device": Rule("str", pattern=r"auto|cpu|cuda(:\d+)?|mps", text="auto, cpu, cuda or cuda:N"),
     "trainer.num_workers": count(),
     "trainer.grad_clip": Rule("number", low=0),
     "trainer.label_smoothing": Rule("number", low=0, high=1, high_open=True),
