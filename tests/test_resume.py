@@ -181,10 +181,18 @@ def _wait_for(predicate, proc, timeout=120):
         time.sleep(0.01)
 
 
-def test_sigkill_mid_run_then_resume_gives_identical_metrics(tmp_path):
-    whole = subprocess.run(_cli_command(tmp_path / "whole"), env=_env(), capture_output=True, text=True,
-                           timeout=300)
-    assert whole.returncode == 0, whole.stderr
+def _reference_in_process(compose, run_dir):
+    """The uninterrupted run of ``_cli_command``'s config, here, on one thread like the subprocesses."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return execute(compose(*[a for a in _cli_command(run_dir)[4:] if not a.startswith("hydra.")]), run_dir)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_sigkill_mid_run_then_resume_gives_identical_metrics(compose, tmp_path):
+    _reference_in_process(compose, tmp_path / "whole")
     cut = tmp_path / "cut"
     proc = subprocess.Popen(_cli_command(cut, sleep=0.03), env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
