@@ -281,7 +281,7 @@ class RunLock:
         self.path = Path(run_dir) / LOCK_FILE
         self._fd = None
 
-    def __enter__(self):
+    def acquire(self) -> "RunLock":
         try:
             import fcntl
         except ImportError:  # no advisory locks on this platform
@@ -295,6 +295,9 @@ class RunLock:
             raise ConfigError(f"{self.path.parent} is being written by another process; wait for it to finish, or "
                               f"start a new run in a new folder") from None
         return self
+
+    def __enter__(self):
+        return self if self._fd is not None else self.acquire()
 
     def __exit__(self, *exc):
         if self._fd is not None:

@@ -52,15 +52,12 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        lock = resume.RunLock(run_dir)
-        lock.__enter__()
+        lock = resume.RunLock(run_dir).acquire()  # one process per run folder
     except OSError as exc:
         raise ConfigError(f"cannot write the run folder {run_dir} ({exc.strerror or exc}); set results_dir= to a "
                           f"writable folder") from None
-    try:
+    with lock:
         return _execute(cfg, run_dir)
-    finally:
-        lock.__exit__()
 
 
 def _execute(cfg: DictConfig, run_dir: Path) -> dict:

@@ -181,3 +181,13 @@ def test_sweep_keeps_going_and_exits_non_zero(tmp_path, tiny):
     assert "RuntimeError: boom" in (jobs[2] / "error.txt").read_text()
     assert "optim.lr=-1" in (jobs[1] / "error.txt").read_text()
 
+
+
+def test_a_folder_being_written_is_refused(compose, tiny, tmp_path):
+    from sparsity_exp.resume import RunLock
+
+    with RunLock(tmp_path):  # another process (here: another open file) is writing the folder
+        assert RunLock.held(tmp_path)
+        with pytest.raises(ConfigError, match="being written by another process"):
+            execute(compose(*tiny), tmp_path)
+    assert not RunLock.held(tmp_path) and not (tmp_path / "summary.json").exists()
