@@ -204,7 +204,7 @@ def plan(cfg, run_dir: Path) -> Plan:
         state = load_checkpoint(path)
     except Exception as exc:
         raise CheckpointError(
-            f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}). "
+            f"checkpoint {path} cannot be read ({type(exc).__name__}: the file is damaged or not a checkpoint). "
             f"Move it out of the folder to continue from the previous checkpoint{earlier}, or start a new run"
         ) from None
     missing = [k for k in REQUIRED if k not in state]
