@@ -20,8 +20,9 @@ def checkpoint_path(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR / f"step_{step:08d}.pt"
 
 
-def save_checkpoint(run_dir: Path, step: int, state: dict) -> Path:
-    path = checkpoint_path(run_dir, step)
+def save_checkpoint(run_dir: Path, step: int, state: dict, path: Path | None = None) -> Path:
+    """Write ``state`` (plus ``step``) to ``path`` (default: the step's checkpoint file) atomically."""
+    path = Path(path) if path is not None else checkpoint_path(run_dir, step)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".step_", suffix=".tmp")
     os.close(fd)

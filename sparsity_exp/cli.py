@@ -25,12 +25,14 @@ def _run(args: list[str]) -> int:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from . import distributed
-    from .config import conf_dir, register_resolvers
+    from . import distributed, resume
+    from .config import conf_dir, register_resolvers, writable_results_dir
     from .errors import UserError
+    from .preempt import REQUEUE_EXIT_CODE, Preempted
 
     try:
         config_path = str(conf_dir())
+        writable_results_dir(args, conf_dir())
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -42,6 +44,7 @@ def _run(args: list[str]) -> int:
     # under torchrun: join the ranks first, so that all of them name one run folder
     if distributed.init_from_env() and not distributed.is_main():
         args = [*args, "hydra.output_subdir=null"]  # rank 0 alone writes the run folder
+    failed: list[str] = []  # sweep jobs that failed, reported at the end
 
     @hydra.main(config_path=config_path, config_name="config", version_base="1.3")
     def task(cfg):
@@ -51,19 +54,30 @@ def _run(args: list[str]) -> int:
 
         hc = HydraConfig.get()
         run_dir = distributed.agree_on_run_dir(Path(hc.runtime.output_dir))
+        multirun = hc.mode == RunMode.MULTIRUN
         try:
             set_threads(cfg.trainer.get("threads", "auto"), str(hc.launcher.get("_target_", "")))
+            target = resume.resolve_run_dir(cfg, run_dir)
+            if target != run_dir:  # trainer.resume names another folder: Hydra's fresh one is not needed
+                resume.discard_if_empty(run_dir)
+                run_dir = target
             return execute(cfg, run_dir)
+        except Preempted as exc:
+            print(f"{exc}. Exit {REQUEUE_EXIT_CODE} (requeue); to continue, rerun the same command with "
+                  f"trainer.resume=auto (or hydra.run.dir={run_dir})", file=sys.stderr)
+            raise SystemExit(REQUEUE_EXIT_CODE)
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
-            if hc.mode != RunMode.MULTIRUN:
+            if not multirun:
                 raise SystemExit(2)
+            failed.append(f"{run_dir}: {exc}".splitlines()[0])
         except Exception:
-            if hc.mode != RunMode.MULTIRUN:
+            if not multirun:
                 raise
             # In a sweep one failing job must not stop the others: its folder keeps error.txt.
             print(f"job {hc.job.num} failed, see {run_dir / 'error.txt'}:\n{traceback.format_exc()}",
                   file=sys.stderr)
+            failed.append(f"{run_dir}: see error.txt")
         return None
 
     sys.argv = ["sparsity-exp run", *args]
@@ -71,6 +85,10 @@ def _run(args: list[str]) -> int:
         task()
     finally:
         distributed.shutdown()
+    if failed:
+        print(f"\n{len(failed)} job(s) of the sweep failed (summary.json status 'failed', error.txt in each):\n  "
+              + "\n  ".join(failed), file=sys.stderr)
+        return 1
     return 0
 
 

@@ -43,3 +43,22 @@ def register_resolvers() -> None:
     # use_cache: Hydra resolves hydra.run.dir more than once; the name must not change in between.
     if not OmegaConf.has_resolver("sx_run_name"):
         OmegaConf.register_new_resolver("sx_run_name", run_name, use_cache=True)
+
+
+def writable_results_dir(args: list[str], conf: Path) -> None:
+    """Fail before Hydra makes a folder when the run folders cannot be written: the last
+    ``results_dir=`` (or ``hydra.run.dir=``/``hydra.sweep.dir=``) on the command line, else the
+    default in config.yaml. The nearest existing folder on the path must be writable."""
+    given = {a.split("=", 1)[0].lstrip("+~"): a.split("=", 1)[1] for a in args if "=" in a and not a.startswith("-")}
+    target = (given.get("hydra.sweep.dir") if "-m" in args or "--multirun" in args else given.get("hydra.run.dir")) \
+        or given.get("results_dir") or str(OmegaConf.load(conf / "config.yaml").get("results_dir", "results"))
+    if "${" in target or "," in target:  # interpolated or swept: Hydra resolves it, the run checks it
+        return
+    path = Path(target).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"cannot write run folders under {target}: {existing} is a file, not a folder; "
+                          f"set results_dir= to a writable folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write run folders under {target}: {existing} is not writable; "
+                          f"set results_dir= to a writable folder")

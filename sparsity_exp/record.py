@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import UserError
+
 COLUMNS = ("step", "epoch", "split", "probe", "metric", "layer", "value")
 METRICS_FILE = "metrics.csv"
 
@@ -34,6 +36,16 @@ def write_json(path: Path, obj) -> None:
 
 
 TENSORBOARD_DIR = "tensorboard"
+
+
+class RecorderError(UserError):
+    pass
+
+
+def _count_rows(path: Path) -> int:
+    """Data rows of a CSV written here (no value holds a newline): lines minus the header."""
+    with open(path, "rb") as f:
+        return max(0, sum(1 for _ in f) - 1)
 
 
 def tensorboard_writer(log_dir: Path):
@@ -65,7 +77,7 @@ class Recorder:
             self._writer.writerow(COLUMNS)
             self._file.flush()
         self._pending: list[tuple] = []
-        self.rows_written = 0
+        self.rows_written = 0 if new else _count_rows(self.path)  # rows in the file, all runs of it
 
     def add(self, step: int, epoch: float, probe: str, rows) -> None:
         for split, metric, layer, value in rows:
@@ -86,6 +98,25 @@ class Recorder:
         for step, _epoch, split, probe, metric, layer, value in rows:
             self._tb.add_scalar(f"{probe}/{split}/{metric}/{layer}", value, global_step=step)
         self._tb.flush()
+
+    def position(self) -> dict:
+        """Where the table ends after a flush; a checkpoint records it, a resume truncates to it."""
+        self.flush()
+        return {"bytes": os.fstat(self._file.fileno()).st_size, "rows": self.rows_written}
+
+    def truncate(self, position: dict) -> None:
+        """Cut the table back to ``position``: rows written after that checkpoint will be written again."""
+        self.flush()
+        size = os.fstat(self._file.fileno()).st_size
+        if size < position["bytes"]:
+            raise RecorderError(f"{self.path} is shorter ({size} bytes) than when the checkpoint was written "
+                                f"({position['bytes']} bytes): rows were lost; start a new run")
+        os.truncate(self.path, position["bytes"])
+        rows = _count_rows(self.path)
+        if rows != position["rows"]:
+            raise RecorderError(f"{self.path} holds {rows} rows where the checkpoint expects {position['rows']}: "
+                                f"the file was edited; start a new run")
+        self.rows_written = rows
 
     def save_arrays(self, name: str, step: int, **arrays) -> Path:
         """Large arrays (eigenvalues, histograms) go to ``arrays/<name>_step<step>.npz``."""

@@ -14,17 +14,19 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import distributed
+from . import distributed, resume
 from .batches import make_batches
 from .data import build_data
 from .errors import ConfigError
 from .models import build_model, find_sites
 from .optim import build_optimizer, build_schedule, param_groups
 from .plots.quicklook import sparsity_per_layer
+from .preempt import Preempted
 from .probes import build_probes
-from .record import METRICS_FILE, Recorder, write_json
+from .record import METRICS_FILE, Recorder, RecorderError, write_atomic, write_json
 from .speed import set_backend_flags, training_forwards
 from .train import ClassificationTask, Seq2SeqTask, Trainer
+from .validate import validate_config
 
 
 def seed_everything(seed: int) -> None:
@@ -47,22 +49,65 @@ def resolve_device(name: str) -> torch.device:
 
 
 def execute(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train and probe as ``cfg`` says; write everything into ``run_dir``; return the summary."""
+    """Train and probe as ``cfg`` says; write everything into ``run_dir``; return the summary.
+
+    A folder that already holds an unfinished run of this config continues from its newest
+    checkpoint (``resume.py``); one that holds a completed run is left as it is."""
     if not distributed.is_main():  # data parallel: the other ranks train alongside, rank 0 writes
-        _train(cfg, run_dir)
+        plan = resume.plan(cfg, Path(run_dir))  # reads only: every rank continues from the same state
+        if plan.completed is None:
+            _train(cfg, Path(run_dir), plan.state)
         return {}
-    started = time.perf_counter()
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    write_json(run_dir / "summary.json", {"status": "running"})
     try:
-        trainer = _train(cfg, run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = resume.RunLock(run_dir).acquire()  # one process per run folder
+    except OSError as exc:
+        raise ConfigError(f"cannot write the run folder {run_dir} ({exc.strerror or exc}); set results_dir= to a "
+                          f"writable folder") from None
+    with lock:
+        return _execute(cfg, run_dir)
+
+
+def _execute(cfg: DictConfig, run_dir: Path) -> dict:
+    started = time.perf_counter()
+    fresh = not resume.has_output(run_dir)
+    try:
+        validate_config(cfg)  # before anything is built or written
+        plan = resume.plan(cfg, run_dir)
     except BaseException as exc:
-        write_json(run_dir / "summary.json", {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
-        (run_dir / "error.txt").write_text(traceback.format_exc())
+        if fresh:  # a folder of its own records why the job did not start; another run's folder is left alone
+            _mark_failed(run_dir, exc)
         raise
-    summary = _summary(cfg, trainer, run_dir, time.perf_counter() - started)
+    if plan.completed is not None:
+        print(f"{run_dir} already holds the completed run of this config; nothing to do.")
+        print_summary(plan.completed, file=sys.stdout)
+        return plan.completed
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if plan.restart:
+        (run_dir / METRICS_FILE).unlink(missing_ok=True)  # no checkpoint: its rows will be written again
+    resumed = {"resumed_from_step": int(plan.state["step"])} if plan.state is not None else {}
+    if resumed:
+        print(f"continuing {run_dir} from {plan.checkpoint.name}", file=sys.stderr)
+        if (run_dir / "error.txt").exists():  # the last attempt's error, kept under a name of its own
+            (run_dir / "error.txt").replace(run_dir / f"error.before_step{plan.state['step']:08d}.txt")
+    previous = (run_dir / "summary.json").read_bytes() if resumed else None
+    write_json(run_dir / "summary.json", {"status": "running", **resumed})
+    try:
+        trainer = _train(cfg, run_dir, plan.state)
+    except (resume.CheckpointError, RecorderError):
+        write_atomic(run_dir / "summary.json", previous)  # nothing was trained: the folder stays as it was
+        raise
+    except (Preempted, KeyboardInterrupt) as exc:
+        step = getattr(exc, "step", None)
+        saved = getattr(exc, "checkpoint", None)
+        write_json(run_dir / "summary.json", {"status": "interrupted", "signal": getattr(exc, "signame", "SIGINT"),
+                                              "step": step, "checkpoint": str(saved) if saved else None, **resumed})
+        raise
+    except BaseException as exc:
+        _mark_failed(run_dir, exc)
+        raise
+    summary = {**_summary(cfg, trainer, run_dir, time.perf_counter() - started), **resumed}
     write_json(run_dir / "summary.json", summary)
     metrics = pd.read_csv(run_dir / METRICS_FILE)
     sparsity_per_layer(metrics, run_dir / "quicklook.png")
@@ -70,7 +115,12 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
     return summary
 
 
-def _train(cfg: DictConfig, run_dir: Path) -> Trainer:
+def _mark_failed(run_dir: Path, exc: BaseException) -> None:
+    write_json(run_dir / "summary.json", {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+    (run_dir / "error.txt").write_text(traceback.format_exc())
+
+
+def _train(cfg: DictConfig, run_dir: Path, resume_state: dict | None = None) -> Trainer:
     seed_everything(cfg.seed)
     device = resolve_device(cfg.trainer.device)
     data = build_data(cfg.data)
@@ -106,6 +156,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> Trainer:
             forward_model=forward_model, eager_model=eager_model,
             **precision_and_accumulation(t),
         )
+        if resume_state is not None:
+            trainer.load_state_dict(resume_state)
         trainer.fit()
     return trainer
 

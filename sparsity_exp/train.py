@@ -18,10 +18,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .batches import forever
-from .checkpoint import prune_checkpoints, save_checkpoint
+from . import resume
+from .checkpoint import checkpoint_path, prune_checkpoints, save_checkpoint
 from .distributed import probe_rows, sum_over_ranks
 from .errors import UserError
+from .preempt import Preempted, StopRequest, catch_stop_signals
+from .state import BatchStream
 from .probes import observing
 from .probes.base import ProbeContext
 
@@ -83,6 +85,9 @@ class Seq2SeqTask:
 
 
 class Callback:
+    """Optional ``state_dict()`` / ``load_state_dict(state)``: the trainer checkpoints what they return
+    (tensors and plain types) under ``callbacks`` and hands it back on resume."""
+
     def on_step_start(self, trainer: "Trainer") -> None: ...
 
     def after_backward(self, trainer: "Trainer") -> None: ...
@@ -125,6 +130,10 @@ class Trainer:
     grad_accum: int = 1  # each batch runs as this many micro-batches, gradients summed
     step: int = 0
     last: dict = field(default_factory=dict)  # last logged values, for the bar and the summary
+    batches: object = None  # the endless training stream (state.BatchStream), made by fit
+    resumed: bool = False  # True once a checkpoint was loaded: the step-0 evaluation is in metrics.csv
+    stop: StopRequest = field(default_factory=StopRequest)  # set by SIGTERM/SIGUSR1 during fit
+    _first_nonfinite: torch.Tensor = None  # on the device: first step whose loss was not finite, or -1
 
     @property
     def epoch(self) -> float:
@@ -146,16 +155,13 @@ class Trainer:
         net = (fast if self.eager_model is None else self.eager_model) if due else fast
         with observing(due, "train"):
             loss, stats = self._forward_backward(batch, net)
+        self._watch_loss(loss)
         if log_now:
+            self.check_finite()
             # host sync, only at log steps; sums over ranks under data parallel training
             loss_sum, correct, count = sum_over_ranks(
                 [loss.detach().double() * stats["count"], stats["correct"], stats["count"]], self.device)
             loss_v = loss_sum / count
-            if not math.isfinite(loss_v):
-                raise NonFiniteLoss(
-                    f"training loss became {loss_v} at step {self.step}; lower optim.lr or enable "
-                    f"trainer.grad_clip. Rows up to this step are in {self.recorder.path}."
-                )
             self._write("train", [("train", "loss", "avg", loss_v),
                                   ("train", "accuracy", "avg", correct / count),
                                   ("train", "lr", "avg", self.optimizer.param_groups[0]["lr"])])
@@ -237,22 +243,53 @@ class Trainer:
         for p in due:
             self._write(p.name, p.measure(ctx))
 
-    def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "schedule": self.schedule.state_dict()}
+    def _watch_loss(self, loss: torch.Tensor) -> None:
+        """Remember the first step with a non-finite loss on the device (no host sync per step)."""
+        if self._first_nonfinite is None:
+            self._first_nonfinite = torch.full((), -1, dtype=torch.int64, device=loss.device)
+        bad = ~torch.isfinite(loss.detach()) & (self._first_nonfinite < 0)
+        self._first_nonfinite = torch.where(bad, self.step, self._first_nonfinite)
 
-    def save_checkpoint(self) -> None:
-        if self.run_dir is None:
+    def check_finite(self) -> None:
+        """Stop on a non-finite loss: save the state as it is (for a post-mortem, never resumed
+        from) and name the step. Checked at log steps and before every checkpoint."""
+        if self._first_nonfinite is None or (bad_step := int(self._first_nonfinite)) < 0:
             return
-        save_checkpoint(self.run_dir, self.step, self.state_dict())
+        self.recorder.flush()
+        where = ""
+        if self.run_dir is not None:
+            path = checkpoint_path(self.run_dir, self.step).with_name(f"nonfinite_step_{self.step:08d}.pt")
+            save_checkpoint(self.run_dir, self.step, self.state_dict(), path=path)
+            where = f" The state at step {self.step} is in {path};"
+        raise NonFiniteLoss(
+            f"training loss became non-finite at step {bad_step}.{where} rows logged before step {self.step} are in "
+            f"{self.recorder.path}. Lower optim.lr or set trainer.grad_clip (e.g. 1.0), then start a new run."
+        )
+
+    def state_dict(self) -> dict:
+        return resume.capture(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        resume.restore(self, state)
+
+    def save_checkpoint(self):
+        if self.run_dir is None:
+            return None
+        self.check_finite()  # never write a checkpoint that a resume would continue from with NaNs
+        self.recorder.flush()  # the checkpoint records the metrics file's length after this
+        path = save_checkpoint(self.run_dir, self.step, self.state_dict())
         prune_checkpoints(self.run_dir, self.keep_checkpoints)
+        return path
 
     def fit(self) -> None:
-        batches = forever(self.train_batches)
+        """Train to ``total_steps``. On SIGTERM/SIGUSR1 finish the current step, save a checkpoint and
+        raise ``Preempted``."""
+        batches = self.batches = self.batches or BatchStream(self.train_batches)
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not self.progress, dynamic_ncols=True,
                    desc="train")
+        restore_signals = catch_stop_signals(self.stop)
         try:
-            if self.step == 0:
+            if self.step == 0 and not self.resumed:
                 self.evaluate()
                 self.measure(last=False)
                 if self.checkpoint_every:
@@ -273,7 +310,10 @@ class Trainer:
                     self.recorder.flush()
                     bar.set_postfix(self._postfix(), refresh=False)
                 bar.update(1)
+                if self.stop and not last:
+                    raise Preempted(self.stop.signame, self.step, self.save_checkpoint())
         finally:
+            restore_signals()
             bar.close()
             self.recorder.flush()
 

@@ -1,0 +1,323 @@
+"""Continuing a run from its last checkpoint.
+
+A checkpoint (``checkpoint.py`` writes it atomically) holds everything the next step depends on:
+model, optimizer, schedule, callbacks' and probes' ``state_dict()``, every random state (Python,
+NumPy, torch CPU and CUDA), the training stream's position (``state.BatchStream``), the step, and
+the length of ``metrics.csv`` when it was written. Resuming truncates ``metrics.csv`` to that length,
+so no row is lost or written twice, and on CPU the resumed run ends with the same table as one that
+never stopped.
+
+Which folder a run writes to (``trainer.resume``):
+  * null (default): Hydra's run folder; if it already holds checkpoints (``hydra.run.dir=<folder>``)
+    the run continues from the newest one.
+  * ``auto``: the newest run folder under ``results_dir`` whose config equals this one (ignoring
+    ``IGNORED`` keys) and that no process is writing; a completed one means there is nothing to
+    do; none found means a fresh run in a new folder. Rerunning a sweep with it resumes each job.
+  * a path: that run folder (or a checkpoint file in it, which must be its newest).
+  * false: never continue; a folder that already holds a run is refused.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from .checkpoint import list_checkpoints, load_checkpoint
+from .errors import ConfigError, UserError
+from .record import METRICS_FILE
+from .state import BatchStream, rng_state, set_rng_state
+
+# Keys that may differ between a run and its continuation: where things are and how they are shown,
+# not what is computed.
+IGNORED = ("trainer.resume", "trainer.device", "trainer.progress", "trainer.num_workers",
+           "trainer.checkpoint_every", "trainer.keep_checkpoints", "results_dir", "name", "data.root",
+           "data.download")
+REQUIRED = ("step", "model", "optimizer", "schedule", "rng", "data", "recorder")
+LOCK_FILE = ".lock"
+
+
+class CheckpointError(UserError):
+    pass
+
+
+# ---------------------------------------------------------------- what a checkpoint holds
+
+def _stateful(objects) -> dict:
+    """``state_dict()`` of the objects that have one, keyed by position and class name."""
+    return {f"{i}.{type(o).__name__}": o for i, o in enumerate(objects) if callable(getattr(o, "state_dict", None))}
+
+
+def capture(trainer) -> dict:
+    """The trainer's whole state at a step boundary, as tensors and plain types."""
+    state = {
+        "model": trainer.model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "schedule": trainer.schedule.state_dict(),
+        "callbacks": {k: o.state_dict() for k, o in _stateful(trainer.callbacks).items()},
+        "probes": {k: o.state_dict() for k, o in _stateful(trainer.probes).items()},
+        "rng": rng_state(),
+        "data": trainer.batches.state_dict() if trainer.batches is not None else None,
+        "total_steps": trainer.total_steps,
+    }
+    if hasattr(trainer.recorder, "position"):
+        state["recorder"] = trainer.recorder.position()
+    return state
+
+
+def restore(trainer, state: dict, source="the checkpoint") -> None:
+    """Load ``state`` (from ``capture``) into a freshly built trainer; then cut ``metrics.csv`` back to
+    the checkpoint's rows. Everything is checked before the metrics file is touched."""
+    try:
+        trainer.model.load_state_dict(state["model"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()
+        detail = next((line.strip() for line in first if "size mismatch" in line or "Missing" in line), first[0])
+        raise CheckpointError(
+            f"{source} does not fit the model and optimizer built from this config ({detail}). Resume with "
+            f"the run's own config (its config.yaml), or start a new run in a new folder."
+        ) from None
+    trainer.schedule.load_state_dict(state["schedule"])
+    for group in ("callbacks", "probes"):
+        saved = state.get(group, {})
+        for key, obj in _stateful(getattr(trainer, group)).items():
+            if key not in saved:
+                raise CheckpointError(f"{source} has no state for {group[:-1]} {key}; resume with the config the "
+                                      f"run was started with, or start a new run")
+            obj.load_state_dict(saved[key])
+    if state.get("total_steps", trainer.total_steps) != trainer.total_steps:
+        raise CheckpointError(f"{source} belongs to a run of {state['total_steps']} steps, this config has "
+                              f"{trainer.total_steps}; resume with the same trainer.steps/epochs")
+    trainer.step = int(state["step"])
+    trainer.batches = BatchStream(trainer.train_batches)
+    if state["data"] is not None:
+        trainer.batches.load_state_dict(state["data"])
+    set_rng_state(state["rng"])  # after the data replay, which may draw from the global generators
+    trainer.resumed = True
+    if hasattr(trainer.recorder, "truncate") and "recorder" in state:
+        trainer.recorder.truncate(state["recorder"])
+        trainer.last.update(last_values(trainer.recorder.path))
+
+
+def _number(text: str):
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def last_values(metrics: Path) -> dict:
+    """(split, probe, metric, layer) -> last value in ``metrics.csv``, as the trainer keeps them."""
+    last = {}
+    with open(metrics, newline="") as f:
+        for row in csv.DictReader(f):
+            layer = int(row["layer"]) if row["layer"].lstrip("-").isdigit() else row["layer"]
+            last[(row["split"], row["probe"], row["metric"], layer)] = _number(row["value"])
+    return last
+
+
+# ---------------------------------------------------------------- which folder, which checkpoint
+
+def flat(cfg) -> dict:
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    out = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            out[prefix[:-1]] = node
+
+    walk(container, "")
+    return {k: v for k, v in out.items() if not k.startswith("hydra.")}
+
+
+def config_differences(old, new) -> list[str]:
+    """``key: old -> new`` for every key (outside ``IGNORED``) on which two configs differ."""
+    a, b = flat(old), flat(new)
+    keys = sorted(k for k in set(a) | set(b) if not any(k == i or k.startswith(i + ".") for i in IGNORED))
+    return [f"{k}: {a.get(k, '<absent>')} -> {b.get(k, '<absent>')}" for k in keys if a.get(k) != b.get(k)]
+
+
+def _read_config(run_dir: Path):
+    try:
+        return OmegaConf.load(run_dir / "config.yaml")
+    except Exception:  # an unreadable config.yaml: not a folder we can continue
+        return None
+
+
+def read_status(run_dir: Path) -> dict:
+    try:
+        return json.loads((Path(run_dir) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def has_output(run_dir: Path) -> bool:
+    run_dir = Path(run_dir)
+    return any((run_dir / n).exists() for n in ("summary.json", METRICS_FILE, "checkpoints"))
+
+
+@dataclass
+class Plan:
+    """How ``execute`` starts in a run folder."""
+
+    state: dict | None = None  # continue from this checkpoint state
+    checkpoint: Path | None = None
+    completed: dict | None = None  # the folder holds a completed run: its summary, nothing to do
+    restart: bool = False  # the folder holds rows but no checkpoint: start again from step 0
+
+
+def plan(cfg, run_dir: Path) -> Plan:
+    """Decide how to start in ``run_dir`` without writing anything. Raises ``UserError`` when the
+    folder cannot be continued with this config."""
+    run_dir = Path(run_dir)
+    if not has_output(run_dir):
+        return Plan()
+    status = read_status(run_dir).get("status", "unknown")
+    if _resume_mode(cfg) is False:
+        raise ConfigError(f"{run_dir} already holds a run (status {status}) and trainer.resume=false; pick a new "
+                          f"folder (leave hydra.run.dir out), or drop trainer.resume=false to continue it")
+    old = _read_config(run_dir)
+    if old is not None:
+        diff = config_differences(old, cfg)
+        if diff:
+            raise ConfigError(
+                f"cannot continue {run_dir}: its config differs in {'; '.join(diff[:5])}"
+                f"{' ...' if len(diff) > 5 else ''}. Rerun with the run's own overrides "
+                f"(see {run_dir / '.hydra' / 'overrides.yaml'}), or leave hydra.run.dir/trainer.resume out for a new run"
+            )
+    if status == "completed":
+        return Plan(completed=read_status(run_dir))
+    checkpoints = list_checkpoints(run_dir)
+    if not checkpoints:
+        return Plan(restart=True)
+    step, path = checkpoints[-1]
+    earlier = f" (the one before is {checkpoints[-2][1].name})" if len(checkpoints) > 1 else ""
+    try:
+        state = load_checkpoint(path)
+    except Exception as exc:
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({type(exc).__name__}: the file is damaged or not a checkpoint). "
+            f"Move it out of the folder to continue from the previous checkpoint{earlier}, or start a new run"
+        ) from None
+    missing = [k for k in REQUIRED if k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)} (written by an older version, or "
+                              f"not a training checkpoint); it cannot be resumed from: start a new run")
+    return Plan(state=state, checkpoint=path)
+
+
+def _resume_mode(cfg):
+    trainer = cfg.get("trainer") or {}
+    mode = trainer.get("resume", None)
+    if isinstance(mode, str) and mode.lower() in ("false", "no", "off"):
+        return False
+    if isinstance(mode, str) and mode.lower() in ("", "null", "none"):
+        return None
+    return "auto" if mode is True else mode
+
+
+def resolve_run_dir(cfg, default: Path) -> Path:
+    """The folder this run writes to: ``default`` (Hydra's) unless ``trainer.resume`` names another."""
+    mode = _resume_mode(cfg)
+    if mode is None or mode is False:
+        return Path(default)
+    if mode == "auto":
+        return find_matching_run(cfg, Path(cfg.get("results_dir", "results")), exclude=Path(default)) or Path(default)
+    path = Path(str(mode)).expanduser()
+    if path.suffix == ".pt":
+        newest = list_checkpoints(path.parent.parent)
+        if not path.is_file() or not newest or newest[-1][1].resolve() != path.resolve():
+            raise ConfigError(f"trainer.resume={mode}: a run continues from its newest checkpoint"
+                              f"{f' ({newest[-1][1]})' if newest else ''}; give the run folder instead")
+        path = path.parent.parent
+    if not (path / "config.yaml").is_file():
+        raise ConfigError(f"trainer.resume={mode} is not a run folder (no config.yaml there); give a folder "
+                          f"under {cfg.get('results_dir', 'results')}/, or trainer.resume=auto")
+    return path
+
+
+def find_matching_run(cfg, results_dir: Path, exclude: Path | None = None) -> Path | None:
+    """The newest run folder under ``results_dir`` (single runs and sweep jobs) with this config."""
+    if not results_dir.is_dir():
+        return None
+    found = []
+    for config in list(results_dir.glob("*/config.yaml")) + list(results_dir.glob("multirun/*/*/config.yaml")):
+        folder = config.parent
+        if exclude is not None and folder.resolve() == exclude.resolve():
+            continue
+        old = _read_config(folder)
+        if old is None or config_differences(old, cfg) or RunLock.held(folder):
+            continue
+        stamp = max(p.stat().st_mtime for p in (config, folder / "summary.json") if p.exists())
+        found.append((stamp, str(folder), folder))
+    return max(found)[2] if found else None
+
+
+def discard_if_empty(folder: Path) -> None:
+    """Remove a folder that holds only what Hydra writes at job start (``.hydra/``, an empty log):
+    the job went on in another folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    names = {p.name for p in folder.iterdir()}
+    logs_empty = all(p.stat().st_size == 0 for p in folder.glob("*.log"))
+    if names <= {".hydra", "run.log"} and logs_empty:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class RunLock:
+    """An exclusive lock on a run folder while a process writes to it (released by the kernel when
+    the process dies, even on SIGKILL), so two processes never continue one run."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK_FILE
+        self._fd = None
+
+    def acquire(self) -> "RunLock":
+        try:
+            import fcntl
+        except ImportError:  # no advisory locks on this platform
+            return self
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self._fd)
+            self._fd = None
+            raise ConfigError(f"{self.path.parent} is being written by another process; wait for it to finish, or "
+                              f"start a new run in a new folder") from None
+        return self
+
+    def __enter__(self):
+        return self if self._fd is not None else self.acquire()
+
+    def __exit__(self, *exc):
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the lock
+            self._fd = None
+
+    @staticmethod
+    def held(run_dir: Path) -> bool:
+        path = Path(run_dir) / LOCK_FILE
+        if not path.exists():
+            return False
+        try:
+            import fcntl
+        except ImportError:
+            return False
+        fd = os.open(path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except OSError:
+            return True
+        finally:
+            os.close(fd)
