@@ -14,10 +14,11 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .batches import make_batches
+from .batches import make_batches, to_device
 from .data import build_data
 from .errors import ConfigError
-from .models import build_model, find_sites
+from .models import find_sites
+from .modules import apply_interventions, build_protocol_model
 from .optim import build_optimizer, build_schedule
 from .plots.quicklook import sparsity_per_layer
 from .probes import build_probes
@@ -66,11 +67,10 @@ def _train(cfg: DictConfig, run_dir: Path) -> Trainer:
     seed_everything(cfg.seed)
     device = resolve_device(cfg.trainer.device)
     data = build_data(cfg.data)
-    model = build_model(cfg.model, data.info, cfg.activation).to(device)
+    model = build_protocol_model(cfg, data.info, run_dir).to(device)
     sites = find_sites(model)
     write_json(run_dir / "sites.json", [{"index": s.index, "name": s.name, "stack": s.stack, "paths": s.paths}
                                         for s in sites])
-    probes = build_probes(cfg.probes, sites)
     t = cfg.trainer
     train_batches = make_batches(data.train, t.batch_size, shuffle=True, drop_last=True, seed=cfg.seed,
                                  device=device, num_workers=t.num_workers)
@@ -80,11 +80,14 @@ def _train(cfg: DictConfig, run_dir: Path) -> Trainer:
     total = math.ceil(t.epochs * steps_per_epoch) if t.epochs else int(t.steps)
     if total <= 0:
         raise ConfigError(f"the run has {total} steps; set trainer.steps (or trainer.epochs) to a positive number")
-    optimizer = build_optimizer(cfg.optim, model.parameters())
+    task = ClassificationTask(t.label_smoothing)
+    callbacks = apply_interventions(cfg, model, sites, sample_forward=lambda: _sample_forward(model, task, test_batches))
+    probes = build_probes(cfg.probes, sites)  # after the interventions: probes see the final activations
+    optimizer = build_optimizer(cfg.optim, [p for p in model.parameters() if p.requires_grad])
     schedule = build_schedule(cfg.optim.schedule, optimizer, total)
     with Recorder(run_dir) as recorder:
         trainer = Trainer(
-            model=model, task=ClassificationTask(t.label_smoothing), optimizer=optimizer, schedule=schedule,
+            model=model, task=task, optimizer=optimizer, schedule=schedule, callbacks=callbacks,
             train_batches=train_batches, test_batches=test_batches, probes=probes, recorder=recorder,
             total_steps=total, steps_per_epoch=steps_per_epoch, log_every=t.log_every, eval_every=t.eval_every,
             device=device, grad_clip=t.grad_clip, progress=t.progress, run_dir=run_dir,
@@ -92,6 +95,13 @@ def _train(cfg: DictConfig, run_dir: Path) -> Trainer:
         )
         trainer.fit()
     return trainer
+
+
+@torch.no_grad()
+def _sample_forward(model, task, batches) -> None:
+    """One evaluation-mode forward on the first test batch (modules that size themselves from real inputs)."""
+    model.eval()
+    task(model, to_device(next(iter(batches)), next(model.parameters()).device), train=False)
 
 
 def _summary(cfg, trainer: Trainer, run_dir: Path, wall: float) -> dict:
