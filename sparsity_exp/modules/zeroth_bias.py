@@ -51,9 +51,14 @@ def gamma_abs(norm: nn.Module | None) -> torch.Tensor | float:
 def _key_input_lengths(sites, sample_forward) -> dict[int, int]:
     """Token count of each site's key input in one forward (the paper infers B's shape at the first forward)."""
     lengths, handles = {}, []
+
+    def record(index):
+        def hook(module, args):
+            lengths.setdefault(index, args[0].shape[-2] if args[0].dim() >= 3 else 1)
+        return hook
+
     for s in sites:
-        handles.append(s.key.register_forward_pre_hook(
-            lambda mod, args, i=s.index: lengths.setdefault(i, args[0].shape[-2] if args[0].dim() >= 3 else 1)))
+        handles.append(s.key.register_forward_pre_hook(record(s.index)))
     try:
         sample_forward()
     finally:
