@@ -256,7 +256,8 @@ def test_weight_noise_targets():
 
 
 def test_weight_noise_sigma_uses_the_lora_effective_weight():
-    from peft import LoraConfig, inject_adapter_in_model
+    peft = pytest.importorskip("peft")
+    LoraConfig, inject_adapter_in_model = peft.LoraConfig, peft.inject_adapter_in_model
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 5))

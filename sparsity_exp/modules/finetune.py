@@ -88,7 +88,11 @@ def _lora_target_names(model: nn.Module, sites, targets: str) -> list[str]:
 def add_lora(model: nn.Module, sites, lora_cfg) -> list[str]:
     """LoRA adapters (peft) on the target linears; trainable afterwards: LoRA weights, every bias,
     every norm weight (the zeroth biases, made later, are trainable too). Returns the adapted names."""
-    from peft import LoraConfig, inject_adapter_in_model
+    try:
+        from peft import LoraConfig, inject_adapter_in_model
+    except ImportError:
+        raise ConfigError("LoRA finetuning needs peft: pip install 'sparsity-exp[lora]' (or peft), or set "
+                          "protocol.lora.enabled=false for full finetuning") from None
 
     rank = int(lora_cfg.rank)
     if rank <= 0:
