@@ -8,7 +8,9 @@ per layer and its mean, and the final test accuracy, as mean +- std over seeds (
     noise        noise=on             (token-wise weight noise, rho 0.1, on the key)
 
     PYTHONPATH=. python benchmarks/interventions_digits.py --jobs 2        # from the repository root
-    PYTHONPATH=. python benchmarks/interventions_digits.py --seeds 0 1 2 -- trainer.steps=3000
+    PYTHONPATH=. python benchmarks/interventions_digits.py --jobs 2 --arms vanilla sparsified noise jsrelu zb_rn \
+        -- trainer.grad_clip=1                     # the ablations; overrides after --
+    PYTHONPATH=. python benchmarks/interventions_digits.py --table-only results/benchmarks/interventions_<time>
 
 Run folders go to results/benchmarks/interventions_<time>/ (one per arm and seed).
 """
@@ -23,7 +25,10 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-ARMS = {"vanilla": [], "sparsified": ["modules=sparsified"], "noise": ["noise=on"]}
+ARMS = {"vanilla": [], "sparsified": ["modules=sparsified"], "noise": ["noise=on"],
+        # ablations (not run unless named with --arms): JSReLU alone; zeroth biases + restricted norm with ReLU
+        "jsrelu": ["activation=jsrelu"], "zb_rn": ["modules=sparsified", "modules.activation=null"]}
+DEFAULT_ARMS = ["vanilla", "sparsified", "noise"]
 
 
 def run_one(arm: str, seed: int, extra: list[str], out: str) -> dict:
@@ -37,7 +42,17 @@ def run_one(arm: str, seed: int, extra: list[str], out: str) -> dict:
     overrides = [*ARMS[arm], f"seed={seed}", "trainer.progress=false", *extra]
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
-    summary = execute(cfg, Path(out) / f"{arm}_seed{seed}")
+    try:
+        execute(cfg, Path(out) / f"{arm}_seed{seed}")
+    except Exception:  # a diverged run keeps its folder (summary.json says why); the grid goes on
+        pass
+    return read_result(Path(out) / f"{arm}_seed{seed}", arm, seed)
+
+
+def read_result(run: Path, arm: str, seed: int) -> dict:
+    summary = json.loads((run / "summary.json").read_text())
+    if summary.get("status") != "completed":
+        return {"arm": arm, "seed": seed, "failed": summary.get("error", summary.get("status"))}
     return {"arm": arm, "seed": seed, "sparsity": summary["test"]["activation_sparsity"],
             "accuracy": summary["test"]["accuracy"], "wall_s": summary["wall_time_s"]}
 
@@ -49,11 +64,15 @@ def _fmt(values: list[float]) -> str:
 
 
 def table(results: list[dict]) -> str:
-    layers = sorted((k for k in results[0]["sparsity"] if k != "avg"), key=int)
+    done = [r for r in results if "failed" not in r]
+    layers = sorted((k for k in done[0]["sparsity"] if k != "avg"), key=int) if done else []
     head = ["arm", "seeds"] + [f"L{k}" for k in layers] + ["mean", "test acc"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm in ARMS:
-        rs = [r for r in results if r["arm"] == arm]
+        rs = [r for r in done if r["arm"] == arm]
+        failed = [r for r in results if r["arm"] == arm and "failed" in r]
+        if failed:
+            lines.append(f"| {arm} | {','.join(str(r['seed']) for r in failed)} | failed: {failed[0]['failed'][:70]} |")
         if not rs:
             continue
         cells = [arm, ",".join(str(r["seed"]) for r in rs)]
@@ -62,18 +81,23 @@ def table(results: list[dict]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("per seed: " + "; ".join(f"{r['arm']}/{r['seed']}: mean {r['sparsity']['avg']:.3f} acc "
-                                          f"{r['accuracy']:.3f} ({r['wall_s']:.0f} s)" for r in results))
+                                          f"{r['accuracy']:.3f} ({r['wall_s']:.0f} s)" for r in done))
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=list(ARMS))
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
     parser.add_argument("--out", default=None, help="folder for the run folders")
+    parser.add_argument("--table-only", metavar="DIR", help="print the table of an earlier grid's folder, run nothing")
     parser.add_argument("extra", nargs="*", help="Hydra overrides for every run (after --)")
     args = parser.parse_args(argv)
+    if args.table_only:
+        runs = sorted(p for p in Path(args.table_only).iterdir() if (p / "summary.json").exists())
+        print(table([read_result(p, p.name.rsplit("_seed", 1)[0], int(p.name.rsplit("_seed", 1)[1])) for p in runs]))
+        return 0
     out = args.out or f"results/benchmarks/interventions_{time.strftime('%Y%m%d-%H%M%S')}"
     jobs = [(arm, seed, args.extra, out) for arm in args.arms for seed in args.seeds]
     started = time.perf_counter()
