@@ -118,7 +118,7 @@ class GELU(SiteActivation):
     """Exact (erf) GELU, h Phi(h). Its derivative Phi(h) + h phi(h) vanishes only at one point
     (h ~ -0.7518), a measure-zero set, so it has no flat region in the exact sense. We count the
     *numerically* flat entries, |sigma'(h)| <= 1e-6 (the same tolerance as zero outputs): the far
-    negative tail (h below about -5.3) plus a window of about +-2e-6 around that point."""
+    negative tail (h below about -5.4) plus a window of about +-2e-6 around that point."""
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return nn.functional.gelu(h)

@@ -307,3 +307,23 @@ def test_sparsified_run_keeps_its_bounds_and_logs_module_rows(compose, tiny, tmp
         assert (bias.abs() <= 0.1 * gamma + 1e-7).all() and bias.abs().max() > 0
     final = mod[(mod.step == 20) & (mod.metric == "zeroth_bias_abs") & (mod.layer.astype(str) == "avg")].value.item()
     assert final > 0
+
+
+def test_activation_swap_rules(compose):
+    from sparsity_exp.activations import GELU, Mixed
+    from sparsity_exp.modules import _swap_activation
+
+    model = _lnmlp()
+    with pytest.raises(ConfigError, match="activation=gelu would be lost"):
+        apply_interventions(compose("activation=gelu", "modules=sparsified"), model, find_sites(model))
+    # finetuning: ReLU mixes into JSReLU over protocol.mixing_steps; another source activation only switches
+    ft = compose("protocol=sparsity_finetune", "modules=sparsified", "protocol.mixing_steps=7")
+    sites = find_sites(model)
+    _swap_activation(ft, sites, finetune=True)
+    assert all(isinstance(s.act, Mixed) and s.act.steps == 7 for s in sites)
+    gelu = LNMLP(in_features=4, num_classes=3, make_act=GELU, width=8, depth=2)
+    with pytest.raises(ConfigError, match="mixing_steps=0"):
+        _swap_activation(ft, find_sites(gelu), finetune=True)
+    _swap_activation(compose("protocol=sparsity_finetune", "modules=sparsified", "protocol.mixing_steps=0"),
+                     find_sites(gelu), finetune=True)
+    assert all(isinstance(s.act, JSReLU) for s in find_sites(gelu))
