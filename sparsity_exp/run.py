@@ -15,10 +15,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, resume
-from .batches import make_batches
+from .batches import make_batches, to_device
 from .data import build_data
 from .errors import ConfigError
-from .models import build_model, find_sites
+from .models import find_sites
+from .modules import apply_interventions, build_protocol_model
 from .optim import build_optimizer, build_schedule, param_groups
 from .plots.quicklook import sparsity_per_layer
 from .preempt import Preempted
@@ -124,12 +125,11 @@ def _train(cfg: DictConfig, run_dir: Path, resume_state: dict | None = None) -> 
     seed_everything(cfg.seed)
     device = resolve_device(cfg.trainer.device)
     data = build_data(cfg.data)
-    model = build_model(cfg.model, data.info, cfg.activation).to(device)
+    model = build_protocol_model(cfg, data.info, run_dir).to(device)
     sites = find_sites(model)
     if distributed.is_main():
         write_json(run_dir / "sites.json", [{"index": s.index, "name": s.name, "stack": s.stack,
                                              "paths": s.paths} for s in sites])
-    probes = build_probes(cfg.probes, sites)
     t = cfg.trainer
     ranks = {"rank": distributed.rank(), "world_size": distributed.world_size()}
     distributed.check_batch_size(t.batch_size)
@@ -141,6 +141,9 @@ def _train(cfg: DictConfig, run_dir: Path, resume_state: dict | None = None) -> 
     total = math.ceil(t.epochs * steps_per_epoch) if t.epochs else int(t.steps)
     if total <= 0:
         raise ConfigError(f"the run has {total} steps; set trainer.steps (or trainer.epochs) to a positive number")
+    task = make_task(cfg, data)
+    callbacks = apply_interventions(cfg, model, sites, sample_forward=lambda: _sample_forward(model, task, test_batches))
+    probes = build_probes(cfg.probes, sites)  # after the interventions: probes see the final activations
     optimizer = build_optimizer(cfg.optim, param_groups(model, cfg.optim), device)
     schedule = build_schedule(cfg.optim.schedule, optimizer, total)
     set_backend_flags(t, device)
@@ -148,7 +151,7 @@ def _train(cfg: DictConfig, run_dir: Path, resume_state: dict | None = None) -> 
     main = distributed.is_main()
     with Recorder(run_dir, tensorboard=t.get("tensorboard", False)) if main else distributed.NullRecorder() as recorder:
         trainer = Trainer(
-            model=model, task=make_task(cfg, data), optimizer=optimizer, schedule=schedule,
+            model=model, task=task, optimizer=optimizer, schedule=schedule, callbacks=callbacks,
             train_batches=train_batches, test_batches=test_batches, probes=probes, recorder=recorder,
             total_steps=total, steps_per_epoch=steps_per_epoch, log_every=t.log_every, eval_every=t.eval_every,
             device=device, grad_clip=t.grad_clip, progress=t.progress and main, run_dir=run_dir if main else None,
@@ -176,6 +179,11 @@ def precision_and_accumulation(t) -> dict:
     if accum < 1 or t.batch_size % accum:
         raise ConfigError(f"trainer.grad_accum={accum} must be >= 1 and divide trainer.batch_size={t.batch_size}")
     return {"precision": precision, "grad_accum": accum}
+@torch.no_grad()
+def _sample_forward(model, task, batches) -> None:
+    """One evaluation-mode forward on the first test batch (modules that size themselves from real inputs)."""
+    model.eval()
+    task(model, to_device(next(iter(batches)), next(model.parameters()).device), train=False)
 
 
 def _summary(cfg, trainer: Trainer, run_dir: Path, wall: float) -> dict:

@@ -5,6 +5,9 @@ Per MLP site, over every entry (samples x tokens x d_ff) of one observation:
                        'activation concentration'; Li et al.'s nonzero % is 1 - this)
   derivative_sparsity  fraction of pre-activations h in the activation's zero-derivative region
   derivative2          mean sigma'(h)^2
+  rest_fraction        fraction of outputs equal to the activation's flat-region value (s_y of the
+                       shifted activation); written only when some site's value is not 0, where it
+                       would repeat activation_sparsity
 Entries of padding tokens are left out when the task marks them (probes/masking.py).
 """
 from __future__ import annotations
@@ -18,7 +21,7 @@ from .base import Probe, layer_rows
 from .hooks import forward_hooks
 from .masking import token_mask_for
 
-_ZEROS, _FLAT, _DERIV2, _COUNT = range(4)
+_ZEROS, _FLAT, _DERIV2, _COUNT, _REST = range(5)
 
 
 class SparsityProbe(Probe):
@@ -39,19 +42,21 @@ class SparsityProbe(Probe):
             h, a = inputs[0].detach(), output.detach()
             stats = self._stats.get(split)
             if stats is None:
-                stats = self._stats[split] = torch.zeros(len(self.sites), 4, dtype=torch.float64, device=a.device)
+                stats = self._stats[split] = torch.zeros(len(self.sites), 5, dtype=torch.float64, device=a.device)
             mask = token_mask_for(site, a)
             if mask is None:
                 stats[i, _ZEROS] += module.zero_output(a).sum()
                 stats[i, _FLAT] += module.flat_region(h).sum()
                 stats[i, _DERIV2] += module.derivative(h).double().pow(2).sum()
                 stats[i, _COUNT] += a.numel()
+                stats[i, _REST] += module.at_rest(a).sum()
             else:  # padding tokens do not count
                 m = mask.unsqueeze(-1)
                 stats[i, _ZEROS] += (module.zero_output(a) & m).sum()
                 stats[i, _FLAT] += (module.flat_region(h) & m).sum()
                 stats[i, _DERIV2] += (module.derivative(h).double().pow(2) * m).sum()
                 stats[i, _COUNT] += mask.sum() * a.shape[-1]
+                stats[i, _REST] += (module.at_rest(a) & m).sum()
         return fn
 
     @contextmanager
@@ -72,4 +77,6 @@ class SparsityProbe(Probe):
         out += layer_rows(split, "activation_sparsity", (s[:, _ZEROS] / count).tolist())
         out += layer_rows(split, "derivative_sparsity", (s[:, _FLAT] / count).tolist())
         out += layer_rows(split, "derivative2", (s[:, _DERIV2] / count).tolist())
+        if any(getattr(site.act, "rest_value", 0.0) != 0.0 for site in self.sites):
+            out += layer_rows(split, "rest_fraction", (s[:, _REST] / count).tolist())
         return out

@@ -1,0 +1,92 @@
+"""Token-wise Gaussian weight noise (PAPER.md §3.4, the authors' 'MagicSynapse'), training mode only:
+
+    out = W x + b + eps * sigma_W * ||x||_2,   eps ~ N(0, I) per token and output unit,
+    sigma_W = rho ||W||_F / sqrt(numel W),
+
+the same in distribution as drawing i.i.d. N(0, sigma_W^2) weight noise for every token. The noise is
+drawn without gradient (a perturbation, not a path for the gradient), from the global torch RNG, so
+it follows the run's seed. For a LoRA-adapted linear, W is the effective weight (base + LoRA delta).
+
+Installed as forward hooks, so the linears, their state-dict keys and the sites stay as they are.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+TARGETS = ("key", "key_value", "all")
+
+
+def _is_lora(module: nn.Module) -> bool:
+    return hasattr(module, "get_base_layer") and hasattr(module, "get_delta_weight")
+
+
+def effective_weight(module: nn.Module) -> torch.Tensor:
+    if _is_lora(module):
+        weight = module.get_base_layer().weight
+        for name in module.active_adapters:
+            if name in getattr(module, "lora_A", {}):
+                weight = weight + module.get_delta_weight(name)
+        return weight
+    return module.weight
+
+
+def _linears(module: nn.Module):
+    """Linear layers under ``module``; a LoRA-adapted linear counts once (not its inner parts)."""
+    if isinstance(module, nn.Linear) or _is_lora(module):
+        yield module
+        return
+    for child in module.children():
+        yield from _linears(child)
+
+
+def target_linears(site, targets: str) -> list[nn.Module]:
+    """``key``; ``key_value`` (key and value where the site has one); ``all``: every linear under the
+    deepest module holding both key and value (ViT ``mlp``, T5 ``DenseReluDense`` incl. gated wi_0/wi_1)."""
+    if targets not in TARGETS:
+        raise ConfigError(f"noise.targets={targets!r}; choose one of {list(TARGETS)}")
+    if targets == "key":
+        return [site.key]
+    if targets == "key_value":
+        return [site.key] + ([site.value] if site.value is not None else [])
+    paths = [site.paths[p].split(".") for p in ("key", "value") if site.paths.get(p)]
+    common = []
+    for parts in zip(*paths):
+        if len(set(parts)) > 1:
+            break
+        common.append(parts[0])
+    if len(paths) == 1:
+        common = paths[0][:-1]
+    parent = site.model.get_submodule(".".join(common)) if common else site.model
+    return list(_linears(parent))
+
+
+class WeightNoise:
+    def __init__(self, rho: float = 0.1):
+        if rho < 0:
+            raise ConfigError(f"noise.rho={rho} must be >= 0")
+        self.rho = float(rho)
+        self.handles = []
+
+    def __call__(self, module: nn.Module, args, out: torch.Tensor):
+        if not module.training or self.rho == 0.0:
+            return None
+        with torch.no_grad():
+            w = effective_weight(module)
+            sigma = self.rho * w.norm() / math.sqrt(w.numel())
+            noise = torch.randn_like(out) * (sigma * args[0].norm(dim=-1, keepdim=True))
+        return out + noise
+
+    def install(self, linears) -> "WeightNoise":
+        for lin in linears:
+            self.handles.append(lin.register_forward_hook(self))
+        return self
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
