@@ -79,6 +79,10 @@ class Trainer:
     step: int = 0
     last: dict = field(default_factory=dict)  # last logged values, for the bar and the summary
 
+    def __post_init__(self):
+        for p in self.probes:  # probes that save arrays or read the lr find the step and recorder here
+            p.bind(self)
+
     @property
     def epoch(self) -> float:
         return self.step / max(1, self.steps_per_epoch)

@@ -49,6 +49,18 @@ class Probe:
         self.every = int(every or 0)  # train-batch cadence in steps; 0 = never on train batches
         self.measure_every = int(measure_every or 0)  # standalone cadence; 0 = never during training
         self.at_end = bool(at_end)
+        self.host = None  # set by bind(): the trainer (or the post-hoc driver)
+
+    def bind(self, host) -> None:
+        """Called once by whoever drives the probe (the Trainer, or the post-hoc driver) with an
+        object holding ``step``, ``recorder`` and ``optimizer`` (None post hoc): probes that save
+        arrays from ``rows`` or read the learning rate use it."""
+        self.host = host
+
+    def save_arrays(self, name: str, **arrays) -> None:
+        """Arrays of the current step to the run folder (nothing when unbound, e.g. in unit tests)."""
+        if self.host is not None and getattr(self.host, "recorder", None) is not None:
+            self.host.recorder.save_arrays(name, self.host.step, **arrays)
 
     def due(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0
