@@ -12,6 +12,9 @@ commands:
   run [overrides]   train and probe one configuration (Hydra overrides, e.g. model.depth=6 optim.lr=0.1);
                     `run -m a=1,2 b=x,y` runs the grid; `run --help` lists the config groups;
                     `run --cfg job` prints the composed config without running
+  probe RUN_DIR [overrides]
+                    measure a run's saved checkpoints with probes, no training (rows into
+                    RUN_DIR/posthoc_metrics.csv); e.g. `probe RUN probes=full checkpoints=last`
 """
 
 
@@ -55,6 +58,23 @@ def _run(args: list[str]) -> int:
     return 0
 
 
+def _probe(args: list[str]) -> int:
+    from .errors import UserError
+
+    if not args or args[0].startswith("-"):
+        print("usage: sparsity-exp probe RUN_DIR [probes=<preset>] [checkpoints=all|last|S1,S2] [batches=N] "
+              "[key=value ...]", file=sys.stderr)
+        return 2
+    try:
+        from .posthoc import probe_run
+
+        probe_run(Path(args[0]), args[1:])
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -63,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "run":
         return _run(rest)
+    if command == "probe":
+        return _probe(rest)
     print(f"error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -36,9 +36,10 @@ def write_json(path: Path, obj) -> None:
 class Recorder:
     """Rows into ``metrics.csv`` (one row per step, split, probe, metric, layer, value)."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, filename: str = METRICS_FILE, array_prefix: str = ""):
         self.run_dir = Path(run_dir)
-        self.path = self.run_dir / METRICS_FILE
+        self.path = self.run_dir / filename
+        self.array_prefix = array_prefix  # post-hoc arrays are kept apart from the run's own
         new = not self.path.exists() or self.path.stat().st_size == 0
         self._file = open(self.path, "a", newline="")
         self._writer = csv.writer(self._file)
@@ -64,7 +65,7 @@ class Recorder:
         """Large arrays (eigenvalues, histograms) go to ``arrays/<name>_step<step>.npz``."""
         folder = self.run_dir / "arrays"
         folder.mkdir(exist_ok=True)
-        path = folder / f"{name}_step{step:08d}.npz"
+        path = folder / f"{self.array_prefix}{name}_step{step:08d}.npz"
         fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npz")
         os.close(fd)
         np.savez_compressed(tmp, **{k: np.asarray(v) for k, v in arrays.items()})

@@ -143,8 +143,11 @@ class GradientDensityProbe(_TrainGradientProbe):
         self._hist[site.index, 1] += torch.histc(logg[active], self.bins, self.lo, self.hi).double()
 
     def _save_due(self) -> bool:
-        return self.host is not None and (self.save_every <= 0 and getattr(self.host, "posthoc", False)
-                                          or self.save_every > 0 and self.host.step % self.save_every == 0)
+        if self.host is None:
+            return False
+        if getattr(self.host, "posthoc", False):  # post hoc: every checkpoint measured gets its histograms
+            return True
+        return self.save_every > 0 and self.host.step % self.save_every == 0
 
     def rows(self, split: str):
         if split != "train":

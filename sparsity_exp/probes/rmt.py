@@ -58,6 +58,7 @@ def mp_bound(p: int, steps: float, batch: int, alpha: float, anisotropy: float, 
 
 class RMTProbe(Probe):
     name = "rmt"
+    posthoc = False  # the running covariances need the whole training trajectory
 
     def __init__(self, sites, every: int = 0, thr: float = 1e-3, v: float = 1e-2, **kw):
         super().__init__(sites, every, **kw)
