@@ -11,7 +11,8 @@
 ``gradient_density``:
   density_ratio    E[g^2 | active] / E[g^2] (active = outside the zero-derivative region, i.e.
                    a > 0 for ReLU); arrays ``gradient_density``: histograms of log10|g| over all
-                   entries and over active ones.
+                   entries and over active ones, computed only at the steps they are saved
+                   (``save_every``; every checkpoint post hoc).
 
 Scale: gradients of the training loss as the step computes it (the batch mean), like the authors'
 hooks; ``per_sample: true`` multiplies them by the batch size, giving per-sample gradients for a
@@ -136,6 +137,8 @@ class GradientDensityProbe(_TrainGradientProbe):
         s = self._acc(g.device)[site.index]
         s += torch.stack([g2.sum(), torch.tensor(float(g.numel()), dtype=torch.float64, device=g.device),
                           (g2 * active).sum(), active.sum().double()])
+        if not self._save_due():  # histograms cost more than the ratio: only when they will be saved
+            return
         if self._hist is None:
             self._hist = torch.zeros(len(self.sites), 2, self.bins, dtype=torch.float64, device=g.device)
         logg = g.abs().log10().float()  # log10 0 = -inf falls outside the range: exact zeros are not binned
@@ -144,7 +147,7 @@ class GradientDensityProbe(_TrainGradientProbe):
 
     def _save_due(self) -> bool:
         if self.host is None:
-            return False
+            return self.save_every >= 0  # unbound (unit use): keep them in memory
         if getattr(self.host, "posthoc", False):  # post hoc: every checkpoint measured gets its histograms
             return True
         return self.save_every > 0 and self.host.step % self.save_every == 0
@@ -159,7 +162,7 @@ class GradientDensityProbe(_TrainGradientProbe):
         mean_all = s[:, 0] / s[:, 1].clamp(min=1)
         mean_active = s[:, 2] / s[:, 3].clamp(min=1)
         ratio = torch.where(mean_all > 0, mean_active / mean_all, torch.full_like(mean_all, float("nan")))
-        if self._save_due():
+        if self._save_due() and hist is not None and self.host is not None:
             h = hist.cpu().numpy()
             edges = torch.linspace(self.lo, self.hi, self.bins + 1).numpy()
             arrays = {"log10_edges": edges}
