@@ -109,3 +109,12 @@ def test_posthoc_probe_command(cli, compose, tiny, tmp_path):
     with pytest.raises(UserError, match="no such preset"):
         probe_run(run, ["probes=nope"])
     assert sorted(set(pd.read_csv(run / "posthoc_metrics.csv").step)) == [15, 30]
+
+
+def test_misspelt_probe_setting_is_a_clear_error(compose):
+    from sparsity_exp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"probes.hessian: .*samplez"):
+        build_probes({"hessian": {"samplez": 3}}, [])
+    with pytest.raises(ConfigError, match="known probes"):
+        build_probes({"hesian": {}}, [])

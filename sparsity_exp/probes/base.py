@@ -44,7 +44,10 @@ class ProbeContext:
 class Probe:
     name = "probe"
 
-    def __init__(self, sites: list[MLPSite], every: int = 0, measure_every: int = 0, at_end: bool = False, **_):
+    def __init__(self, sites: list[MLPSite], every: int = 0, measure_every: int = 0, at_end: bool = False,
+                 **unknown):
+        if unknown:  # a misspelt setting must not be ignored silently
+            raise TypeError(f"unknown setting(s) {sorted(unknown)}")
         self.sites = sites
         self.every = int(every or 0)  # train-batch cadence in steps; 0 = never on train batches
         self.measure_every = int(measure_every or 0)  # standalone cadence; 0 = never during training
