@@ -39,7 +39,7 @@ def test_presets_compose_and_build(compose, preset):
     if preset == "full":
         assert names == set(CONTRACT)
     if preset == "default":
-        assert {"sparsity", "gradients", "augmented_flatness", "rmt"} <= names and "hessian" not in names
+        assert {"sparsity", "gradients", "neurons", "spectrum"} <= names and "hessian" not in names
 
 
 def test_full_preset_run_writes_the_contract(compose, tiny, tmp_path):
@@ -60,7 +60,7 @@ def test_full_preset_run_writes_the_contract(compose, tiny, tmp_path):
 
 
 def test_value_free_model_skips_value_metrics(compose, tiny, tmp_path):
-    cfg = compose(*tiny, "probes=default")
+    cfg = compose(*tiny, "probes=none", "+probes.augmented_flatness.every=10")
     execute(cfg, tmp_path)
     m = pd.read_csv(tmp_path / "metrics.csv")
     af = set(m[m.probe == "augmented_flatness"].metric)
