@@ -17,6 +17,9 @@ commands:
                     installed) joined with the config keys that vary; counts runs per status
   figures PATH... [--out DIR] [--only NAME,...]
                     every figure whose data exist, from run folders or a collected table (PNG and PDF)
+  probe RUN_DIR [overrides]
+                    measure a run's saved checkpoints with probes, no training (rows into
+                    RUN_DIR/posthoc_metrics.csv); e.g. `probe RUN probes=full checkpoints=last`
 """
 
 
@@ -127,6 +130,23 @@ def _table_command(command: str, args: list[str]) -> int:
         return 2
 
 
+def _probe(args: list[str]) -> int:
+    from .errors import UserError
+
+    if not args or args[0].startswith("-"):
+        print("usage: sparsity-exp probe RUN_DIR [probes=<preset>] [checkpoints=all|last|S1,S2] [batches=N] "
+              "[key=value ...]", file=sys.stderr)
+        return 2
+    try:
+        from .posthoc import probe_run
+
+        probe_run(Path(args[0]), args[1:])
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -137,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run(rest)
     if command in ("collect", "figures"):
         return _table_command(command, rest)
+    if command == "probe":
+        return _probe(rest)
     print(f"error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -66,10 +66,12 @@ class Recorder:
     ``tensorboard=True`` the same rows also go to ``<run>/tensorboard/`` as scalars tagged
     ``<probe>/<split>/<metric>/<layer>``, written at each flush."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool = False):
+    def __init__(self, run_dir: Path, filename: str = METRICS_FILE, array_prefix: str = "",
+                 tensorboard: bool = False):
         self.run_dir = Path(run_dir)
         self._tb = tensorboard_writer(self.run_dir / TENSORBOARD_DIR) if tensorboard else None
-        self.path = self.run_dir / METRICS_FILE
+        self.path = self.run_dir / filename
+        self.array_prefix = array_prefix  # post-hoc arrays are kept apart from the run's own
         new = not self.path.exists() or self.path.stat().st_size == 0
         self._file = open(self.path, "a", newline="")
         self._writer = csv.writer(self._file)
@@ -122,7 +124,7 @@ class Recorder:
         """Large arrays (eigenvalues, histograms) go to ``arrays/<name>_step<step>.npz``."""
         folder = self.run_dir / "arrays"
         folder.mkdir(exist_ok=True)
-        path = folder / f"{name}_step{step:08d}.npz"
+        path = folder / f"{self.array_prefix}{name}_step{step:08d}.npz"
         fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npz")
         os.close(fd)
         np.savez_compressed(tmp, **{k: np.asarray(v) for k, v in arrays.items()})

@@ -135,6 +135,10 @@ class Trainer:
     stop: StopRequest = field(default_factory=StopRequest)  # set by SIGTERM/SIGUSR1 during fit
     _first_nonfinite: torch.Tensor = None  # on the device: first step whose loss was not finite, or -1
 
+    def __post_init__(self):
+        for p in self.probes:  # probes that save arrays or read the lr find the step and recorder here
+            p.bind(self)
+
     @property
     def epoch(self) -> float:
         return self.step / max(1, self.steps_per_epoch)
@@ -237,6 +241,7 @@ class Trainer:
         due = [p for p in self.probes if p.measure_due(self.step, last)]
         if not due:
             return
+        self.check_finite()  # a measurement of non-finite weights would fail with a less helpful error
         ctx = ProbeContext(model=self.model, sites=due[0].sites, task=self.task, train_batches=self.train_batches,
                            test_batches=self.test_batches, device=self.device, step=self.step, seed=self.seed,
                            recorder=self.recorder, optimizer=self.optimizer)

@@ -4,9 +4,21 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from .base import Probe, layer_rows, observing
+from .diagonality import DiagonalityProbe
+from .flatness import AugmentedFlatnessProbe
+from .gradients import GradientDensityProbe, GradientsProbe
+from .hessian import HessianProbe
+from .neurons import NeuronsProbe
+from .rmt import RMTProbe
+from .sharpness import SharpnessProbe
 from .sparsity import SparsityProbe
+from .spectrum import SpectrumProbe
 
-PROBES: dict[str, type[Probe]] = {SparsityProbe.name: SparsityProbe}
+PROBES: dict[str, type[Probe]] = {
+    cls.name: cls
+    for cls in (SparsityProbe, GradientsProbe, GradientDensityProbe, AugmentedFlatnessProbe, HessianProbe,
+                SharpnessProbe, SpectrumProbe, RMTProbe, NeuronsProbe, DiagonalityProbe)
+}
 
 
 def build_probes(cfg, sites) -> list[Probe]:
@@ -14,7 +26,10 @@ def build_probes(cfg, sites) -> list[Probe]:
     for name, settings in (cfg or {}).items():
         if name not in PROBES:
             raise ConfigError(f"probes.{name} is not a known probe; known probes: {sorted(PROBES)}")
-        probes.append(PROBES[name](sites, **dict(settings or {})))
+        try:
+            probes.append(PROBES[name](sites, **dict(settings or {})))
+        except TypeError as exc:  # an unknown or mistyped setting
+            raise ConfigError(f"probes.{name}: {exc}; see conf/probes/full.yaml for its settings") from exc
     return probes
 
 

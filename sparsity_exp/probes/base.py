@@ -44,11 +44,26 @@ class ProbeContext:
 class Probe:
     name = "probe"
 
-    def __init__(self, sites: list[MLPSite], every: int = 0, measure_every: int = 0, at_end: bool = False, **_):
+    def __init__(self, sites: list[MLPSite], every: int = 0, measure_every: int = 0, at_end: bool = False,
+                 **unknown):
+        if unknown:  # a misspelt setting must not be ignored silently
+            raise TypeError(f"unknown setting(s) {sorted(unknown)}")
         self.sites = sites
         self.every = int(every or 0)  # train-batch cadence in steps; 0 = never on train batches
         self.measure_every = int(measure_every or 0)  # standalone cadence; 0 = never during training
         self.at_end = bool(at_end)
+        self.host = None  # set by bind(): the trainer (or the post-hoc driver)
+
+    def bind(self, host) -> None:
+        """Called once by whoever drives the probe (the Trainer, or the post-hoc driver) with an
+        object holding ``step``, ``recorder`` and ``optimizer`` (None post hoc): probes that save
+        arrays from ``rows`` or read the learning rate use it."""
+        self.host = host
+
+    def save_arrays(self, name: str, **arrays) -> None:
+        """Arrays of the current step to the run folder (nothing when unbound, e.g. in unit tests)."""
+        if self.host is not None and getattr(self.host, "recorder", None) is not None:
+            self.host.recorder.save_arrays(name, self.host.step, **arrays)
 
     def due(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0
@@ -67,7 +82,9 @@ class Probe:
         are summed over ranks (in place) before ``rows``, so they must be sums (of values and of
         counts). The default finds them in ``self._stats[split]`` (a tensor, or a dict/list of
         tensors); a probe that keeps other accumulators (a max, a running mean) overrides this."""
-        found = getattr(self, "_stats", {}).get(split)
+        found = getattr(self, "_stats", None)
+        if isinstance(found, dict):  # per split (the sparsity probe); a bare tensor serves the one split observed
+            found = found.get(split)
         items = found.values() if isinstance(found, dict) else found if isinstance(found, (list, tuple)) else [found]
         return [t for t in items if isinstance(t, torch.Tensor)]
 

@@ -1,0 +1,165 @@
+"""Cost of the probes on the default LN-MLP run (digits, 1500 SGD steps).
+
+Prints
+  1. per probe: seconds per call (an observed training step's extra time for train-batch probes,
+     an evaluation's extra time for test-set probes, one measure() for standalone ones) and its
+     share of the `none` run's wall time at the cadence of conf/probes/full.yaml;
+  2. wall time of whole runs with probes=none|cheap|default|full and the ratios against none
+     (targets: cheap <= 1.05, default <= 1.25).
+
+    OMP_NUM_THREADS=1 python benchmarks/probe_cost.py [--repeats 3] [--steps 1500] [override ...]
+
+Timings on a shared machine are noisy: the run ratios take the fastest of --repeats runs.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from sparsity_exp.config import conf_dir, register_resolvers  # noqa: E402
+from sparsity_exp.probes import Probe, build_probes, observing  # noqa: E402
+from sparsity_exp.probes.base import ProbeContext  # noqa: E402
+
+PRESETS = ("none", "cheap", "default", "full")
+
+
+def _compose(overrides):
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def run_wall(preset: str, overrides) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one whole run; CPU time is less disturbed
+    by other processes on a shared machine."""
+    import contextlib
+    import io
+
+    from sparsity_exp.run import execute
+
+    cfg = _compose([f"probes={preset}", "trainer.progress=false", *overrides])
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+        cpu = time.process_time()
+        summary = execute(cfg, Path(tmp))
+        cpu = time.process_time() - cpu
+    return float(summary["wall_time_s"]), cpu
+
+
+def per_probe(overrides, calls: int = 30):
+    """Seconds per call of each probe of the full preset, on the default model and data."""
+    from sparsity_exp.batches import make_batches
+    from sparsity_exp.data import build_data
+    from sparsity_exp.models import build_model, find_sites
+    from sparsity_exp.optim import build_optimizer
+    from sparsity_exp.record import Recorder
+    from sparsity_exp.run import resolve_device, seed_everything
+    from sparsity_exp.train import ClassificationTask
+
+    cfg = _compose(["probes=full", *overrides])
+    seed_everything(cfg.seed)
+    data = build_data(cfg.data)
+    device = resolve_device(cfg.trainer.device)
+    model = build_model(cfg.model, data.info, cfg.activation).to(device)
+    sites = find_sites(model)
+    opt = build_optimizer(cfg.optim, model.parameters())
+    task = ClassificationTask()
+    train = make_batches(data.train, cfg.trainer.batch_size, True, True, cfg.seed, device)
+    test = make_batches(data.test, cfg.trainer.eval_batch_size, False, False, cfg.seed, device)
+    batch = next(iter(train))
+
+    def step(probes):
+        with observing(probes, "train"):
+            loss, _ = task(model, batch, train=True)
+            loss.backward()
+        for p in probes:
+            p.rows("train")
+        opt.zero_grad(set_to_none=True)
+
+    def evaluate(probes):
+        with torch.no_grad(), observing(probes, "test"):
+            for b in test:
+                task(model, b, train=False)
+        for p in probes:
+            p.rows("test")
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def timed(fn, n):
+        fn()  # warm-up
+        sync()
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        sync()
+        return (time.perf_counter() - t) / n
+
+    base_step = timed(lambda: step([]), calls * 3)
+    base_eval = timed(lambda: evaluate([]), 5)
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp, Recorder(Path(tmp)) as rec:
+        ctx = ProbeContext(model=model, sites=sites, task=task, train_batches=train, test_batches=test,
+                           device=device, step=0, seed=cfg.seed, recorder=rec, optimizer=opt)
+        for probe in build_probes(cfg.probes, sites):
+            probe.bind(type("Host", (), {"step": 0, "recorder": rec, "optimizer": opt})())
+            if type(probe).measure is not Probe.measure and (probe.measure_every or probe.at_end):
+                out[probe.name] = ("measure", timed(lambda: probe.measure(ctx), 2), probe)
+            else:
+                if probe.every:
+                    out[probe.name] = ("train step", timed(lambda: step([probe]), calls) - base_step, probe)
+                with torch.no_grad(), observing([probe], "test"):
+                    task(model, next(iter(test)), train=False)
+                if probe.rows("test"):  # the probe reads the test set too
+                    out[probe.name + " (test)"] = ("evaluation", timed(lambda: evaluate([probe]), 5) - base_eval,
+                                                   probe)
+    return out, cfg
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--skip-runs", action="store_true")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+    if torch.get_num_threads() > 1 and "OMP_NUM_THREADS" not in __import__("os").environ:
+        torch.set_num_threads(1)
+
+    walls, cpus = {}, {}
+    if not args.skip_runs:
+        for preset in PRESETS:
+            runs = [run_wall(preset, args.overrides) for _ in range(args.repeats)]
+            walls[preset], cpus[preset] = min(r[0] for r in runs), min(r[1] for r in runs)
+    costs, cfg = per_probe(args.overrides)
+    steps, log_every, eval_every = cfg.trainer.steps, cfg.trainer.log_every, cfg.trainer.eval_every
+    evals = steps // eval_every + 2
+    base = walls.get("none")
+    print(f"per probe (cadence of conf/probes/full.yaml; {steps} steps, log every {log_every}, eval every {eval_every})")
+    print(f"{'probe':28s} {'kind':11s} {'s/call':>10s} {'calls':>6s} {'share of none':>14s}")
+    for name, (kind, sec, probe) in costs.items():
+        if kind == "measure":
+            n = (steps // probe.measure_every + 1 if probe.measure_every else 0) + int(probe.at_end)
+        elif kind == "train step":
+            n = steps // probe.every
+        else:
+            n = evals
+        share = f"{100 * sec * n / base:13.1f}%" if base else "-"
+        print(f"{name:28s} {kind:11s} {sec:10.5f} {n:6d} {share:>14s}")
+    if walls:
+        print("\nwhole runs (fastest of %d)" % args.repeats)
+        for preset, wall in walls.items():
+            print(f"  probes={preset:8s} wall {wall:7.2f} s  ratio vs none {wall / walls['none']:.3f}   "
+                  f"cpu {cpus[preset]:7.2f} s  ratio vs none {cpus[preset] / cpus['none']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""``sparsity-exp probe RUN_DIR [overrides...]``: probe a run's saved checkpoints after training.
+
+For each chosen checkpoint the run's model is rebuilt with those weights and each chosen probe
+measures it with no parameter update (lr 0): probes with a standalone measurement (hessian,
+sharpness, spectrum, augmented_flatness, ...) run it; the others (sparsity, gradients, gradient
+density, neurons, diagonality) observe ``batches`` training batches (train-mode forward and
+backward, gradients taken with autograd.grad) and one pass over the test set. Rows go to
+``<run>/posthoc_metrics.csv`` (the columns of metrics.csv, which is never touched), arrays to
+``<run>/arrays/posthoc_<name>_step<step>.npz``.
+
+Overrides: ``probes=<preset>`` (default: the run's own probe set), ``probes.<name>.<field>=v``,
+any config field (``trainer.device=cpu``), ``checkpoints=all|last|<step>,<step>``, ``batches=N``.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+from .probes import Probe, build_probes
+from .probes.base import ProbeContext
+from .probes.standalone import preserved, take_batches, test_passes, train_passes
+from .rebuild import load_weights, rebuild, select_checkpoints
+from .record import Recorder
+from .train import ClassificationTask
+
+POSTHOC_FILE = "posthoc_metrics.csv"
+
+
+def _has_measure(probe) -> bool:
+    return type(probe).measure is not Probe.measure
+
+
+def probe_run(run_dir: Path, args=(), file=sys.stdout) -> Path:
+    run_dir = Path(run_dir)
+    settings = {"checkpoints": "all", "batches": "1"}
+    overrides = []
+    for a in args:
+        key = a.partition("=")[0]
+        if key in settings:
+            settings[key] = a.partition("=")[2]
+        else:
+            overrides.append(a)
+    run = rebuild(run_dir, overrides)
+    chosen = select_checkpoints(run_dir, settings["checkpoints"])
+    probes = build_probes(run.cfg.probes, run.sites)
+    skipped = [p for p in probes if not getattr(p, "posthoc", True)]
+    probes = [p for p in probes if p not in skipped]
+    for p in skipped:
+        print(f"probe {p.name}: needs the training trajectory, skipped post hoc", file=file)
+    task = ClassificationTask(run.cfg.trainer.label_smoothing)
+    observers = [p for p in probes if not _has_measure(p)]
+    measurers = [p for p in probes if _has_measure(p)]
+    with Recorder(run_dir, filename=POSTHOC_FILE, array_prefix="posthoc_") as recorder:
+        host = SimpleNamespace(step=0, recorder=recorder, optimizer=None, posthoc=True)
+        for p in probes:
+            p.bind(host)
+        for step, path in chosen:
+            load_weights(run.model, path, run.device)
+            host.step = step
+            epoch = step / run.steps_per_epoch
+            ctx = ProbeContext(model=run.model, sites=run.sites, task=task, train_batches=run.train_batches,
+                               test_batches=run.test_batches, device=run.device, step=step, seed=run.cfg.seed,
+                               recorder=recorder)
+            if observers:
+                with preserved(run.model, run.train_batches):
+                    batches = take_batches(run.train_batches, int(settings["batches"]), run.device)
+                    train_passes(run.model, task, observers, batches)
+                    for p in observers:
+                        recorder.add(step, epoch, p.name, p.rows("train"))
+                    test_passes(run.model, task, observers, run.test_batches, run.device)
+                    for p in observers:
+                        recorder.add(step, epoch, p.name, p.rows("test"))
+            for p in measurers:
+                recorder.add(step, epoch, p.name, p.measure(ctx))
+            recorder.flush()
+            print(f"step {step}: {len(probes)} probe(s) measured", file=file)
+    out = run_dir / POSTHOC_FILE
+    print(f"rows in {out}", file=file)
+    return out

@@ -1,0 +1,177 @@
+"""Gradient-side probes on training batches (PAPER.md §1.2, §1.3 'older direct probes').
+
+``gradients`` (per MLP site, over the observed training batches):
+  eta_small_<p>    fraction of entries with |eta| < p, p in ``thresholds`` (1e-9, 1e-6, 1e-3)
+  eta_l1, eta_l2   mean over tokens of sum_j |eta_j|^q, q = 1, 2
+  key_fro2         ||K||_F^2 of the key weight (tr K K^T)
+  g_norm2          mean over tokens of ||g_t||^2, g = dL/da
+  gz_norm          mean over tokens of ||dL/dz_t|| at the block output
+  eta_neg_count / eta_pos_count   mean over tokens of the number of entries with eta < 0 / > 0
+  eta_neg_sum / eta_pos_sum       mean over tokens of the sum of those entries
+``gradient_density``:
+  density_ratio    E[g^2 | active] / E[g^2] (active = outside the zero-derivative region, i.e.
+                   a > 0 for ReLU); arrays ``gradient_density``: histograms of log10|g| over all
+                   entries and over active ones, computed only at the steps they are saved
+                   (``save_every``; every checkpoint post hoc).
+
+Scale: gradients of the training loss as the step computes it (the batch mean), like the authors'
+hooks; ``per_sample: true`` multiplies them by the batch size, giving per-sample gradients for a
+loss that averages per-sample losses over the batch.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+from ..distributed import world_size
+
+from .base import Probe, layer_rows
+from .capture import capture
+
+
+def threshold_name(p: float) -> str:
+    """1e-09 -> '1e-9', 0.001 -> '1e-3' (the metric names of the contract)."""
+    mant, exp = f"{p:.0e}".split("e")
+    return f"{mant}e{int(exp)}"
+
+
+class _TrainGradientProbe(Probe):
+    """Shared shape: accumulate a [n_sites, K] float64 tensor on the device from training-batch
+    records, turn it into rows at ``rows('train')``."""
+
+    grads: tuple = ("eta", "g", "gz")
+    inputs = False
+    n_stats = 0
+
+    def __init__(self, sites, every: int = 0, per_sample: bool = False, **kw):
+        super().__init__(sites, every, **kw)
+        self.per_sample = bool(per_sample)
+        self._stats = None
+
+    def _acc(self, device) -> torch.Tensor:
+        if self._stats is None:
+            self._stats = torch.zeros(len(self.sites), self.n_stats, dtype=torch.float64, device=device)
+        return self._stats
+
+    def scale(self, rec) -> float:
+        # Under data parallel training each rank's loss is the mean over its own share of the batch,
+        # so its gradients are world_size times those of the global batch-mean loss: undo that.
+        return float(rec.samples) if self.per_sample else 1.0 / world_size()
+
+    def on_record(self, site, rec) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @contextmanager
+    def observe(self, split: str):
+        if split != "train":
+            yield
+            return
+        with capture(self.sites, self.on_record, grads=self.grads, inputs=self.inputs):
+            yield
+
+    def take(self):
+        stats, self._stats = self._stats, None
+        return None if stats is None else stats.cpu()  # the one host synchronisation
+
+
+class GradientsProbe(_TrainGradientProbe):
+    name = "gradients"
+    inputs = False
+
+    def __init__(self, sites, every: int = 0, thresholds=(1e-9, 1e-6, 1e-3), **kw):
+        self.thresholds = [float(t) for t in thresholds]
+        self.n_stats = len(self.thresholds) + len(self._SUMS)
+        super().__init__(sites, every, **kw)
+
+    # per-site sums after the threshold counts; every metric below is one of them over entries or tokens
+    _SUMS = ("entries", "tokens", "eta_l1", "eta_l2", "g_norm2", "gz_norm",
+             "eta_neg_count", "eta_pos_count", "eta_neg_sum", "eta_pos_sum")
+
+    def on_record(self, site, rec):
+        k = self.scale(rec)
+        eta, g, gz = rec.eta.double() * k, rec.g.double() * k, rec.gz.double() * k
+        mag, neg, pos = eta.abs(), eta < 0, eta > 0
+        counts = [(mag < p).sum() for p in self.thresholds]
+        sums = [torch.tensor(float(eta.numel()), device=eta.device), torch.tensor(float(eta.shape[0]), device=eta.device),
+                mag.sum(), eta.pow(2).sum(), g.pow(2).sum(), gz.norm(dim=-1).sum(),
+                neg.sum(), pos.sum(), (eta * neg).sum(), (eta * pos).sum()]
+        self._acc(eta.device)[site.index] += torch.stack([v.double() for v in counts + sums])
+
+    def rows(self, split: str):
+        if split != "train":
+            return []
+        s = self.take()
+        if s is None:
+            return []
+        n = len(self.thresholds)
+        col = {name: s[:, n + i] for i, name in enumerate(self._SUMS)}
+        entries, tokens = col["entries"].clamp(min=1), col["tokens"].clamp(min=1)
+        out = []
+        for j, p in enumerate(self.thresholds):
+            out += layer_rows(split, f"eta_small_{threshold_name(p)}", (s[:, j] / entries).tolist())
+        for name in ("eta_l1", "eta_l2"):
+            out += layer_rows(split, name, (col[name] / tokens).tolist())
+        out += layer_rows(split, "key_fro2", [float(site.key.weight.detach().double().pow(2).sum())
+                                              for site in self.sites])
+        for name in self._SUMS[4:]:
+            out += layer_rows(split, name, (col[name] / tokens).tolist())
+        return out
+
+
+class GradientDensityProbe(_TrainGradientProbe):
+    """E[g^2 | active] / E[g^2] per layer, and histograms of log10|g| (PAPER.md §1.2)."""
+
+    name = "gradient_density"
+    grads = ("g",)
+    n_stats = 4  # sum g^2, entries, sum g^2 over active, active entries
+
+    def __init__(self, sites, every: int = 0, bins: int = 10000, log10_range=(-10.0, 5.0),
+                 save_every: int = 0, **kw):
+        super().__init__(sites, every, **kw)
+        self.bins = int(bins)
+        self.lo, self.hi = (float(v) for v in log10_range)
+        self.save_every = int(save_every or 0)
+        self._hist = None  # [n_sites, 2, bins]: all entries, active entries
+
+    def on_record(self, site, rec):
+        g = rec.g.double() * self.scale(rec)
+        active = ~site.act.flat_region(rec.h)
+        g2 = g.pow(2)
+        s = self._acc(g.device)[site.index]
+        s += torch.stack([g2.sum(), torch.tensor(float(g.numel()), dtype=torch.float64, device=g.device),
+                          (g2 * active).sum(), active.sum().double()])
+        if not self._save_due():  # histograms cost more than the ratio: only when they will be saved
+            return
+        if self._hist is None:
+            self._hist = torch.zeros(len(self.sites), 2, self.bins, dtype=torch.float64, device=g.device)
+        logg = g.abs().log10().float()  # log10 0 = -inf falls outside the range: exact zeros are not binned
+        self._hist[site.index, 0] += torch.histc(logg, self.bins, self.lo, self.hi).double()
+        self._hist[site.index, 1] += torch.histc(logg[active], self.bins, self.lo, self.hi).double()
+
+    def _save_due(self) -> bool:
+        if self.host is None:
+            return self.save_every >= 0  # unbound (unit use): keep them in memory
+        if getattr(self.host, "posthoc", False):  # post hoc: every checkpoint measured gets its histograms
+            return True
+        return self.save_every > 0 and self.host.step % self.save_every == 0
+
+    def rows(self, split: str):
+        if split != "train":
+            return []
+        s = self.take()
+        hist, self._hist = self._hist, None
+        if s is None:
+            return []
+        mean_all = s[:, 0] / s[:, 1].clamp(min=1)
+        mean_active = s[:, 2] / s[:, 3].clamp(min=1)
+        ratio = torch.where(mean_all > 0, mean_active / mean_all, torch.full_like(mean_all, float("nan")))
+        if self._save_due() and hist is not None and self.host is not None:
+            h = hist.cpu().numpy()
+            edges = torch.linspace(self.lo, self.hi, self.bins + 1).numpy()
+            arrays = {"log10_edges": edges}
+            for site in self.sites:
+                arrays[f"layer_{site.index}_all"] = h[site.index, 0]
+                arrays[f"layer_{site.index}_active"] = h[site.index, 1]
+            self.save_arrays(self.name, **arrays)
+        return list(layer_rows(split, "density_ratio", ratio.tolist()))

@@ -1,0 +1,137 @@
+"""Hessian and sharpness probes against the exact Hessian of a tiny model, and their contract:
+deterministic, sign-correct, and leaving the model as they found it."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch.func import functional_call
+
+from sparsity_exp.activations import ReLU
+from sparsity_exp.models import find_sites
+from sparsity_exp.models.mlp import LNMLP
+from sparsity_exp.probes import build_probes
+from sparsity_exp.probes.base import ProbeContext
+from sparsity_exp.train import ClassificationTask
+
+
+def _tiny(seed=0, value=True):
+    torch.manual_seed(seed)
+    return LNMLP(in_features=3, num_classes=2, make_act=ReLU, width=4, depth=1, d_ff=5, value=value,
+                 norm_affine=True).double()
+
+
+def _batch(n=12, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, generator=g, dtype=torch.float64), torch.randint(0, 2, (n,), generator=g)
+
+
+def _ctx(model, batches, seed=0, step=0):
+    return ProbeContext(model=model, sites=find_sites(model), task=ClassificationTask(), train_batches=batches,
+                        test_batches=batches, device=torch.device("cpu"), step=step, seed=seed, recorder=None)
+
+
+def exact_hessian(model, batch):
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    task = ClassificationTask()
+
+    def loss_of(theta):
+        params, i = {}, 0
+        for n, s in zip(names, shapes):
+            k = math.prod(s)
+            params[n] = theta[i:i + k].reshape(s)
+            i += k
+        return torch.nn.functional.cross_entropy(functional_call(model, params, (batch[0],)), batch[1])
+
+    return torch.autograd.functional.hessian(loss_of, flat).numpy()
+
+
+def _train(model, batch, steps=300):
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(steps):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(batch[0]), batch[1]).backward()
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def _rows(rows):
+    return {(metric, layer): value for _, metric, layer, value in rows}
+
+
+def test_hessian_trace_and_top_eigenvalue_match_exact_hessian():
+    model, batch = _tiny(), _batch()
+    model.eval()
+    H = exact_hessian(model, batch)
+    eig = np.linalg.eigvalsh(H)
+    samples = 600
+    (probe,) = build_probes({"hessian": {"samples": samples, "iterations": 3000, "tol": 1e-12}}, find_sites(model))
+    got = _rows(probe.measure(_ctx(model, [batch])))
+    # Hutchinson with Rademacher vectors: unbiased, variance 2 sum_{i != j} H_ij^2 per sample
+    std = math.sqrt(2 * ((H**2).sum() - (np.diag(H) ** 2).sum()) / samples)
+    assert abs(got[("trace", "avg")] - np.trace(H)) < 5 * std + 1e-9
+    top = eig[np.argmax(np.abs(eig))]
+    assert got[("top_eigenvalue", "avg")] == pytest.approx(top, rel=1e-4)
+
+
+def test_measurements_are_deterministic_and_leave_the_model_as_found():
+    model, batch = _tiny(), _batch()
+    model.train()
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 0.5)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = {"hessian": {"samples": 3, "iterations": 5}, "sharpness": {"samples": 2, "steps": 2}}
+    rng = torch.get_rng_state()
+    first = [p.measure(_ctx(model, [batch], seed=3, step=7)) for p in build_probes(cfg, find_sites(model))]
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert model.training and all(m.training for m in model.modules())
+    for n, p in model.named_parameters():
+        assert torch.equal(p.detach(), before[n]) and torch.equal(p.grad, torch.full_like(p, 0.5))
+    again = [p.measure(_ctx(model, [batch], seed=3, step=7)) for p in build_probes(cfg, find_sites(model))]
+    assert again == first
+    other = [p.measure(_ctx(model, [batch], seed=3, step=8)) for p in build_probes(cfg, find_sites(model))]
+    assert other != first  # the local generator follows the step
+
+
+def test_sharpness_sign_and_zero_radius():
+    model, batch = _tiny(seed=2), _batch(24)
+    _train(model, batch)
+    sites = find_sites(model)
+    (probe,) = build_probes({"sharpness": {"rho": 0.05, "samples": 20, "steps": 10}}, sites)
+    got = _rows(probe.measure(_ctx(model, [batch])))
+    for kind in ("param", "feature_input", "feature_act"):
+        assert got[(f"worst_{kind}", "avg")] >= got[(f"avg_{kind}", "avg")] >= 0, kind
+        assert got[(f"worst_{kind}", "avg")] > 0, kind
+    (zero,) = build_probes({"sharpness": {"rho": 0.0, "samples": 3, "steps": 3}}, sites)
+    assert all(v == 0.0 for v in _rows(zero.measure(_ctx(model, [batch]))).values())
+
+
+def test_feature_perturbation_hits_the_declared_ball():
+    """The feature hook adds exactly delta to each block's key input and records the clean
+    per-token norms that set the radius of the ball."""
+    from contextlib import ExitStack
+
+    from sparsity_exp.probes.sharpness import _FeatureHooks
+
+    model, batch = _tiny(seed=4), _batch(5)
+    sites = find_sites(model)
+    hooks = _FeatureHooks(sites, "input")
+    with ExitStack() as stack:
+        hooks.attach(stack)
+        hooks.record = True
+        with torch.no_grad():
+            model(batch[0])
+        hooks.record = False
+        n = hooks.norms[0]
+        delta = 0.1 * n * torch.ones(hooks.shapes[0], dtype=torch.float64) / math.sqrt(hooks.shapes[0][-1])
+        hooks.deltas = {0: delta}
+        seen = {}
+        h = sites[0].key.register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0].detach()))
+        stack.callback(h.remove)
+        with torch.no_grad():
+            model(batch[0])
+    clean = sites[0].norm(model.inp(batch[0]))
+    assert torch.allclose(seen["x"] - clean.detach(), delta)
+    assert torch.allclose(delta.norm(dim=-1, keepdim=True), 0.1 * n)

@@ -1,0 +1,168 @@
+"""Gradient-side probes (gradients, gradient_density, augmented_flatness, diagonality) against a
+manual autograd computation with retained intermediate gradients."""
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sparsity_exp.activations import ReLU
+from sparsity_exp.models import find_sites
+from sparsity_exp.models.mlp import LNMLP
+from sparsity_exp.probes import build_probes, observing
+
+
+def _model(value, seed=0, width=6, d_ff=10, depth=2):
+    torch.manual_seed(seed)
+    return LNMLP(in_features=5, num_classes=3, make_act=ReLU, width=width, depth=depth, d_ff=d_ff, value=value)
+
+
+def _data(n=8, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 5, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def manual(model, x, y, reduction="mean"):
+    """Block tensors and their gradients, written out by hand (no hooks): per block
+    (x~, h, a, dL/dh, dL/da, dL/dz) as float64 numpy."""
+    z = model.inp(x.flatten(1))
+    kept = []
+    for blk in model.blocks:
+        xt = blk.norm(z)
+        h = blk.key(xt)
+        h.retain_grad()
+        a = torch.relu(h)
+        a.retain_grad()
+        u = blk.value(a) if blk.value is not None else a
+        u.retain_grad()
+        z = z + u
+        kept.append((xt, h, a, u))
+    loss = F.cross_entropy(model.head(z), y, reduction=reduction)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    n = lambda t: t.detach().double().numpy()
+    return [(n(xt), n(h), n(a), n(h.grad), n(a.grad), n(u.grad)) for xt, h, a, u in kept]
+
+
+def _rows(rows):
+    return {(metric, layer): value for _, metric, layer, value in rows}
+
+
+def _observe(model, cfg, x, y):
+    probes = build_probes(cfg, find_sites(model))
+    with observing(probes, "train"):
+        F.cross_entropy(model(x), y).backward()
+    model.zero_grad(set_to_none=True)
+    return probes
+
+
+@pytest.mark.parametrize("value", [False, True])
+def test_gradients_match_manual_autograd(value):
+    model = _model(value)
+    x, y = _data()
+    ref = manual(model, x, y)
+    (probe,) = _observe(model, {"gradients": {"every": 1}}, x, y)
+    got = _rows(probe.rows("train"))
+    for i, (xt, h, a, eta, g, gz) in enumerate(ref):
+        for p, name in ((1e-9, "1e-9"), (1e-6, "1e-6"), (1e-3, "1e-3")):
+            assert got[(f"eta_small_{name}", i)] == pytest.approx(np.mean(np.abs(eta) < p))
+        assert got[("eta_l1", i)] == pytest.approx(np.abs(eta).sum(1).mean(), rel=1e-9)
+        assert got[("eta_l2", i)] == pytest.approx((eta**2).sum(1).mean(), rel=1e-9)
+        k = model.blocks[i].key.weight.detach().double().numpy()
+        assert got[("key_fro2", i)] == pytest.approx((k**2).sum(), rel=1e-9)
+        assert got[("g_norm2", i)] == pytest.approx((g**2).sum(1).mean(), rel=1e-9)
+        assert got[("gz_norm", i)] == pytest.approx(np.linalg.norm(gz, axis=1).mean(), rel=1e-9)
+        assert got[("eta_neg_count", i)] == pytest.approx((eta < 0).sum(1).mean())
+        assert got[("eta_pos_count", i)] == pytest.approx((eta > 0).sum(1).mean())
+        assert got[("eta_neg_sum", i)] == pytest.approx(np.where(eta < 0, eta, 0).sum(1).mean(), rel=1e-9)
+        assert got[("eta_pos_sum", i)] == pytest.approx(np.where(eta > 0, eta, 0).sum(1).mean(), rel=1e-9)
+        # for ReLU eta is g where h > 0 and exactly zero elsewhere
+        assert np.all(eta[h <= 0] == 0)
+    assert got[("g_norm2", "avg")] == pytest.approx(np.mean([(r[4] ** 2).sum(1).mean() for r in ref]))
+
+
+def test_gradient_density_ratio_and_histograms():
+    model = _model(True)
+    x, y = _data(16)
+    ref = manual(model, x, y)
+    (probe,) = _observe(model, {"gradient_density": {"every": 1, "bins": 50, "log10_range": [-12, 2]}}, x, y)
+    hist = probe._hist.cpu().numpy()
+    got = _rows(probe.rows("train"))
+    for i, (xt, h, a, eta, g, gz) in enumerate(ref):
+        active = h > 0
+        assert got[("density_ratio", i)] == pytest.approx((g[active] ** 2).mean() / (g**2).mean(), rel=1e-9)
+        lg = np.log10(np.abs(g[g != 0]))
+        expect, _ = np.histogram(lg, bins=50, range=(-12, 2))
+        assert np.array_equal(hist[i, 0], expect)
+        expect_active, _ = np.histogram(np.log10(np.abs(g[active & (g != 0)])), bins=50, range=(-12, 2))
+        assert np.array_equal(hist[i, 1], expect_active)
+
+
+def test_augmented_flatness_identity_and_per_sample_scale():
+    model = _model(True, d_ff=12)
+    x, y = _data(6)
+    (probe,) = _observe(model, {"augmented_flatness": {"every": 1, "per_sample": True}}, x, y)
+    got = _rows(probe.rows("train"))
+    ref = manual(model, x, y)
+    # per-sample gradients by one backward per sample: d l_b / d h_b
+    per_sample = [manual(model, x[b:b + 1], y[b:b + 1]) for b in range(len(x))]
+    for i, (xt, h, a, *_rest) in enumerate(ref):
+        eta_b = np.concatenate([ps[i][3] for ps in per_sample])
+        g_b = np.concatenate([ps[i][4] for ps in per_sample])
+        gz_b = np.concatenate([ps[i][5] for ps in per_sample])
+        x2 = (xt**2).sum(1)
+        assert got[("as_key", i)] == pytest.approx(((eta_b**2).sum(1) * x2).mean(), rel=1e-6)
+        assert got[("as_value", i)] == pytest.approx(((gz_b**2).sum(1) * (a**2).sum(1)).mean(), rel=1e-6)
+        active = h > 0
+        coef = ((g_b**2) * x2[:, None])[active].mean()
+        assert got[("coef_l0", i)] == pytest.approx(coef, rel=1e-6)
+        assert got[("coef_l2", i)] == pytest.approx((gz_b**2).sum(1).mean(), rel=1e-6)
+        assert got[("a2", i)] == pytest.approx((a**2).sum(1).mean(), rel=1e-9)
+        assert got[("l2_term", i)] == pytest.approx(((a**2).sum(1) * (gz_b**2).sum(1)).mean(), rel=1e-6)
+        # PAPER.md §1.3: for ReLU, ||a||_0 (nonzeros per sample) = AS_K / coefficient_L0
+        l0 = (a > 0).sum(1).mean()
+        assert got[("as_key", i)] / got[("coef_l0", i)] == pytest.approx(l0, rel=1e-9)
+
+
+def test_augmented_flatness_batch_mean_scale_and_value_free_block():
+    model = _model(False)
+    x, y = _data(6)
+    (mean_probe,) = _observe(model, {"augmented_flatness": {"every": 1, "per_sample": False}}, x, y)
+    (ps_probe,) = _observe(model, {"augmented_flatness": {"every": 1, "per_sample": True}}, x, y)
+    mean_rows, ps_rows = _rows(mean_probe.rows("train")), _rows(ps_probe.rows("train"))
+    # batch-mean gradients are per-sample gradients / B, so squared quantities shrink by B^2
+    assert ps_rows[("as_key", 0)] == pytest.approx(mean_rows[("as_key", 0)] * 36, rel=1e-9)
+    # no value matrix: value-specific metrics are left out, the others are there
+    assert not any(m in ("as_value", "coef_l2", "l2_term") for m, _ in ps_rows)
+    assert ("a2", 1) in ps_rows and ("coef_l0", "avg") in ps_rows
+
+
+def test_diagonality_matches_numpy():
+    model = _model(True, d_ff=7)
+    x, y = _data(9)
+    ref = manual(model, x, y)
+    (probe,) = _observe(model, {"diagonality": {"every": 1}}, x, y)
+    got = _rows(probe.rows("train"))
+
+    def ratio(m):
+        d = np.trace(m)
+        return math.log10(d / (m.sum() - d))
+
+    for i, (xt, h, a, eta, g, gz) in enumerate(ref):
+        k = model.blocks[i].key.weight.detach().double().numpy()
+        for p in (1, 2):
+            kk = np.abs(k @ k.T) ** p
+            m = np.mean([np.outer(np.abs(gt) ** p, np.abs(gt) ** p) for gt in g], axis=0)
+            assert got[(f"kkT_p{p}", i)] == pytest.approx(ratio(kk), rel=1e-9)
+            assert got[(f"M_p{p}", i)] == pytest.approx(ratio(m), rel=1e-9)
+            assert got[(f"hadamard_p{p}", i)] == pytest.approx(ratio(m * kk), rel=1e-9)
+
+
+def test_gradient_probes_stay_silent_on_test_batches():
+    model = _model(True)
+    probes = build_probes({"gradients": {"every": 1}, "augmented_flatness": {"every": 1},
+                           "diagonality": {"every": 1}}, find_sites(model))
+    with torch.no_grad(), observing(probes, "test"):
+        model(_data()[0])
+    assert all(p.rows("test") == [] and p.rows("train") == [] for p in probes)
