@@ -175,9 +175,14 @@ def measure_preset(cfg, seconds: float, prefetch: int, warmup: int, rounds: int 
         net = trainer.model if trainer.forward_model is None else trainer.forward_model
         optimizer = build_optimizer(cfg.optim, trainer.model.parameters(), device)
 
+        # the same numerics as the trainer: bf16 autocast when trainer.precision=bf16 (the whole batch
+        # at once: with trainer.grad_accum > 1 the bare loop does not split it)
+        bf16 = getattr(trainer, "precision", "fp32") == "bf16"
+
         def bare(n: int) -> None:
             for _ in range(n):
-                loss, _ = trainer.task(net, next(batches), train=True)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    loss, _ = trainer.task(net, next(batches), train=True)
                 loss.backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
