@@ -22,7 +22,6 @@ from .probes.base import ProbeContext
 from .probes.standalone import preserved, take_batches, test_passes, train_passes
 from .rebuild import load_weights, rebuild, select_checkpoints
 from .record import Recorder
-from .train import ClassificationTask
 
 POSTHOC_FILE = "posthoc_metrics.csv"
 
@@ -48,7 +47,7 @@ def probe_run(run_dir: Path, args=(), file=sys.stdout) -> Path:
     probes = [p for p in probes if p not in skipped]
     for p in skipped:
         print(f"probe {p.name}: needs the training trajectory, skipped post hoc", file=file)
-    task = ClassificationTask(run.cfg.trainer.label_smoothing)
+    task = run.task
     observers = [p for p in probes if not _has_measure(p)]
     measurers = [p for p in probes if _has_measure(p)]
     with Recorder(run_dir, filename=POSTHOC_FILE, array_prefix="posthoc_") as recorder:
@@ -57,6 +56,8 @@ def probe_run(run_dir: Path, args=(), file=sys.stdout) -> Path:
             p.bind(host)
         for step, path in chosen:
             load_weights(run.model, path, run.device)
+            for site in run.sites:  # scheduled activations (mixing) as they were at that step
+                site.act.set_step(step)
             host.step = step
             epoch = step / run.steps_per_epoch
             ctx = ProbeContext(model=run.model, sites=run.sites, task=task, train_batches=run.train_batches,

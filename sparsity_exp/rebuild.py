@@ -26,6 +26,7 @@ class RebuiltRun:
     train_batches: object
     test_batches: object
     steps_per_epoch: int
+    task: object = None  # the run's loss (classification or sequence to sequence)
 
 
 def load_run_config(run_dir: Path, overrides=()) -> DictConfig:
@@ -57,21 +58,27 @@ def load_run_config(run_dir: Path, overrides=()) -> DictConfig:
 
 def rebuild(run_dir: Path, overrides=()) -> RebuiltRun:
     """Data, model (initial weights), sites and batches of the run, as ``run._train`` builds them."""
-    from .run import resolve_device, seed_everything
+    from .modules import apply_interventions, build_protocol_model
+    from .run import _sample_forward, make_task, resolve_device, seed_everything
 
     cfg = load_run_config(run_dir, overrides)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.trainer.device)
     data = build_data(cfg.data)
-    model = build_model(cfg.model, data.info, cfg.activation).to(device)
+    # the same architecture as the run's checkpoints: protocol (finetune source, LoRA) and interventions
+    # (zeroth biases, restricted norm, activation swaps) included; their training callbacks are not needed
+    model = build_protocol_model(cfg, data.info).to(device)
+    sites = find_sites(model)
     t = cfg.trainer
     train_batches = make_batches(data.train, t.batch_size, shuffle=True, drop_last=True, seed=cfg.seed,
                                  device=device, num_workers=t.num_workers)
     test_batches = make_batches(data.test, t.eval_batch_size, shuffle=False, drop_last=False, seed=cfg.seed,
                                 device=device, num_workers=t.num_workers)
-    return RebuiltRun(run_dir=Path(run_dir), cfg=cfg, device=device, model=model, sites=find_sites(model),
+    task = make_task(cfg, data)
+    apply_interventions(cfg, model, sites, sample_forward=lambda: _sample_forward(model, task, test_batches))
+    return RebuiltRun(run_dir=Path(run_dir), cfg=cfg, device=device, model=model, sites=sites,
                       train_batches=train_batches, test_batches=test_batches,
-                      steps_per_epoch=max(1, len(train_batches)))
+                      steps_per_epoch=max(1, len(train_batches)), task=task)
 
 
 def select_checkpoints(run_dir: Path, which: str = "all") -> list[tuple[int, Path]]:

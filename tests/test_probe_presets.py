@@ -118,3 +118,26 @@ def test_misspelt_probe_setting_is_a_clear_error(compose):
         build_probes({"hessian": {"samplez": 3}}, [])
     with pytest.raises(ConfigError, match="known probes"):
         build_probes({"hesian": {}}, [])
+
+
+def test_posthoc_rebuilds_a_run_with_interventions(compose, tmp_path):
+    """Checkpoints of a sparsified run hold zeroth biases and an affine restricted norm: post hoc
+    rebuilds that architecture, loads them and measures."""
+    import pandas as pd
+
+    from sparsity_exp.posthoc import probe_run
+    from sparsity_exp.run import execute
+
+    cfg = compose("model.width=16", "model.depth=2", "trainer.steps=20", "trainer.log_every=10",
+                  "trainer.eval_every=10", "trainer.progress=false", "modules=sparsified", "probes=cheap",
+                  "optim.lr=0.01")
+    execute(cfg, tmp_path)
+    out = probe_run(tmp_path, ["probes=cheap", "checkpoints=last"])
+    rows = pd.read_csv(out)
+    assert set(rows.step) == {20}
+    sparsity = rows[(rows.probe == "sparsity") & (rows.metric == "activation_sparsity") & (rows.split == "test")]
+    final = pd.read_csv(tmp_path / "metrics.csv")
+    final = final[(final.probe == "sparsity") & (final.metric == "activation_sparsity") & (final.split == "test")
+                  & (final.step == 20)]
+    # the same weights on the same test set: the same test sparsity as the run logged at its end
+    assert sorted(sparsity.value) == pytest.approx(sorted(final.value))
