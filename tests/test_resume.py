@@ -238,3 +238,17 @@ def test_sigterm_exits_with_the_requeue_code_and_auto_resumes(tmp_path):
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["job"]  # no stray folder
     m = pd.read_csv(run / "metrics.csv")
     assert not m.duplicated(["step", "split", "probe", "metric", "layer"]).any() and m.step.max() == 40
+
+
+def test_rmt_running_covariances_survive_a_resume(compose, tiny, tmp_path, monkeypatch):
+    """The RMT probe's covariances accumulate over the whole run; a resumed run must go on with them."""
+    cfg = compose(*tiny, *SHORT[:4], "optim.weight_decay=0.01", "+probes.rmt.every=2")
+    execute(cfg, tmp_path / "whole")
+    original = _stop_at(monkeypatch, 13, signal.SIGUSR1)
+    with pytest.raises(Preempted):
+        execute(cfg, tmp_path / "cut")
+    monkeypatch.setattr(Trainer, "train_step", original)
+    execute(cfg, tmp_path / "cut")
+    whole, cut = (pd.read_csv(tmp_path / d / "metrics.csv") for d in ("whole", "cut"))
+    assert (cut.probe == "rmt").any()
+    pd.testing.assert_frame_equal(whole, cut)

@@ -71,6 +71,17 @@ class RMTProbe(Probe):
         self._r = 1.0
         self._batch_rows = 0
 
+    # The running covariances span the whole run: a checkpoint keeps them so a resumed run goes on
+    # with the same sums (resume.py saves every probe's state_dict).
+    _STATE = ("_c_in", "_c_grad", "_last_step", "_first_step", "_decay", "_r", "_batch_rows")
+
+    def state_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self._STATE}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k in self._STATE:
+            setattr(self, k, state[k])
+
     def _lr_wd(self) -> tuple[float, float]:
         opt = getattr(self.host, "optimizer", None)
         if opt is None:
