@@ -49,6 +49,13 @@ class MLPSite:
     def value(self) -> Optional[nn.Module]:
         return self.part("value")
 
+    def weight(self, which: str = "key"):
+        """The weight matrix that part ``which`` applies: with a LoRA adapter (peft) the frozen base
+        weight plus the adapter's delta, so weight probes see what the model computes."""
+        from .modules.weight_noise import effective_weight
+
+        return effective_weight(self.part(which))
+
     def replace(self, which: str, module: nn.Module) -> nn.Module:
         """Put ``module`` in place of part ``which``; returns the module it replaced."""
         path = self.paths[which]

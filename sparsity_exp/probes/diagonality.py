@@ -65,7 +65,7 @@ class DiagonalityProbe(Probe):
         for p in self.powers:
             kk, mm, hh = [], [], []
             for site in self.sites:
-                w = site.key.weight.detach().double()
+                w = site.weight("key").detach().double()
                 kkp = (w @ w.T).abs().pow(p)
                 m = ms[site.index][p] / max(1, tokens[site.index])
                 kk.append(log_diag_ratio(kkp))

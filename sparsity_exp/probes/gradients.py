@@ -57,7 +57,10 @@ class _TrainGradientProbe(Probe):
     def scale(self, rec) -> float:
         # Under data parallel training each rank's loss is the mean over its own share of the batch,
         # so its gradients are world_size times those of the global batch-mean loss: undo that.
-        return float(rec.samples) if self.per_sample else 1.0 / world_size()
+        # Per sample: the micro-batch's samples times the accumulation steps, since each micro-batch
+        # loss is weighted by its share of the whole batch (Trainer._forward_backward).
+        accum = int(getattr(self.host, "grad_accum", 1) or 1)
+        return float(rec.samples) * accum if self.per_sample else 1.0 / world_size()
 
     def on_record(self, site, rec) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -112,7 +115,7 @@ class GradientsProbe(_TrainGradientProbe):
             out += layer_rows(split, f"eta_small_{threshold_name(p)}", (s[:, j] / entries).tolist())
         for name in ("eta_l1", "eta_l2"):
             out += layer_rows(split, name, (col[name] / tokens).tolist())
-        out += layer_rows(split, "key_fro2", [float(site.key.weight.detach().double().pow(2).sum())
+        out += layer_rows(split, "key_fro2", [float(site.weight("key").detach().double().pow(2).sum())
                                               for site in self.sites])
         for name in self._SUMS[4:]:
             out += layer_rows(split, name, (col[name] / tokens).tolist())

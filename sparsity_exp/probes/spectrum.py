@@ -68,7 +68,7 @@ class SpectrumProbe(Probe):
         self.bins, self.mass, self.save = int(bins), float(mass), bool(save)
 
     def measure(self, ctx):
-        spectra = [key_eigenvalues(site.key.weight) for site in self.sites]
+        spectra = [key_eigenvalues(site.weight("key")) for site in self.sites]
         if self.save:
             ctx.recorder.save_arrays(self.name, ctx.step, **{f"layer_{s.index}": lam
                                                             for s, lam in zip(self.sites, spectra)})

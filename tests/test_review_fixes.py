@@ -1,0 +1,53 @@
+"""Fixes from the integration review: schedules the validator accepts, per-sample gradients under
+gradient accumulation, weight probes of LoRA-adapted keys."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from sparsity_exp.run import execute
+from sparsity_exp.validate import validate_config
+
+
+def test_inverse_sqrt_schedule_passes_validation(compose):
+    validate_config(compose("model=t5", "optim.schedule.name=inverse_sqrt", "optim.schedule.warmup_steps=10"))
+
+
+def _as_key(compose, tiny, tmp_path, accum):
+    cfg = compose(*tiny, "trainer.steps=1", "probes=none", f"trainer.grad_accum={accum}",
+                  "+probes.augmented_flatness.every=1", "+probes.augmented_flatness.per_sample=true")
+    execute(cfg, tmp_path / f"k{accum}")
+    m = pd.read_csv(tmp_path / f"k{accum}" / "metrics.csv")
+    rows = m[(m.probe == "augmented_flatness") & (m.step == 0)].sort_values(["metric", "layer"])
+    return rows.set_index(["metric", "layer"]).value
+
+
+def test_per_sample_gradients_do_not_depend_on_accumulation(compose, tiny, tmp_path):
+    one, two = _as_key(compose, tiny, tmp_path, 1), _as_key(compose, tiny, tmp_path, 2)
+    assert len(one) > 0 and list(one.index) == list(two.index)
+    np.testing.assert_allclose(two.to_numpy(), one.to_numpy(), rtol=1e-6)
+
+
+def test_weight_probes_see_the_lora_delta():
+    from sparsity_exp.activations import ReLU
+    from sparsity_exp.models import find_sites
+    from sparsity_exp.models.mlp import LNMLP
+    from sparsity_exp.modules.finetune import add_lora
+    from sparsity_exp.probes.spectrum import key_eigenvalues
+
+    torch.manual_seed(0)
+    model = LNMLP(in_features=6, num_classes=3, make_act=ReLU, width=8, depth=1)
+    sites = find_sites(model)
+    add_lora(model, sites, OmegaConf.create({"enabled": True, "rank": 2, "alpha": 1, "dropout": 0.0,
+                                             "targets": "all_linear"}))
+    key = sites[0].key
+    with torch.no_grad():
+        key.lora_B["default"].weight.normal_()  # a non-zero adapter
+    x = torch.randn(5, 8)
+    applied = key(x) - key.get_base_layer().bias  # what the adapted layer computes, without its bias
+    w = sites[0].weight("key")
+    torch.testing.assert_close(x @ w.T, applied, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(w, key.get_base_layer().weight)
+    np.testing.assert_allclose(key_eigenvalues(w), np.sort(np.linalg.svd(w.detach().double().numpy(),
+                                                                         compute_uv=False) ** 2)[::-1], rtol=1e-9)
