@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import distributed, resume
 from .batches import make_batches, to_device
 from .data import build_data
-from .errors import ConfigError
+from .errors import ConfigError, UserError
 from .models import find_sites
 from .modules import apply_interventions, build_protocol_model
 from .optim import build_optimizer, build_schedule, param_groups
@@ -26,7 +26,7 @@ from .preempt import Preempted
 from .probes import build_probes
 from .record import METRICS_FILE, Recorder, RecorderError, write_atomic, write_json
 from .speed import set_backend_flags, training_forwards
-from .train import ClassificationTask, Seq2SeqTask, Trainer
+from .train import ClassificationTask, NonFiniteLoss, Seq2SeqTask, Trainer
 from .validate import validate_config
 
 
@@ -98,6 +98,13 @@ def _execute(cfg: DictConfig, run_dir: Path) -> dict:
         trainer = _train(cfg, run_dir, plan.state)
     except (resume.CheckpointError, RecorderError):
         write_atomic(run_dir / "summary.json", previous)  # nothing was trained: the folder stays as it was
+        raise
+    except UserError as exc:
+        if previous is not None and not isinstance(exc, NonFiniteLoss):
+            # bad input while continuing a run (device, dataset): the run's own record stays as it was
+            write_atomic(run_dir / "summary.json", previous)
+            raise
+        _mark_failed(run_dir, exc)
         raise
     except (Preempted, KeyboardInterrupt) as exc:
         step = getattr(exc, "step", None)

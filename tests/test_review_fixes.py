@@ -51,3 +51,33 @@ def test_weight_probes_see_the_lora_delta():
     assert not torch.allclose(w, key.get_base_layer().weight)
     np.testing.assert_allclose(key_eigenvalues(w), np.sort(np.linalg.svd(w.detach().double().numpy(),
                                                                          compute_uv=False) ** 2)[::-1], rtol=1e-9)
+
+
+def test_bad_input_while_resuming_leaves_the_run_record(compose, tiny, tmp_path, monkeypatch):
+    """An interrupted run continued with a bad device keeps its summary (status interrupted)."""
+    import json
+    import os
+    import signal
+
+    from sparsity_exp.errors import UserError
+    from sparsity_exp.preempt import Preempted
+    from sparsity_exp.train import Trainer
+
+    cfg = compose(*tiny, "trainer.checkpoint_every=10")
+    original = Trainer.train_step
+
+    def stop_at_15(self, batch):
+        original(self, batch)
+        if self.step == 15:
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+    monkeypatch.setattr(Trainer, "train_step", stop_at_15)
+    with pytest.raises(Preempted):
+        execute(cfg, tmp_path)
+    monkeypatch.setattr(Trainer, "train_step", original)
+    before = (tmp_path / "summary.json").read_bytes()
+    assert json.loads(before)["status"] == "interrupted"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="CUDA"):
+        execute(compose(*tiny, "trainer.checkpoint_every=10", "trainer.device=cuda"), tmp_path)
+    assert (tmp_path / "summary.json").read_bytes() == before
