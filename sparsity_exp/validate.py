@@ -109,7 +109,7 @@ RULES: dict[str, Rule] = {
     "optim.nesterov": Rule("bool"),
     "optim.betas": Rule("list", length=2, item=Rule("number", low=0, high=1, high_open=True)),
     "optim.eps": Rule("number", low=0, low_open=True),
-    "optim.schedule.name": Rule("str", choices=("constant", "cosine", "linear")),
+    "optim.schedule.name": Rule("str", choices=("constant", "cosine", "linear", "inverse_sqrt")),
     "optim.schedule.warmup_steps": count(),
     "optim.schedule.warmup_start": fraction(),
     "optim.schedule.min_factor": fraction(),

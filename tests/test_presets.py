@@ -204,3 +204,14 @@ def test_finetune_twin_from_its_scratch_twin(cli, tmp_path, scratch, finetune):
     assert arms == {None, "jsrelu"}
     for r in runs:
         assert (r / "init.json").is_file()
+
+
+def test_inverse_sqrt_schedule_passes_validation(compose):
+    # regression: the schema listed only constant/cosine/linear, so the T5 recipe's inverse_sqrt
+    # schedule (optim.py supports it) was refused at start-up
+    from sparsity_exp.validate import problems, validate_config
+
+    cfg = compose("experiment=paper/t5_c4_cpu")
+    assert cfg.optim.schedule.name == "inverse_sqrt"
+    validate_config(cfg)
+    assert any("optim.schedule.name" in p for p in problems(compose("optim.schedule.name=wiggly")))
