@@ -184,7 +184,7 @@ def test_augmented_flatness_twin_and_posthoc_probe(cli, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     rows = _rows(tmp_path / "run" / "posthoc_metrics.csv")
     steps = {int(r["step"]) for r in rows if r["metric"] == "as_key"}
-    assert steps == {10, 20}
+    assert steps == {0, 10, 20}  # the run also checkpoints its initial weights
     assert {"coef_l0", "ratio80", "density_ratio"} <= {r["metric"] for r in rows}
 
 
