@@ -81,3 +81,14 @@ def test_bad_input_while_resuming_leaves_the_run_record(compose, tiny, tmp_path,
     with pytest.raises(UserError, match="CUDA"):
         execute(compose(*tiny, "trainer.checkpoint_every=10", "trainer.device=cuda"), tmp_path)
     assert (tmp_path / "summary.json").read_bytes() == before
+
+
+def test_figures_find_post_hoc_arrays(tmp_path):
+    from sparsity_exp.plots.spectrum import runs_with_arrays
+
+    for run, prefix in (("a", ""), ("b", "posthoc_")):
+        (tmp_path / run / "arrays").mkdir(parents=True)
+        np.savez(tmp_path / run / "arrays" / f"{prefix}gradient_density_step00000010.npz", layer_0=np.ones(3))
+    table = pd.DataFrame({"run": ["a", "b"], "run_dir": [str(tmp_path / "a"), str(tmp_path / "b")]})
+    found = dict(runs_with_arrays(table, "gradient_density"))
+    assert [s for s, _ in found["a"]] == [10] and found["b"][0][1].name.startswith("posthoc_")

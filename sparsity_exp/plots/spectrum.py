@@ -33,7 +33,8 @@ def array_files(run_dir, name: str) -> list[tuple[int, Path]]:
 
 def runs_with_arrays(table: pd.DataFrame, name: str) -> list[tuple[str, list]]:
     runs = table.groupby("run", sort=True).run_dir.first()
-    found = [(run, array_files(d, name)) for run, d in runs.items()]
+    # a run's own arrays, else those of `sparsity-exp probe` over its checkpoints (posthoc_<name>)
+    found = [(run, array_files(d, name) or array_files(d, f"posthoc_{name}")) for run, d in runs.items()]
     return [(run, files) for run, files in found if files]
 
 
