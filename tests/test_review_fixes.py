@@ -92,3 +92,28 @@ def test_figures_find_post_hoc_arrays(tmp_path):
     table = pd.DataFrame({"run": ["a", "b"], "run_dir": [str(tmp_path / "a"), str(tmp_path / "b")]})
     found = dict(runs_with_arrays(table, "gradient_density"))
     assert [s for s, _ in found["a"]] == [10] and found["b"][0][1].name.startswith("posthoc_")
+
+
+def test_sharpness_at_rho_zero_is_zero_under_mixup():
+    """With MixUp on, the clean and the perturbed loss of a batch must use one mix: rho = 0 gives 0."""
+    from sparsity_exp.activations import ReLU
+    from sparsity_exp.models import find_sites
+    from sparsity_exp.models.mlp import LNMLP
+    from sparsity_exp.probes.base import ProbeContext
+    from sparsity_exp.probes.sharpness import SharpnessProbe
+    from sparsity_exp.train import ClassificationTask
+
+    torch.manual_seed(0)
+    model = LNMLP(in_features=6, num_classes=3, make_act=ReLU, width=8, depth=2)
+    def mix(x, y):  # MixUp on feature vectors: a fresh mixing weight and partner order at every call
+        lam, perm = torch.rand(()), torch.randperm(len(x))
+        soft = torch.nn.functional.one_hot(y, 3).float()
+        return lam * x + (1 - lam) * x[perm], lam * soft + (1 - lam) * soft[perm]
+
+    task = ClassificationTask(batch_transform=mix)
+    batches = [(torch.randn(16, 6), torch.randint(0, 3, (16,))) for _ in range(2)]
+    probe = SharpnessProbe(find_sites(model), rho=0.0)
+    ctx = ProbeContext(model=model, sites=probe.sites, task=task, train_batches=batches, test_batches=batches,
+                       device=torch.device("cpu"), step=0, seed=0, recorder=None)
+    rows = probe.measure(ctx)
+    assert rows and all(value == 0.0 for _, _, _, value in rows), rows

@@ -17,7 +17,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .base import Probe
-from .standalone import local_generator, mean_loss, preserved, take_batches, trainable
+from .standalone import fixed_objective, local_generator, mean_loss, preserved, take_batches, trainable
 
 
 def _dot(xs, ys) -> torch.Tensor:
@@ -82,7 +82,7 @@ class HessianProbe(Probe):
         with preserved(ctx.model, ctx.train_batches):
             batches = take_batches(ctx.train_batches, self.batches, ctx.device)
             ctx.model.eval()
-            hvp = HVP(ctx.model, ctx.task, batches)
+            hvp = HVP(ctx.model, fixed_objective(ctx.task), batches)
             trace = hutchinson_trace(hvp, self.samples, gen)
             top = power_iteration(hvp, self.iterations, self.tol, gen)
         return [("train", "trace", "avg", trace), ("train", "top_eigenvalue", "avg", top)]

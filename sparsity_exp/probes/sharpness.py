@@ -27,7 +27,7 @@ from contextlib import ExitStack
 import torch
 
 from .base import Probe
-from .standalone import local_generator, mean_loss, preserved, take_batches, trainable
+from .standalone import fixed_objective, local_generator, mean_loss, preserved, take_batches, trainable
 
 
 def _normal_like(t: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -170,7 +170,7 @@ class SharpnessProbe(Probe):
         out = []
         with preserved(ctx.model, ctx.train_batches):
             batches = take_batches(ctx.train_batches, self.batches, ctx.device)
-            model, task = ctx.model, ctx.task
+            model, task = ctx.model, fixed_objective(ctx.task)
             model.eval()
             if self.params:
                 with torch.no_grad():

@@ -6,6 +6,8 @@ also deterministic given the run's seed and the step: its own random draws come 
 ``torch.Generator`` seeded from both (``local_generator``)."""
 from __future__ import annotations
 
+import copy
+
 from contextlib import contextmanager
 from itertools import islice
 
@@ -93,3 +95,26 @@ def test_passes(model, task, probes, batches, device) -> None:
     with observing(probes, "test"):
         for b in batches:
             task(model, to_device(b, device), train=False)
+
+
+class _OncePerBatch:
+    """A batch transform (MixUp/CutMix) drawn once per batch and then replayed: a measurement
+    compares losses of one objective, so every forward of a batch must see the same mix."""
+
+    def __init__(self, transform):
+        self.transform, self.drawn = transform, {}
+
+    def __call__(self, x, y):
+        key = (x.data_ptr(), tuple(x.shape), y.data_ptr())
+        if key not in self.drawn:
+            self.drawn[key] = self.transform(x, y)
+        return self.drawn[key]
+
+
+def fixed_objective(task):
+    """``task`` with its training batch transform fixed per batch (the task itself when it has none)."""
+    if getattr(task, "batch_transform", None) is None:
+        return task
+    fixed = copy.copy(task)
+    fixed.batch_transform = _OncePerBatch(task.batch_transform)
+    return fixed
