@@ -50,9 +50,7 @@ class AugmentedFlatnessProbe(_TrainGradientProbe):
         ])
 
     def rows(self, split: str):
-        if split != "train":
-            return []
-        s = self.take()
+        s = self.take(split)
         if s is None:
             return []
         samples, rows = s[:, _SAMPLES].clamp(min=1), s[:, _ROWS].clamp(min=1)

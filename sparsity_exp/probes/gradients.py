@@ -73,7 +73,10 @@ class _TrainGradientProbe(Probe):
         with capture(self.sites, self.on_record, grads=self.grads, inputs=self.inputs):
             yield
 
-    def take(self):
+    def take(self, split: str):
+        """The accumulated sums on the host, reset; None for the test split or when nothing was seen."""
+        if split != "train":
+            return None
         stats, self._stats = self._stats, None
         return None if stats is None else stats.cpu()  # the one host synchronisation
 
@@ -102,9 +105,7 @@ class GradientsProbe(_TrainGradientProbe):
         self._acc(eta.device)[site.index] += torch.stack([v.double() for v in counts + sums])
 
     def rows(self, split: str):
-        if split != "train":
-            return []
-        s = self.take()
+        s = self.take(split)
         if s is None:
             return []
         n = len(self.thresholds)
@@ -162,7 +163,7 @@ class GradientDensityProbe(_TrainGradientProbe):
     def rows(self, split: str):
         if split != "train":
             return []
-        s = self.take()
+        s = self.take(split)
         hist, self._hist = self._hist, None
         if s is None:
             return []
