@@ -31,3 +31,5 @@ TAIL=20 part bench_vit_b16 170 python3 benchmarks/throughput.py --budget-s 45 --
     model=vit_b16 data.root=/tmp/cifar data.verify=false trainer.batch_size=256 trainer.precision=bf16 $R
 TAIL=20 part bench_t5_base 170 python3 benchmarks/throughput.py --budget-s 45 --rounds 2 --json "$OUT/t5_base.json" \
     model=t5_base data.root=/tmp/c4 trainer.batch_size=64 trainer.precision=bf16 $R
+# many tiny runs sharing the GPU (trainer.jobs_per_gpu, the local launcher): aggregate vs one run
+TAIL=6 part gpu_share 150 python3 benchmarks/gpu_share.py --jobs 8 --steps 3000 --json "$OUT/gpu_share.json"

@@ -53,13 +53,15 @@ def _run(args: list[str]) -> int:
     def task(cfg):
         from .run import execute
 
-        from .speed import set_threads
+        from .speed import place_local_job, set_threads
 
         hc = HydraConfig.get()
         run_dir = distributed.agree_on_run_dir(Path(hc.runtime.output_dir))
         multirun = hc.mode == RunMode.MULTIRUN
         try:
-            set_threads(cfg.trainer.get("threads", "auto"), str(hc.launcher.get("_target_", "")))
+            launcher = str(hc.launcher.get("_target_", ""))
+            set_threads(cfg.trainer.get("threads", "auto"), launcher)
+            place_local_job(str(cfg.trainer.get("device", "auto")), launcher, hc.job.get("num") or 0)
             target = resume.resolve_run_dir(cfg, run_dir)
             if target != run_dir:  # trainer.resume names another folder: Hydra's fresh one is not needed
                 resume.discard_if_empty(run_dir)

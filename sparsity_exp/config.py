@@ -39,10 +39,28 @@ def run_name(overrides: str, label=None) -> str:
     return "_".join(parts)
 
 
+def local_jobs(jobs_per_gpu) -> int:
+    """How many jobs the local launcher runs at once: ``jobs_per_gpu`` per visible GPU (small runs
+    share a GPU; each job is placed on one by ``speed.place_local_job``), or one per CPU core
+    without a GPU (each job runs one torch thread)."""
+    import torch  # device_count asks NVML where it can and does not create a CUDA context
+
+    try:
+        per_gpu = int(jobs_per_gpu)
+    except (TypeError, ValueError):
+        raise ConfigError(f"trainer.jobs_per_gpu={jobs_per_gpu!r}; use a positive integer") from None
+    if per_gpu < 1:
+        raise ConfigError(f"trainer.jobs_per_gpu={jobs_per_gpu}; use a positive integer")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return per_gpu * gpus if gpus else max(1, os.cpu_count() or 1)
+
+
 def register_resolvers() -> None:
     # use_cache: Hydra resolves hydra.run.dir more than once; the name must not change in between.
     if not OmegaConf.has_resolver("sx_run_name"):
         OmegaConf.register_new_resolver("sx_run_name", run_name, use_cache=True)
+    if not OmegaConf.has_resolver("sx_local_jobs"):
+        OmegaConf.register_new_resolver("sx_local_jobs", local_jobs, use_cache=True)
 
 
 def writable_results_dir(args: list[str], conf: Path) -> None:

@@ -35,7 +35,7 @@ from .state import BatchStream, rng_state, set_rng_state
 # Keys that may differ between a run and its continuation: where things are and how they are shown,
 # not what is computed.
 IGNORED = ("trainer.resume", "trainer.device", "trainer.progress", "trainer.num_workers",
-           "trainer.checkpoint_every", "trainer.keep_checkpoints", "results_dir", "name", "data.root",
+           "trainer.checkpoint_every", "trainer.keep_checkpoints", "trainer.jobs_per_gpu", "results_dir", "name", "data.root",
            "data.download")
 REQUIRED = ("step", "model", "optimizer", "schedule", "rng", "data", "recorder")
 LOCK_FILE = ".lock"

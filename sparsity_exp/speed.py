@@ -6,7 +6,8 @@ None of them changes what is computed beyond float rounding:
     a compiled model are not reliably called, so the steps that probes observe run the same model
     eagerly (``Trainer.eager_model``); evaluation and standalone measurements run eagerly too;
   * one torch thread per job under the local joblib launcher (``trainer.threads=auto``), so that
-    parallel jobs do not fight over the cores.
+    parallel jobs do not fight over the cores; ``trainer.jobs_per_gpu`` jobs share each visible GPU
+    (``place_local_job``), so a grid of tiny runs fills a GPU instead of queueing.
 """
 from __future__ import annotations
 
@@ -30,6 +31,20 @@ def set_threads(threads, launcher_target: str = "") -> int:
         os.environ["OMP_NUM_THREADS"] = str(n)  # for processes this job starts (DataLoader workers)
         torch.set_num_threads(n)
     return torch.get_num_threads()
+
+
+def place_local_job(trainer_device: str, launcher_target: str, job_num: int) -> int | None:
+    """Under the local (joblib) launcher, jobs share the visible GPUs round-robin: job ``n`` runs on
+    ``cuda:(n mod GPUs)`` (``torch.cuda.set_device``, so ``trainer.device=auto|cuda`` lands there
+    and the saved config does not change). Returns the GPU index, or None when nothing is placed
+    (another launcher, no GPU, or an explicit ``cuda:N``/``cpu``)."""
+    if "joblib" not in (launcher_target or "").lower() or str(trainer_device) not in ("auto", "cuda"):
+        return None
+    if not torch.cuda.is_available() or torch.cuda.device_count() < 1:
+        return None
+    index = int(job_num) % torch.cuda.device_count()
+    torch.cuda.set_device(index)
+    return index
 
 
 def set_backend_flags(trainer_cfg, device: torch.device) -> None:

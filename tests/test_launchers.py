@@ -44,3 +44,49 @@ def test_missing_launcher_plugin_is_a_short_error(monkeypatch, capsys):
                         lambda name, *a: None if name.startswith("hydra_plugins.hydra_joblib") else real(name, *a))
     assert cli.main(["run", "-m", "hydra/launcher=local", "seed=0,1"]) == 2
     assert "pip install 'sparsity-exp[cluster]'" in capsys.readouterr().err
+
+
+def _local_launcher_cfg(*overrides):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return compose(config_name="config", overrides=["hydra/launcher=local", *overrides],
+                       return_hydra_config=True)
+
+
+def test_local_launcher_runs_jobs_per_gpu_times_visible_gpus(monkeypatch):
+    import os
+
+    import torch
+    from omegaconf import OmegaConf
+
+    from sparsity_exp import config
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    assert config.local_jobs(4) == 12  # the resolver itself, uncached
+    cfg = _local_launcher_cfg("trainer.jobs_per_gpu=8")
+    assert OmegaConf.select(cfg, "hydra.launcher.n_jobs") == 24
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert config.local_jobs(8) == (os.cpu_count() or 1)  # no GPU: one job per core
+    with pytest.raises(config.ConfigError, match="jobs_per_gpu"):
+        config.local_jobs(0)
+
+
+def test_local_jobs_are_placed_round_robin_on_the_gpus(monkeypatch):
+    import torch
+
+    from sparsity_exp.speed import place_local_job
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    joblib = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
+    assert [place_local_job("auto", joblib, n) for n in range(5)] == [0, 1, 0, 1, 0]
+    assert chosen == [0, 1, 0, 1, 0]
+    # an explicit device, another launcher or no GPU: nothing is placed
+    assert place_local_job("cuda:1", joblib, 0) is None and place_local_job("cpu", joblib, 0) is None
+    assert place_local_job("auto", "hydra._internal.core_plugins.basic_launcher.BasicLauncher", 3) is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert place_local_job("auto", joblib, 1) is None and chosen == [0, 1, 0, 1, 0]
