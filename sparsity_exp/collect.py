@@ -28,9 +28,8 @@ import pandas as pd
 import yaml
 
 from .errors import UserError
-from .record import COLUMNS, METRICS_FILE
+from .record import COLUMNS, METRICS_FILE, POSTHOC_FILE
 
-POSTHOC_FILE = "posthoc_metrics.csv"
 SOURCES = {"metrics": METRICS_FILE, "posthoc": POSTHOC_FILE}
 STATUSES = ("completed", "failed", "running", "interrupted", "partial")
 # Columns of the collected table that are not config keys; every other column is a varying config key.

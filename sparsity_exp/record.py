@@ -14,6 +14,7 @@ from .errors import UserError
 
 COLUMNS = ("step", "epoch", "split", "probe", "metric", "layer", "value")
 METRICS_FILE = "metrics.csv"
+POSTHOC_FILE = "posthoc_metrics.csv"  # rows of `sparsity-exp probe` (posthoc.py)
 
 
 def write_atomic(path: Path, data: bytes) -> None:
