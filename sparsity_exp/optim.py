@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import torch
+from omegaconf import OmegaConf
 
 from .errors import ConfigError
 
@@ -70,5 +72,7 @@ def lr_factor(cfg, step: int, total_steps: int) -> float:
 
 
 def build_schedule(cfg, optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    lr_factor(cfg, 0, total_steps)  # fail on a bad name now, not at the first step
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s, total_steps))
+    # plain values, read once: an OmegaConf lookup per field per step cost ~0.3 ms of a small model's step
+    plain = SimpleNamespace(**(OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)))
+    lr_factor(plain, 0, total_steps)  # fail on a bad name now, not at the first step
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(plain, s, total_steps))

@@ -312,7 +312,7 @@ class Trainer:
         if self.run_dir is None:
             return None
         self.check_finite()  # never write a checkpoint that a resume would continue from with NaNs
-        self.recorder.flush()  # the checkpoint records the metrics file's length after this
+        self.recorder.flush(durable=True)  # the checkpoint records the metrics file's length after this
         path = save_checkpoint(self.run_dir, self.step, self.state_dict())
         prune_checkpoints(self.run_dir, self.keep_checkpoints)
         return path

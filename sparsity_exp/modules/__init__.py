@@ -17,7 +17,7 @@ trainer's step, so a resumed run gets them back by applying the interventions ag
 """
 from __future__ import annotations
 
-from ..activations import Mixed, ReLU, build_activation
+from ..activations import Mixed, ReLU, SiteActivation, build_activation
 from ..errors import ConfigError
 from ..models import build_model
 from ..record import write_json
@@ -50,10 +50,13 @@ def build_protocol_model(cfg, info, run_dir=None):
 
 
 class ActivationSchedule(Callback):
-    """Tells every site's activation the optimizer step (``set_step``) and logs the JSReLU portion."""
+    """Tells every scheduled site activation the optimizer step (``set_step``) and logs the JSReLU
+    portion. Made after the activations are final (the end of ``apply_interventions``); only the
+    sites whose activation has a schedule are visited, so static ones cost nothing per step (a part
+    lookup walks the module tree)."""
 
     def __init__(self, sites):
-        self.sites = sites
+        self.sites = [s for s in sites if type(s.act).set_step is not SiteActivation.set_step]
         self.sync(0)
 
     def sync(self, step: int) -> None:
