@@ -19,7 +19,7 @@ from pathlib import Path
 from .probes import build_probes
 from .probes.base import ProbeContext, ProbeSet
 from .probes.standalone import preserved, take_batches, test_passes, train_passes
-from .rebuild import load_weights, rebuild, select_checkpoints
+from .assemble import load_run, load_weights, select_checkpoints
 from .record import POSTHOC_FILE, Recorder
 
 
@@ -33,7 +33,7 @@ def probe_run(run_dir: Path, args=(), file=sys.stdout) -> Path:
             settings[key] = a.partition("=")[2]
         else:
             overrides.append(a)
-    run = rebuild(run_dir, overrides)
+    run = load_run(run_dir, overrides)  # the run as training assembled it; weights per checkpoint below
     chosen = select_checkpoints(run_dir, settings["checkpoints"])
     with Recorder(run_dir, filename=POSTHOC_FILE, array_prefix="posthoc_") as recorder:
         # the same driver as training; no optimizer (lr 0), every checkpoint is a step of its own

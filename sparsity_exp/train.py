@@ -20,12 +20,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import resume
-from .checkpoint import checkpoint_path, prune_checkpoints, save_checkpoint
+from .lifecycle import checkpoint
+from .lifecycle.checkpoint import checkpoint_path, prune_checkpoints, save_checkpoint
 from .distributed import sum_over_ranks
 from .errors import UserError
-from .preempt import Preempted, StopRequest, catch_stop_signals
-from .state import BatchStream
+from .lifecycle.preempt import Preempted, StopRequest, catch_stop_signals
+from .lifecycle.state import BatchStream
 from .probes.base import ProbeSet
 
 
@@ -302,10 +302,10 @@ class Trainer:
         )
 
     def state_dict(self) -> dict:
-        return resume.capture(self)
+        return checkpoint.capture(self)
 
     def load_state_dict(self, state: dict) -> None:
-        resume.restore(self, state)
+        checkpoint.restore(self, state)
         self._at(self.step)
 
     def save_checkpoint(self):

@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from sparsity_exp.checkpoint import list_checkpoints
+from sparsity_exp.lifecycle.checkpoint import list_checkpoints
 from sparsity_exp.errors import ConfigError, UserError
-from sparsity_exp.preempt import Preempted
-from sparsity_exp.resume import CheckpointError
+from sparsity_exp.lifecycle.preempt import Preempted
+from sparsity_exp.lifecycle.checkpoint import CheckpointError
 from sparsity_exp.run import execute
 from sparsity_exp.train import NonFiniteLoss, Trainer
 from sparsity_exp.validate import RULES, Rule, add_rules, problems
@@ -184,7 +184,7 @@ def test_sweep_keeps_going_and_exits_non_zero(tmp_path, tiny):
 
 
 def test_a_folder_being_written_is_refused(compose, tiny, tmp_path):
-    from sparsity_exp.resume import RunLock
+    from sparsity_exp.lifecycle.folders import RunLock
 
     with RunLock(tmp_path):  # another process (here: another open file) is writing the folder
         assert RunLock.held(tmp_path)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from sparsity_exp.activations import JSReLU, ReLU
-from sparsity_exp.checkpoint import list_checkpoints, load_checkpoint
+from sparsity_exp.lifecycle.checkpoint import list_checkpoints, load_checkpoint
 from sparsity_exp.errors import ConfigError
 from sparsity_exp.models import find_sites
 from sparsity_exp.models.mlp import LNMLP

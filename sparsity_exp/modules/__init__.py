@@ -1,8 +1,8 @@
 """The paper's interventions (PAPER.md §3), applied to any model through its MLP sites.
 
-``build_protocol_model`` makes the starting model (fresh, or the finetuning source with its weights);
-``apply_interventions`` rewrites the sites as the config says and returns the Trainer callbacks that
-keep the modules' constraints and schedules and log their sizes (probe ``modules``):
+``apply_interventions`` rewrites the sites of a model (built by ``assemble.py``, never here) as the
+config says and returns the Trainer callbacks that keep the modules' constraints and schedules and
+log their sizes (probe ``modules``):
 
   modules.activation       swap every site's activation (sparsified: jsrelu; mixed ReLU -> JSReLU
                            over protocol.mixing_steps when finetuning)
@@ -19,8 +19,6 @@ from __future__ import annotations
 
 from ..activations import Mixed, ReLU, SiteActivation, build_activation
 from ..errors import ConfigError
-from ..models import build_model
-from ..record import write_json
 from ..train import Callback
 from .restricted_norm import RestrictedNorm
 from .weight_noise import WeightNoise, target_linears
@@ -34,19 +32,6 @@ def _protocol(cfg) -> str:
     if name not in PROTOCOLS:
         raise ConfigError(f"protocol.name={name!r} is unknown; choose one of {list(PROTOCOLS)}")
     return name
-
-
-def build_protocol_model(cfg, info, run_dir=None):
-    """A fresh model, or for protocol=sparsity_finetune the source run's model with its weights
-    (``init.json`` in ``run_dir`` records the source)."""
-    if _protocol(cfg) != "sparsity_finetune":
-        return build_model(cfg.model, info, cfg.activation)
-    from .finetune import build_source_model
-
-    model, record = build_source_model(cfg, info)
-    if run_dir is not None:
-        write_json(run_dir / "init.json", record)
-    return model
 
 
 class ActivationSchedule(Callback):
@@ -136,4 +121,4 @@ def apply_interventions(cfg, model, sites, sample_forward=None) -> list[Callback
 
 
 __all__ = ["ActivationSchedule", "PROTOCOLS", "RestrictedNorm", "WeightNoise", "ZerothBias", "ZerothBiases",
-           "apply_interventions", "build_protocol_model"]
+           "apply_interventions"]

@@ -72,7 +72,7 @@ class RMTProbe(Probe):
         self._batch_rows = 0
 
     # The running covariances span the whole run: a checkpoint keeps them so a resumed run goes on
-    # with the same sums (resume.py saves every probe's state_dict).
+    # with the same sums (lifecycle/checkpoint.py saves every probe's state_dict).
     _STATE = ("_c_in", "_c_grad", "_last_step", "_first_step", "_decay", "_r", "_batch_rows")
 
     def state_dict(self) -> dict:
