@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from .models import build_model, find_sites
 from .modules import apply_interventions
 from .train import ClassificationTask, Seq2SeqTask
 
-DEVICES = ("auto", "cpu", "cuda", "cuda:N")  # what resolve_device accepts (validate.py reads this)
+DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"  # what resolve_device accepts (validate.py reads it from here)
 
 
 @dataclass
@@ -62,10 +63,10 @@ def resolve_device(name: str) -> torch.device:
         return local
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if re.fullmatch(DEVICE_PATTERN, name) is None:
+        raise ConfigError(f"trainer.device={name!r}; choose auto, cpu or cuda[:N]")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("trainer.device=cuda but no CUDA device is visible; use trainer.device=auto or cpu")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise ConfigError(f"trainer.device={name!r}; choose auto, cpu or cuda[:N]")
     return torch.device(name)
 
 

@@ -10,6 +10,10 @@ from omegaconf import OmegaConf
 from .errors import ConfigError
 
 
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine", "linear", "inverse_sqrt")  # lr_factor's branches
+
+
 def build_optimizer(cfg, params, device: torch.device | None = None) -> torch.optim.Optimizer:
     name = cfg.name
     if name == "sgd":
@@ -19,7 +23,7 @@ def build_optimizer(cfg, params, device: torch.device | None = None) -> torch.op
         cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
         return cls(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay,
                    **_fused(cfg, device))
-    raise ConfigError(f"optim.name={name!r} is unknown; choose one of ['adam', 'adamw', 'sgd']")
+    raise ConfigError(f"optim.name={name!r} is unknown; choose one of {list(OPTIMIZERS)}")
 
 
 def _fused(cfg, device) -> dict:
@@ -68,7 +72,7 @@ def lr_factor(cfg, step: int, total_steps: int) -> float:
         return cfg.min_factor + (1 - cfg.min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
     if name == "linear":
         return 1.0 - (1 - cfg.min_factor) * progress
-    raise ConfigError(f"optim.schedule.name={name!r} is unknown; choose one of ['constant', 'cosine', 'inverse_sqrt', 'linear']")
+    raise ConfigError(f"optim.schedule.name={name!r} is unknown; choose one of {sorted(SCHEDULES)}")
 
 
 def build_schedule(cfg, optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:

@@ -12,7 +12,8 @@ from sparsity_exp.errors import ConfigError
 from sparsity_exp.models import find_sites
 from sparsity_exp.models.mlp import LNMLP
 from sparsity_exp.modules import ActivationSchedule, RestrictedNorm, ZerothBiases, apply_interventions
-from sparsity_exp.modules.weight_noise import WeightNoise, effective_weight, target_linears
+from sparsity_exp.modules.weight_noise import WeightNoise, target_linears
+from sparsity_exp.sites import effective_weight
 from sparsity_exp.run import execute
 
 from .seqmodel import Seq, seq_sites
