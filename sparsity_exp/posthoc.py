@@ -18,7 +18,6 @@ from pathlib import Path
 
 from .probes import build_probes
 from .probes.base import ProbeContext, ProbeSet
-from .probes.standalone import preserved, take_batches, test_passes, train_passes
 from .assemble import load_run, load_weights, select_checkpoints
 from .record import POSTHOC_FILE, Recorder
 
@@ -45,20 +44,12 @@ def probe_run(run_dir: Path, args=(), file=sys.stdout) -> Path:
         for p in skipped:
             print(f"probe {p.name}: needs the training trajectory, skipped post hoc", file=file)
         probe_set = ProbeSet([p for p in probes if p not in skipped], ctx)
-        observers = probe_set.observers()
         for step, path in chosen:
             load_weights(run.model, path, run.device)
             for site in run.sites:  # scheduled activations (mixing) as they were at that step
                 site.act.set_step(step)
             ctx.step = step
-            if observers:
-                with preserved(run.model, run.train_batches):
-                    batches = take_batches(run.train_batches, int(settings["batches"]), run.device)
-                    train_passes(run.model, run.task, observers, batches, ctx)
-                    probe_set.write_observed(observers, "train")
-                    test_passes(run.model, run.task, observers, run.test_batches, run.device, ctx)
-                    probe_set.write_observed(observers, "test")
-            probe_set.measure(probes=probe_set.measurers())
+            probe_set.measure_saved(int(settings["batches"]))
             recorder.flush()
             print(f"step {step}: {len(probe_set)} probe(s) measured", file=file)
     out = run_dir / POSTHOC_FILE

@@ -264,6 +264,21 @@ class ProbeSet:
             self.write(p.name, p.measure(self.context))
         return due
 
+    def measure_saved(self, batches: int = 1) -> None:
+        """Post hoc, at a saved checkpoint (the context's model and step): the observing probes see
+        ``batches`` lr-0 training passes and one pass over the test set, then every standalone
+        measurement runs; the run is left as it was found (parameters, modes, RNG, loader)."""
+        from .standalone import preserved, take_batches, test_passes, train_passes
+
+        ctx, observers = self.context, self.observers()
+        if observers:
+            with preserved(ctx.model, ctx.train_batches):
+                train_passes(ctx.model, ctx.task, observers, take_batches(ctx.train_batches, batches, ctx.device), ctx)
+                self.write_observed(observers, "train")
+                test_passes(ctx.model, ctx.task, observers, ctx.test_batches, ctx.device, ctx)
+                self.write_observed(observers, "test")
+        self.measure(probes=self.measurers())
+
     def observers(self) -> list:
         """Probes without a standalone measurement: post hoc they observe lr-0 passes."""
         return [p for p in self.probes if not has_measure(p)]
