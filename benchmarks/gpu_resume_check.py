@@ -16,9 +16,9 @@ import pandas as pd
 import torch
 from hydra import compose, initialize_config_dir
 
-from sparsity_exp.checkpoint import list_checkpoints, load_checkpoint
+from sparsity_exp.lifecycle.checkpoint import list_checkpoints, load_checkpoint
 from sparsity_exp.config import conf_dir, register_resolvers
-from sparsity_exp.preempt import Preempted
+from sparsity_exp.lifecycle.preempt import Preempted
 from sparsity_exp.run import execute
 from sparsity_exp.train import Trainer
 

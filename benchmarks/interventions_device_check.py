@@ -27,7 +27,7 @@ def _cfg(*overrides):
 
 
 def main(argv=None) -> int:
-    from sparsity_exp.checkpoint import list_checkpoints, load_checkpoint
+    from sparsity_exp.lifecycle.checkpoint import list_checkpoints, load_checkpoint
     from sparsity_exp.modules.weight_noise import WeightNoise
     from sparsity_exp.run import execute
 

@@ -110,8 +110,7 @@ def per_probe(overrides, calls: int = 30):
     with tempfile.TemporaryDirectory() as tmp, Recorder(Path(tmp)) as rec:
         ctx = ProbeContext(model=model, sites=sites, task=task, train_batches=train, test_batches=test,
                            device=device, step=0, seed=cfg.seed, recorder=rec, optimizer=opt)
-        for probe in build_probes(cfg.probes, sites):
-            probe.bind(type("Host", (), {"step": 0, "recorder": rec, "optimizer": opt})())
+        for probe in build_probes(cfg.probes, sites, ctx):
             if type(probe).measure is not Probe.measure and (probe.measure_every or probe.at_end):
                 out[probe.name] = ("measure", timed(lambda: probe.measure(ctx), 2), probe)
             else:

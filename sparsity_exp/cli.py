@@ -28,10 +28,11 @@ def _run(args: list[str]) -> int:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from . import distributed, resume
+    from . import distributed
+    from .lifecycle import folders
     from .config import conf_dir, register_resolvers, writable_results_dir
     from .errors import UserError
-    from .preempt import REQUEUE_EXIT_CODE, Preempted
+    from .lifecycle.preempt import REQUEUE_EXIT_CODE, Preempted
 
     try:
         config_path = str(conf_dir())
@@ -62,9 +63,9 @@ def _run(args: list[str]) -> int:
             launcher = str(hc.launcher.get("_target_", ""))
             set_threads(cfg.trainer.get("threads", "auto"), launcher)
             place_local_job(str(cfg.trainer.get("device", "auto")), launcher, hc.job.get("num") or 0)
-            target = resume.resolve_run_dir(cfg, run_dir)
+            target = folders.resolve_run_dir(cfg, run_dir)
             if target != run_dir:  # trainer.resume names another folder: Hydra's fresh one is not needed
-                resume.discard_if_empty(run_dir)
+                folders.discard_if_empty(run_dir)
                 run_dir = target
             return execute(cfg, run_dir)
         except Preempted as exc:

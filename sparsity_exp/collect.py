@@ -19,7 +19,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,9 +27,9 @@ import pandas as pd
 import yaml
 
 from .errors import UserError
-from .record import COLUMNS, METRICS_FILE
+from .lifecycle.atomic import atomic_path
+from .record import COLUMNS, METRICS_FILE, POSTHOC_FILE
 
-POSTHOC_FILE = "posthoc_metrics.csv"
 SOURCES = {"metrics": METRICS_FILE, "posthoc": POSTHOC_FILE}
 STATUSES = ("completed", "failed", "running", "interrupted", "partial")
 # Columns of the collected table that are not config keys; every other column is a varying config key.
@@ -282,14 +281,8 @@ def collect(paths) -> Collection:
 
 
 def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:  # the one atomic writer (lifecycle/atomic.py)
         write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def have_parquet() -> bool:

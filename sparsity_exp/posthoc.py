@@ -15,19 +15,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
-from .probes import Probe, build_probes
-from .probes.base import ProbeContext
-from .probes.standalone import preserved, take_batches, test_passes, train_passes
-from .rebuild import load_weights, rebuild, select_checkpoints
-from .record import Recorder
-
-POSTHOC_FILE = "posthoc_metrics.csv"
-
-
-def _has_measure(probe) -> bool:
-    return type(probe).measure is not Probe.measure
+from .probes import build_probes
+from .probes.base import ProbeContext, ProbeSet
+from .assemble import load_run, load_weights, select_checkpoints
+from .record import POSTHOC_FILE, Recorder
 
 
 def probe_run(run_dir: Path, args=(), file=sys.stdout) -> Path:
@@ -40,42 +32,26 @@ def probe_run(run_dir: Path, args=(), file=sys.stdout) -> Path:
             settings[key] = a.partition("=")[2]
         else:
             overrides.append(a)
-    run = rebuild(run_dir, overrides)
+    run = load_run(run_dir, overrides)  # the run as training assembled it; weights per checkpoint below
     chosen = select_checkpoints(run_dir, settings["checkpoints"])
-    probes = build_probes(run.cfg.probes, run.sites)
-    skipped = [p for p in probes if not getattr(p, "posthoc", True)]
-    probes = [p for p in probes if p not in skipped]
-    for p in skipped:
-        print(f"probe {p.name}: needs the training trajectory, skipped post hoc", file=file)
-    task = run.task
-    observers = [p for p in probes if not _has_measure(p)]
-    measurers = [p for p in probes if _has_measure(p)]
     with Recorder(run_dir, filename=POSTHOC_FILE, array_prefix="posthoc_") as recorder:
-        host = SimpleNamespace(step=0, recorder=recorder, optimizer=None, posthoc=True)
-        for p in probes:
-            p.bind(host)
+        # the same driver as training; no optimizer (lr 0), every checkpoint is a step of its own
+        ctx = ProbeContext(model=run.model, sites=run.sites, task=run.task, train_batches=run.train_batches,
+                           test_batches=run.test_batches, device=run.device, seed=run.cfg.seed, recorder=recorder,
+                           steps_per_epoch=run.steps_per_epoch, posthoc=True)
+        probes = build_probes(run.cfg.probes, run.sites, ctx)
+        skipped = [p for p in probes if not getattr(p, "posthoc", True)]
+        for p in skipped:
+            print(f"probe {p.name}: needs the training trajectory, skipped post hoc", file=file)
+        probe_set = ProbeSet([p for p in probes if p not in skipped], ctx)
         for step, path in chosen:
             load_weights(run.model, path, run.device)
             for site in run.sites:  # scheduled activations (mixing) as they were at that step
                 site.act.set_step(step)
-            host.step = step
-            epoch = step / run.steps_per_epoch
-            ctx = ProbeContext(model=run.model, sites=run.sites, task=task, train_batches=run.train_batches,
-                               test_batches=run.test_batches, device=run.device, step=step, seed=run.cfg.seed,
-                               recorder=recorder)
-            if observers:
-                with preserved(run.model, run.train_batches):
-                    batches = take_batches(run.train_batches, int(settings["batches"]), run.device)
-                    train_passes(run.model, task, observers, batches)
-                    for p in observers:
-                        recorder.add(step, epoch, p.name, p.rows("train"))
-                    test_passes(run.model, task, observers, run.test_batches, run.device)
-                    for p in observers:
-                        recorder.add(step, epoch, p.name, p.rows("test"))
-            for p in measurers:
-                recorder.add(step, epoch, p.name, p.measure(ctx))
+            ctx.step = step
+            probe_set.measure_saved(int(settings["batches"]))
             recorder.flush()
-            print(f"step {step}: {len(probes)} probe(s) measured", file=file)
+            print(f"step {step}: {len(probe_set)} probe(s) measured", file=file)
     out = run_dir / POSTHOC_FILE
     print(f"rows in {out}", file=file)
     return out

@@ -1,68 +1,48 @@
-"""One run: compose -> build data, model, sites, probes -> train -> write the run folder.
-The one place that wires things together."""
+"""One run: compose -> assemble (assemble.py) -> train -> write the run folder.
+
+``execute`` owns the run folder's life (lock, plan: fresh, continue or nothing to do, summary,
+failure records); ``_train`` trains what ``assemble(cfg)`` built, with its probes and optimizer."""
 from __future__ import annotations
 
-import math
-import random
 import sys
 import time
 import traceback
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import distributed, resume
-from .batches import make_batches, to_device
-from .data import build_data
+from . import distributed
+from .assemble import assemble, make_task, resolve_device, seed_everything  # noqa: F401 (public names)
 from .errors import ConfigError, UserError
-from .models import find_sites
-from .modules import apply_interventions, build_protocol_model
+from .lifecycle import folders
+from .lifecycle.atomic import write_atomic, write_json
+from .lifecycle.checkpoint import CheckpointError
+from .lifecycle.preempt import Preempted
 from .optim import build_optimizer, build_schedule, param_groups
 from .plots.quicklook import sparsity_per_layer
-from .preempt import Preempted
-from .probes import build_probes
-from .record import METRICS_FILE, Recorder, RecorderError, write_atomic, write_json
+from .probes import ProbeContext, ProbeSet, build_probes
+from .record import METRICS_FILE, Recorder, RecorderError
 from .speed import set_backend_flags, training_forwards
-from .train import ClassificationTask, NonFiniteLoss, Seq2SeqTask, Trainer
+from .train import NonFiniteLoss, Trainer
 from .validate import validate_config
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    local = distributed.local_device(name)  # under torchrun: the GPU of this rank
-    if local is not None:
-        return local
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("trainer.device=cuda but no CUDA device is visible; use trainer.device=auto or cpu")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise ConfigError(f"trainer.device={name!r}; choose auto, cpu or cuda[:N]")
-    return torch.device(name)
 
 
 def execute(cfg: DictConfig, run_dir: Path) -> dict:
     """Train and probe as ``cfg`` says; write everything into ``run_dir``; return the summary.
 
     A folder that already holds an unfinished run of this config continues from its newest
-    checkpoint (``resume.py``); one that holds a completed run is left as it is."""
+    checkpoint (``lifecycle/``); one that holds a completed run is left as it is."""
     if not distributed.is_main():  # data parallel: the other ranks train alongside, rank 0 writes
-        plan = resume.plan(cfg, Path(run_dir))  # reads only: every rank continues from the same state
+        plan = folders.plan(cfg, Path(run_dir))  # reads only: every rank continues from the same state
         if plan.completed is None:
             _train(cfg, Path(run_dir), plan.state)
         return {}
     run_dir = Path(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        lock = resume.RunLock(run_dir).acquire()  # one process per run folder
+        lock = folders.RunLock(run_dir).acquire()  # one process per run folder
     except OSError as exc:
         raise ConfigError(f"cannot write the run folder {run_dir} ({exc.strerror or exc}); set results_dir= to a "
                           f"writable folder") from None
@@ -72,10 +52,10 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
 
 def _execute(cfg: DictConfig, run_dir: Path) -> dict:
     started = time.perf_counter()
-    fresh = not resume.has_output(run_dir)
+    fresh = not folders.has_output(run_dir)
     try:
         validate_config(cfg)  # before anything is built or written
-        plan = resume.plan(cfg, run_dir)
+        plan = folders.plan(cfg, run_dir)
     except BaseException as exc:
         if fresh:  # a folder of its own records why the job did not start; another run's folder is left alone
             _mark_failed(run_dir, exc)
@@ -96,7 +76,7 @@ def _execute(cfg: DictConfig, run_dir: Path) -> dict:
     write_json(run_dir / "summary.json", {"status": "running", **resumed})
     try:
         trainer = _train(cfg, run_dir, plan.state)
-    except (resume.CheckpointError, RecorderError):
+    except (CheckpointError, RecorderError):
         write_atomic(run_dir / "summary.json", previous)  # nothing was trained: the folder stays as it was
         raise
     except UserError as exc:
@@ -129,54 +109,34 @@ def _mark_failed(run_dir: Path, exc: BaseException) -> None:
 
 
 def _train(cfg: DictConfig, run_dir: Path, resume_state: dict | None = None) -> Trainer:
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.trainer.device)
-    data = build_data(cfg.data)
-    model = build_protocol_model(cfg, data.info, run_dir).to(device)
-    sites = find_sites(model)
-    if distributed.is_main():
-        write_json(run_dir / "sites.json", [{"index": s.index, "name": s.name, "stack": s.stack,
-                                             "paths": s.paths} for s in sites])
-    t = cfg.trainer
-    ranks = {"rank": distributed.rank(), "world_size": distributed.world_size()}
-    distributed.check_batch_size(t.batch_size)
-    train_batches = make_batches(data.train, t.batch_size, shuffle=True, drop_last=True, seed=cfg.seed,
-                                 device=device, num_workers=t.num_workers, repeats=data.train_repeats, **ranks)
-    test_batches = make_batches(data.test, t.eval_batch_size, shuffle=False, drop_last=False, seed=cfg.seed,
-                                device=device, num_workers=t.num_workers, **ranks)
-    steps_per_epoch = len(train_batches)
-    total = math.ceil(t.epochs * steps_per_epoch) if t.epochs else int(t.steps)
-    if total <= 0:
-        raise ConfigError(f"the run has {total} steps; set trainer.steps (or trainer.epochs) to a positive number")
-    task = make_task(cfg, data)
-    callbacks = apply_interventions(cfg, model, sites, sample_forward=lambda: _sample_forward(model, task, test_batches))
-    probes = build_probes(cfg.probes, sites)  # after the interventions: probes see the final activations
-    optimizer = build_optimizer(cfg.optim, param_groups(model, cfg.optim), device)
-    schedule = build_schedule(cfg.optim.schedule, optimizer, total)
-    set_backend_flags(t, device)
-    forward_model, eager_model = training_forwards(model, device, t)
+    run = assemble(cfg)
     main = distributed.is_main()
+    if main:
+        write_json(run_dir / "sites.json", [{"index": s.index, "name": s.name, "stack": s.stack,
+                                             "paths": s.paths} for s in run.sites])
+        if run.init is not None:  # finetuning: where the starting weights came from
+            write_json(run_dir / "init.json", run.init)
+    t = cfg.trainer
+    optimizer = build_optimizer(cfg.optim, param_groups(run.model, cfg.optim), run.device)
+    schedule = build_schedule(cfg.optim.schedule, optimizer, run.total_steps)
+    set_backend_flags(t, run.device)
+    forward_model, eager_model = training_forwards(run.model, run.device, t)
     with Recorder(run_dir, tensorboard=t.get("tensorboard", False)) if main else distributed.NullRecorder() as recorder:
+        # after the interventions: probes see the final activations
+        probes = ProbeSet(build_probes(cfg.probes, run.sites, ProbeContext(sites=run.sites)))
         trainer = Trainer(
-            model=model, task=task, optimizer=optimizer, schedule=schedule, callbacks=callbacks,
-            train_batches=train_batches, test_batches=test_batches, probes=probes, recorder=recorder,
-            total_steps=total, steps_per_epoch=steps_per_epoch, log_every=t.log_every, eval_every=t.eval_every,
-            device=device, grad_clip=t.grad_clip, progress=t.progress and main, run_dir=run_dir if main else None,
-            checkpoint_every=t.checkpoint_every, keep_checkpoints=t.keep_checkpoints, seed=cfg.seed,
-            forward_model=forward_model, eager_model=eager_model,
-            **precision_and_accumulation(t),
+            model=run.model, task=run.task, optimizer=optimizer, schedule=schedule, callbacks=run.callbacks,
+            train_batches=run.train_batches, test_batches=run.test_batches, probes=probes, recorder=recorder,
+            total_steps=run.total_steps, steps_per_epoch=run.steps_per_epoch, log_every=t.log_every,
+            eval_every=t.eval_every, device=run.device, grad_clip=t.grad_clip, progress=t.progress and main,
+            run_dir=run_dir if main else None, checkpoint_every=t.checkpoint_every,
+            keep_checkpoints=t.keep_checkpoints, seed=cfg.seed, forward_model=forward_model,
+            eager_model=eager_model, **precision_and_accumulation(t),
         )
         if resume_state is not None:
             trainer.load_state_dict(resume_state)
         trainer.fit()
     return trainer
-
-
-def make_task(cfg, data):
-    """The loss and accuracy the data calls for: classification, or sequence to sequence (T5)."""
-    if data.info.task == "seq2seq":
-        return Seq2SeqTask(mask_padding=cfg.data.get("mask_padding", True))
-    return ClassificationTask(cfg.trainer.label_smoothing, batch_transform=data.train_batch_transform)
 
 
 def precision_and_accumulation(t) -> dict:
@@ -186,11 +146,6 @@ def precision_and_accumulation(t) -> dict:
     if accum < 1 or t.batch_size % accum:
         raise ConfigError(f"trainer.grad_accum={accum} must be >= 1 and divide trainer.batch_size={t.batch_size}")
     return {"precision": precision, "grad_accum": accum}
-@torch.no_grad()
-def _sample_forward(model, task, batches) -> None:
-    """One evaluation-mode forward on the first test batch (modules that size themselves from real inputs)."""
-    model.eval()
-    task(model, to_device(next(iter(batches)), next(model.parameters()).device), train=False)
 
 
 def _summary(cfg, trainer: Trainer, run_dir: Path, wall: float) -> dict:

@@ -16,9 +16,27 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+import torch
 from torch import nn
 
 PARTS = ("norm", "key", "act", "value")
+
+
+def is_lora(module: nn.Module) -> bool:
+    """A linear adapted by peft's LoRA (a base layer plus low-rank deltas)."""
+    return hasattr(module, "get_base_layer") and hasattr(module, "get_delta_weight")
+
+
+def effective_weight(module: nn.Module) -> torch.Tensor:
+    """The weight matrix ``module`` applies: for a LoRA-adapted linear the frozen base weight plus
+    the active adapters' deltas, else its own weight."""
+    if is_lora(module):
+        weight = module.get_base_layer().weight
+        for name in module.active_adapters:
+            if name in getattr(module, "lora_A", {}):
+                weight = weight + module.get_delta_weight(name)
+        return weight
+    return module.weight
 
 
 @dataclass
@@ -52,8 +70,6 @@ class MLPSite:
     def weight(self, which: str = "key"):
         """The weight matrix that part ``which`` applies: with a LoRA adapter (peft) the frozen base
         weight plus the adapter's delta, so weight probes see what the model computes."""
-        from .modules.weight_noise import effective_weight
-
         return effective_weight(self.part(which))
 
     def replace(self, which: str, module: nn.Module) -> nn.Module:

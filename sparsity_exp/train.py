@@ -1,9 +1,11 @@
 """The training loop.
 
-One optimizer step per batch. At every ``log_every`` steps the training batch is observed by the
-probes that are due (forward and backward under their hooks) and loss/accuracy rows are written;
-every ``eval_every`` steps (and at the end) the test set is evaluated under the test-split probes.
-The host synchronises with the device only at those points.
+One optimizer step per batch. A probe observes the training batches of its own ``every`` cadence
+(forward and backward under its hooks, any cadence down to every step); every ``log_every`` steps
+loss/accuracy rows and the rows of the probes that observed since the last log step are written
+(the ``ProbeSet`` in probes/base.py drives the probes). Every ``eval_every`` steps (and at the end)
+the test set is evaluated under the test-split probes. The host synchronises with the device only
+at log, evaluation and checkpoint steps.
 
 Protocols and modules plug in as callbacks (``Callback``): they see the trainer before each step,
 after the backward (before the optimizer step) and after the step.
@@ -18,14 +20,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import resume
-from .checkpoint import checkpoint_path, prune_checkpoints, save_checkpoint
-from .distributed import probe_rows, sum_over_ranks
+from .lifecycle import checkpoint
+from .lifecycle.checkpoint import checkpoint_path, prune_checkpoints, save_checkpoint
+from .distributed import sum_over_ranks
 from .errors import UserError
-from .preempt import Preempted, StopRequest, catch_stop_signals
-from .state import BatchStream
-from .probes import observing
-from .probes.base import ProbeContext
+from .lifecycle.preempt import Preempted, StopRequest, catch_stop_signals
+from .lifecycle.state import BatchStream
+from .probes.base import ProbeSet
 
 
 class NonFiniteLoss(UserError):
@@ -61,21 +62,24 @@ class ClassificationTask:
 class Seq2SeqTask:
     """Sequence to sequence on (input_ids, attention_mask, labels) batches (labels -100 = padding):
     the loss is the model's own (mean token cross-entropy), accuracy is token accuracy on the label
-    tokens. With ``mask_padding`` the real tokens of each stack are marked
-    (``probes.masking.token_masks``) around the forward, so token-level probes leave padding out;
-    the authors counted every token (``data.mask_padding=false``)."""
+    tokens. With ``mask_padding`` ``token_masks(batch)`` names the real tokens of each stack, which
+    the probe driver puts on the probes' context around the forward, so token-level probes leave
+    padding out; the authors counted every token (``data.mask_padding=false``)."""
 
     def __init__(self, mask_padding: bool = True):
         self.mask_padding = mask_padding
 
-    def __call__(self, model, batch, train: bool):
-        from .probes.masking import token_masks
+    def token_masks(self, batch) -> dict:
+        """Stack -> bool [batch, tokens], True = a real token (decoder position t predicts label t)."""
+        if not self.mask_padding:
+            return {}
+        _, attention_mask, labels = batch
+        return {"encoder": attention_mask.bool(), "decoder": labels != -100}
 
+    def __call__(self, model, batch, train: bool):
         input_ids, attention_mask, labels = batch
         real = labels != -100  # decoder position t reads token t-1 and predicts label t
-        masks = {"encoder": attention_mask.bool(), "decoder": real} if self.mask_padding else {}
-        with token_masks(**masks):
-            out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+        out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
         correct = ((out.logits.detach().argmax(-1) == labels) & real).sum()
         return out.loss, {"correct": correct, "count": real.sum()}
 
@@ -129,51 +133,59 @@ class Trainer:
     precision: str = "fp32"  # fp32 | bf16 (autocast around forwards; parameters and optimizer stay fp32)
     grad_accum: int = 1  # each batch runs as this many micro-batches, gradients summed
     step: int = 0
-    last: dict = field(default_factory=dict)  # last logged values, for the bar and the summary
     batches: object = None  # the endless training stream (state.BatchStream), made by fit
     resumed: bool = False  # True once a checkpoint was loaded: the step-0 evaluation is in metrics.csv
     stop: StopRequest = field(default_factory=StopRequest)  # set by SIGTERM/SIGUSR1 during fit
-    _first_nonfinite: torch.Tensor = None  # on the device: first step whose loss was not finite, or -1
+    _losses: list = field(default_factory=list)  # (step, detached loss) since the last finiteness check
+    _first_nonfinite: int = -1  # the first step whose loss was not finite, once a check has seen it
 
     def __post_init__(self):
-        for p in self.probes:  # probes that save arrays or read the lr find the step and recorder here
-            p.bind(self)
+        # the probe driver; its context is what probes read (step, lr, accumulation, recorder, ...)
+        if not isinstance(self.probes, ProbeSet):
+            self.probes = ProbeSet(self.probes)
+        ctx = self.probes.context
+        ctx.model, ctx.task, ctx.device, ctx.seed = self.model, self.task, self.device, self.seed
+        ctx.train_batches, ctx.test_batches = self.train_batches, self.test_batches
+        ctx.recorder, ctx.optimizer, ctx.grad_accum = self.recorder, self.optimizer, self.grad_accum
+        ctx.steps_per_epoch, ctx.step, ctx.posthoc = self.steps_per_epoch, self.step, False
+        self._fast = self.model if self.forward_model is None else self.forward_model
+        self._observed = self._fast if self.eager_model is None else self.eager_model  # hooks need eager modules
+        self._bf16 = self.precision == "bf16"
 
     @property
     def epoch(self) -> float:
         return self.step / max(1, self.steps_per_epoch)
 
+    @property
+    def last(self) -> dict:
+        """Last logged values, (split, probe, metric, layer) -> value, for the bar and the summary."""
+        return self.probes.last
+
+    def _at(self, step: int) -> None:
+        self.step = self.probes.context.step = step
+
     def _write(self, probe: str, rows) -> None:
-        self.recorder.add(self.step, self.epoch, probe, rows)
-        for split, metric, layer, value in rows:
-            self.last[(split, probe, metric, layer)] = value
+        self.probes.write(probe, rows)
 
     def train_step(self, batch) -> None:
+        """One optimizer step. Kept lean: a step that neither observes nor logs runs the forward,
+        backward, optimizer and schedule and a handful of attribute reads, no extra device work."""
         if not self.model.training:  # evaluate/measure switch the whole model to eval; walking the
             self.model.train()       # module tree on every step costs ~3% of a small model's step
         for cb in self.callbacks:
             cb.on_step_start(self)
-        log_now = self.step % self.log_every == 0
-        due = [p for p in self.probes if p.due(self.step)] if log_now else []
-        fast = self.model if self.forward_model is None else self.forward_model
-        net = (fast if self.eager_model is None else self.eager_model) if due else fast
-        with observing(due, "train"):
-            loss, stats = self._forward_backward(batch, net)
-        self._watch_loss(loss)
-        if log_now:
-            self.check_finite()
-            # host sync, only at log steps; sums over ranks under data parallel training
-            loss_sum, correct, count = sum_over_ranks(
-                [loss.detach().double() * stats["count"], stats["correct"], stats["count"]], self.device)
-            loss_v = loss_sum / count
-            self._write("train", [("train", "loss", "avg", loss_v),
-                                  ("train", "accuracy", "avg", correct / count),
-                                  ("train", "lr", "avg", self.optimizer.param_groups[0]["lr"])])
-            for p in due:
-                self._write(p.name, probe_rows(p, "train"))
-            for cb in self.callbacks:
-                for probe, *row in cb.log_rows(self):
-                    self._write(probe, [tuple(row)])
+        step = self.step
+        due = self.probes.due(step)
+        if due:
+            with self.probes.observe(due, "train"):
+                loss, stats = self._forward_backward(batch, self._observed, masked=True)
+        else:
+            loss, stats = self._forward_backward(batch, self._fast)
+        self._losses.append((step, loss))
+        if len(self._losses) >= 4096:
+            self._first_bad_step()
+        if step % self.log_every == 0:
+            self._log_train(loss, stats)
         for cb in self.callbacks:
             cb.after_backward(self)
         if self.grad_clip > 0:
@@ -181,25 +193,46 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.schedule.step()
-        self.step += 1
+        self._at(step + 1)
         for cb in self.callbacks:
             cb.after_step(self)
 
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+    def _log_train(self, loss, stats) -> None:
+        """Loss, accuracy and lr rows, the rows of the probes that observed since the last log step,
+        and the callbacks' rows. The one host sync of a log step (summed over ranks under DDP)."""
+        self.check_finite()
+        loss_sum, correct, count = sum_over_ranks(
+            [loss.double() * stats["count"], stats["correct"], stats["count"]], self.device)
+        self._write("train", [("train", "loss", "avg", loss_sum / count),
+                              ("train", "accuracy", "avg", correct / count),
+                              ("train", "lr", "avg", self.optimizer.param_groups[0]["lr"])])
+        self.probes.write_train()
+        for cb in self.callbacks:
+            for probe, *row in cb.log_rows(self):
+                self._write(probe, [tuple(row)])
 
-    def _forward_backward(self, batch, net=None):
+    def autocast(self):
+        if not self._bf16:  # entering a disabled autocast still costs a few microseconds per forward
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def _task(self, net, batch, train: bool, masked: bool):
+        if masked:  # probes observe: the task's token masks go on their context around the forward
+            return self.probes.task(self.task, net, batch, train)
+        return self.task(net, batch, train=train)
+
+    def _forward_backward(self, batch, net=None, masked: bool = False):
         """Forward and backward of one batch through ``net`` (the model, or its DDP/compiled
         wrapper). With ``grad_accum`` > 1 the batch runs as that many micro-batches, each loss
         weighted by its share of the batch's loss terms, so the summed gradient (and the per-token
         gradients probes see) equal those of the whole batch. Under DDP only the last micro-batch
-        all-reduces gradients."""
+        all-reduces gradients. Returns the detached loss."""
         net = self.model if net is None else net
         if self.grad_accum <= 1:
             with self.autocast():
-                loss, stats = self.task(net, batch, train=True)
+                loss, stats = self._task(net, batch, True, masked)
             loss.backward()
-            return loss, stats
+            return loss.detach(), stats
         chunks = list(zip(*(t.chunk(self.grad_accum) for t in batch)))
         weigh = getattr(self.task, "loss_weight", lambda b: len(b[0]))
         weights = [weigh(c) for c in chunks]
@@ -209,7 +242,7 @@ class Trainer:
             last = k == len(chunks) - 1
             with nullcontext() if last or not hasattr(net, "no_sync") else net.no_sync():
                 with self.autocast():
-                    loss, stats = self.task(net, chunk, train=True)
+                    loss, stats = self._task(net, chunk, True, masked)
                 (loss * (w / total)).backward()
             loss_sum = loss_sum + loss.detach() * (w / total)
             correct = correct + stats["correct"]
@@ -222,43 +255,40 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         count = 0
-        with observing(self.probes, "test"):
+        with self.probes.observe(self.probes, "test"):
             for batch in self.test_batches:
                 batch = tuple(t.to(self.device, non_blocking=True) for t in batch)
                 with self.autocast():
-                    loss, stats = self.task(self.model, batch, train=False)
+                    loss, stats = self._task(self.model, batch, False, masked=True)
                 loss_sum += loss.double() * stats["count"]
                 correct += stats["correct"]
                 count += stats["count"]
         loss_sum, correct, count = sum_over_ranks([loss_sum, correct, count], self.device)
         self._write("eval", [("test", "loss", "avg", loss_sum / max(1, count)),
                              ("test", "accuracy", "avg", correct / max(1, count))])
-        for p in self.probes:
-            self._write(p.name, probe_rows(p, "test"))
+        self.probes.write_test()
 
     def measure(self, last: bool) -> None:
         """Standalone probe measurements that are due now (expensive probes, own cadence)."""
-        due = [p for p in self.probes if p.measure_due(self.step, last)]
-        if not due:
-            return
-        self.check_finite()  # a measurement of non-finite weights would fail with a less helpful error
-        ctx = ProbeContext(model=self.model, sites=due[0].sites, task=self.task, train_batches=self.train_batches,
-                           test_batches=self.test_batches, device=self.device, step=self.step, seed=self.seed,
-                           recorder=self.recorder, optimizer=self.optimizer)
-        for p in due:
-            self._write(p.name, p.measure(ctx))
+        if any(p.measure_due(self.step, last) for p in self.probes.measurers()):
+            self.check_finite()  # a measurement of non-finite weights would fail with a less helpful error
+            self.probes.measure(last)
 
-    def _watch_loss(self, loss: torch.Tensor) -> None:
-        """Remember the first step with a non-finite loss on the device (no host sync per step)."""
-        if self._first_nonfinite is None:
-            self._first_nonfinite = torch.full((), -1, dtype=torch.int64, device=loss.device)
-        bad = ~torch.isfinite(loss.detach()) & (self._first_nonfinite < 0)
-        self._first_nonfinite = torch.where(bad, self.step, self._first_nonfinite)
+    # Losses are kept as device scalars and checked at log steps and before checkpoints: no device
+    # work and no host sync on other steps (a long stretch without a check is checked every 4096 steps).
+    def _first_bad_step(self) -> int:
+        """The first step whose loss was not finite, or -1 (one host sync when losses are pending)."""
+        if self._losses:
+            finite = torch.isfinite(torch.stack([loss.float().reshape(()) for _, loss in self._losses])).tolist()
+            steps, self._losses = [s for s, _ in self._losses], []
+            if self._first_nonfinite < 0:
+                self._first_nonfinite = next((s for s, ok in zip(steps, finite) if not ok), -1)
+        return self._first_nonfinite
 
     def check_finite(self) -> None:
         """Stop on a non-finite loss: save the state as it is (for a post-mortem, never resumed
         from) and name the step. Checked at log steps and before every checkpoint."""
-        if self._first_nonfinite is None or (bad_step := int(self._first_nonfinite)) < 0:
+        if (bad_step := self._first_bad_step()) < 0:
             return
         self.recorder.flush()
         where = ""
@@ -272,16 +302,17 @@ class Trainer:
         )
 
     def state_dict(self) -> dict:
-        return resume.capture(self)
+        return checkpoint.capture(self)
 
     def load_state_dict(self, state: dict) -> None:
-        resume.restore(self, state)
+        checkpoint.restore(self, state)
+        self._at(self.step)
 
     def save_checkpoint(self):
         if self.run_dir is None:
             return None
         self.check_finite()  # never write a checkpoint that a resume would continue from with NaNs
-        self.recorder.flush()  # the checkpoint records the metrics file's length after this
+        self.recorder.flush(durable=True)  # the checkpoint records the metrics file's length after this
         path = save_checkpoint(self.run_dir, self.step, self.state_dict())
         prune_checkpoints(self.run_dir, self.keep_checkpoints)
         return path
@@ -310,12 +341,14 @@ class Trainer:
                     self.evaluate()
                 self.measure(last)
                 if last or (self.checkpoint_every and self.step % self.checkpoint_every == 0):
+                    self.probes.write_train()  # observations not yet written (a cadence off the log steps)
                     self.save_checkpoint()
                 if logged or evaluated:
                     self.recorder.flush()
                     bar.set_postfix(self._postfix(), refresh=False)
                 bar.update(1)
                 if self.stop and not last:
+                    self.probes.write_train()
                     raise Preempted(self.stop.signame, self.step, self.save_checkpoint())
         finally:
             restore_signals()

@@ -2,7 +2,8 @@
 anything is built, so a typo fails in a second and not an hour into training.
 
 The schema is the ``RULES`` table: a dotted key (``*`` matches one level, e.g. ``probes.*.every``)
--> ``Rule``. Keys without a rule are accepted as they are (config groups grow faster than this
+-> ``Rule``. The valid names of every choice (activations, models, data, probes, optimizers,
+schedules, devices) are read from the registries that build them, so the two cannot disagree. Keys without a rule are accepted as they are (config groups grow faster than this
 table); a rule whose key is absent is skipped. Cross-field checks go into ``CHECKS``. To extend:
 add a line to ``RULES`` here, or call ``add_rules({...})`` from the module that owns the keys.
 """
@@ -13,7 +14,13 @@ import re
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
+from .activations import ACTIVATIONS
+from .assemble import DEVICE_PATTERN
+from .data import DATASETS
 from .errors import ConfigError
+from .models import MODELS
+from .optim import OPTIMIZERS, SCHEDULES
+from .probes import PROBES
 
 
 @dataclass(frozen=True)
@@ -95,7 +102,7 @@ RULES: dict[str, Rule] = {
     "trainer.eval_batch_size": positive_int(),
     "trainer.log_every": positive_int(),
     "trainer.eval_every": positive_int(),
-    "trainer.device": Rule("str", pattern=r"auto|cpu|cuda(:\d+)?|mps", text="auto, cpu, cuda or cuda:N"),
+    "trainer.device": Rule("str", pattern=DEVICE_PATTERN, text="auto, cpu, cuda or cuda:N"),
     "trainer.num_workers": count(),
     "trainer.jobs_per_gpu": positive_int(),
     "trainer.grad_clip": Rule("number", low=0),
@@ -110,7 +117,11 @@ RULES: dict[str, Rule] = {
     "optim.nesterov": Rule("bool"),
     "optim.betas": Rule("list", length=2, item=Rule("number", low=0, high=1, high_open=True)),
     "optim.eps": Rule("number", low=0, low_open=True),
-    "optim.schedule.name": Rule("str", choices=("constant", "cosine", "linear", "inverse_sqrt")),
+    "optim.name": Rule("str", choices=tuple(sorted(OPTIMIZERS))),
+    "optim.schedule.name": Rule("str", choices=SCHEDULES),
+    "model.name": Rule("str", choices=tuple(sorted(MODELS))),
+    "activation.name": Rule("str", choices=tuple(sorted(ACTIVATIONS))),
+    "data.name": Rule("str", choices=tuple(sorted(DATASETS))),
     "optim.schedule.warmup_steps": count(),
     "optim.schedule.warmup_start": fraction(),
     "optim.schedule.min_factor": fraction(),
@@ -144,7 +155,12 @@ def _steps_or_epochs(flat: dict) -> list[str]:
     return []
 
 
-CHECKS = [_steps_or_epochs]
+def _known_probes(flat: dict) -> list[str]:
+    names = sorted({k.split(".")[1] for k in flat if k.startswith("probes.")} - set(PROBES))
+    return [f"probes.{n}=...: must be a known probe, one of {', '.join(sorted(PROBES))}" for n in names]
+
+
+CHECKS = [_steps_or_epochs, _known_probes]
 
 
 def add_rules(rules: dict[str, Rule]) -> None:

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from sparsity_exp.checkpoint import list_checkpoints, load_checkpoint
+from sparsity_exp.lifecycle.checkpoint import list_checkpoints, load_checkpoint
 from sparsity_exp.errors import ConfigError
 from sparsity_exp.run import execute
 

@@ -7,12 +7,13 @@ import torch
 from torch import nn
 
 from sparsity_exp.activations import JSReLU, ReLU
-from sparsity_exp.checkpoint import list_checkpoints, load_checkpoint
+from sparsity_exp.lifecycle.checkpoint import list_checkpoints, load_checkpoint
 from sparsity_exp.errors import ConfigError
 from sparsity_exp.models import find_sites
 from sparsity_exp.models.mlp import LNMLP
 from sparsity_exp.modules import ActivationSchedule, RestrictedNorm, ZerothBiases, apply_interventions
-from sparsity_exp.modules.weight_noise import WeightNoise, effective_weight, target_linears
+from sparsity_exp.modules.weight_noise import WeightNoise, target_linears
+from sparsity_exp.sites import effective_weight
 from sparsity_exp.run import execute
 
 from .seqmodel import Seq, seq_sites

@@ -82,7 +82,7 @@ def test_probes_do_not_change_training(compose, tiny, tmp_path):
 def test_posthoc_probe_command(cli, compose, tiny, tmp_path):
     import torch
 
-    from sparsity_exp.checkpoint import load_checkpoint
+    from sparsity_exp.lifecycle.checkpoint import load_checkpoint
     from sparsity_exp.errors import UserError
     from sparsity_exp.posthoc import probe_run
 

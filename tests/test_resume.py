@@ -13,12 +13,13 @@ import pandas as pd
 import pytest
 import torch
 
-from sparsity_exp import resume
-from sparsity_exp.checkpoint import list_checkpoints, load_checkpoint
-from sparsity_exp.preempt import Preempted
+from sparsity_exp.lifecycle import folders
+from sparsity_exp.lifecycle import checkpoint
+from sparsity_exp.lifecycle.checkpoint import list_checkpoints, load_checkpoint
+from sparsity_exp.lifecycle.preempt import Preempted
 from sparsity_exp.probes import PROBES, Probe
 from sparsity_exp.run import execute
-from sparsity_exp.state import BatchStream, rng_state, set_rng_state
+from sparsity_exp.lifecycle.state import BatchStream, rng_state, set_rng_state
 from sparsity_exp.train import Trainer
 
 from .conftest import ROOT
@@ -81,7 +82,7 @@ def test_checkpoint_holds_everything_and_loads_weights_only(compose, tiny, tmp_p
     step, path = list_checkpoints(tmp_path)[1]
     state = torch.load(path, weights_only=True)
     assert step == 5 and state["step"] == 5
-    assert set(resume.REQUIRED) <= set(state)
+    assert set(checkpoint.REQUIRED) <= set(state)
     assert set(state["rng"]) >= {"python", "numpy", "torch"}
     assert state["data"]["taken"] == 0 and state["data"]["generator"].dtype == torch.uint8  # epoch boundary
     assert load_checkpoint(path)["optimizer"]["state"]  # the momentum buffers
@@ -146,13 +147,13 @@ def test_auto_picks_the_newest_unfinished_run_of_the_same_config(compose, tiny, 
         execute(cfg, results / "b_same")
     fresh = results / "c_fresh"
     (fresh / ".hydra").mkdir(parents=True)
-    assert resume.resolve_run_dir(cfg, fresh) == results / "b_same"
-    resume.discard_if_empty(fresh)
+    assert folders.resolve_run_dir(cfg, fresh) == results / "b_same"
+    folders.discard_if_empty(fresh)
     assert not fresh.exists()
     # a path works too; a checkpoint that is not the newest is refused
-    assert resume.resolve_run_dir(compose(*tiny, f"trainer.resume={results / 'b_same'}"), fresh) == results / "b_same"
+    assert folders.resolve_run_dir(compose(*tiny, f"trainer.resume={results / 'b_same'}"), fresh) == results / "b_same"
     # nothing of this config: a fresh folder
-    assert resume.resolve_run_dir(compose(*tiny, f"results_dir={results}", "trainer.resume=auto", "seed=5"),
+    assert folders.resolve_run_dir(compose(*tiny, f"results_dir={results}", "trainer.resume=auto", "seed=5"),
                                   fresh) == fresh
 
 
@@ -217,7 +218,7 @@ def test_sigkill_mid_run_then_resume_gives_identical_metrics(compose, tmp_path):
 
 
 def test_sigterm_exits_with_the_requeue_code_and_auto_resumes(tmp_path):
-    from sparsity_exp.preempt import REQUEUE_EXIT_CODE
+    from sparsity_exp.lifecycle.preempt import REQUEUE_EXIT_CODE
 
     run = tmp_path / "results" / "job"
     proc = subprocess.Popen(_cli_command(run, sleep=0.03), cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,

@@ -60,7 +60,7 @@ def test_bad_input_while_resuming_leaves_the_run_record(compose, tiny, tmp_path,
     import signal
 
     from sparsity_exp.errors import UserError
-    from sparsity_exp.preempt import Preempted
+    from sparsity_exp.lifecycle.preempt import Preempted
     from sparsity_exp.train import Trainer
 
     cfg = compose(*tiny, "trainer.checkpoint_every=10")

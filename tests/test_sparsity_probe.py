@@ -96,7 +96,7 @@ def test_test_split_can_be_switched_off():
 def test_padding_tokens_are_left_out_when_marked():
     from torch import nn
 
-    from sparsity_exp.probes.masking import token_masks
+    from sparsity_exp.probes import ProbeContext
     from sparsity_exp.sites import MLPSite
 
     class Seq(nn.Module):  # a one-site sequence model: act over [batch, tokens, features]
@@ -109,10 +109,11 @@ def test_padding_tokens_are_left_out_when_marked():
 
     model = Seq()
     site = MLPSite(model=model, index=0, name="enc", paths={"act": "act"}, stack="encoder")
-    probe = build_probes({"sparsity": {"every": 1}}, [site])[0]
+    ctx = ProbeContext()  # the task's masks travel on the context the probe is handed
+    probe = build_probes({"sparsity": {"every": 1}}, [site], ctx)[0]
     h = torch.tensor([[[1.0, -1.0], [2.0, 3.0]], [[-1.0, -1.0], [-5.0, 4.0]]])  # [2 samples, 2 tokens, 2]
     mask = torch.tensor([[True, True], [True, False]])  # last token of sample 2 is padding
-    with observing([probe], "train"), token_masks(encoder=mask):
+    with observing([probe], "train"), ctx.masked(encoder=mask):
         model(h)
     # counted entries: [1,-1], [2,3], [-1,-1] -> zeros 3 of 6
     assert _rows_to_dict(probe.rows("train"))[("activation_sparsity", 0)] == pytest.approx(3 / 6)

@@ -1,6 +1,5 @@
 """Spectrum, RMT and neuron probes against direct numpy evaluations and hand-made cases."""
 import math
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -66,15 +65,14 @@ def test_rmt_matches_direct_numpy():
     model = LNMLP(in_features=5, num_classes=3, make_act=ReLU, width=6, depth=1)
     sites = find_sites(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, weight_decay=0.01)
-    host = SimpleNamespace(step=0, optimizer=opt, recorder=None)
-    (probe,) = build_probes({"rmt": {"every": 1, "thr": 1e-3, "v": 1e-2}}, sites)
-    probe.bind(host)
+    ctx = ProbeContext(sites=sites, optimizer=opt)  # lr and weight decay come from the context
+    (probe,) = build_probes({"rmt": {"every": 1, "thr": 1e-3, "v": 1e-2}}, sites, ctx)
     cin = cgrad = None
     r = 1 - 0.1 * 0.01
     g = torch.Generator().manual_seed(5)
     last_step = None
     for step in (0, 5, 7):
-        host.step = step
+        ctx.step = step
         x, y = torch.randn(8, 5, generator=g), torch.randint(0, 3, (8,), generator=g)
         # reference tensors by hand
         blk = model.blocks[0]
@@ -121,9 +119,8 @@ def test_neurons_hand_made(tmp_path):
         blk.key.weight[2, 0] = 1.0  # unit 2 fires when the normed first feature is > -bias
         blk.key.bias.copy_(torch.tensor([1.0, -1.0, 0.0, 2.0]))
     sites = find_sites(model)
-    (probe,) = build_probes({"neurons": {}}, sites)
     with Recorder(tmp_path) as rec:
-        probe.bind(SimpleNamespace(step=12, recorder=rec))
+        (probe,) = build_probes({"neurons": {}}, sites, ProbeContext(sites=sites, step=12, recorder=rec))
         x = torch.randn(10, 3)
         with torch.no_grad(), observing([probe], "test"):
             model(x[:6])

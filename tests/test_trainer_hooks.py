@@ -2,7 +2,7 @@
 import pandas as pd
 import torch
 
-from sparsity_exp.checkpoint import list_checkpoints, load_checkpoint
+from sparsity_exp.lifecycle.checkpoint import list_checkpoints, load_checkpoint
 from sparsity_exp.probes import PROBES, Probe
 from sparsity_exp.run import execute
 

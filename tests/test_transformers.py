@@ -10,7 +10,7 @@ from sparsity_exp.activations import ReLU
 from sparsity_exp.data import DataInfo, build_data
 from sparsity_exp.models import build_model, find_sites
 from sparsity_exp.probes import PROBES, build_probes, observing
-from sparsity_exp.probes.base import ProbeContext
+from sparsity_exp.probes.base import ProbeContext, run_task
 from sparsity_exp.run import make_task
 
 VIT = ["model=vit", "model.num_layers=3", "model.hidden_dim=16", "model.mlp_dim=24", "model.num_heads=2"]
@@ -140,7 +140,7 @@ def test_t5_sparsity_rows_cover_encoder_and_decoder_and_match_a_hand_count(compo
     probe = build_probes({"sparsity": {"every": 1}}, find_sites(model))[0]
     task = make_task(cfg, data)
     with observing([probe], "test"), torch.no_grad():
-        task(model, batch, train=False)
+        run_task(task, model, batch, False, probe.ctx)  # the driver puts the task's token masks on the context
     got = _rows(probe.rows("test"))
     assert {l for m, l in got if m == "activation_sparsity"} == {0, 1, 2, 3, 4, "avg"}
     expected = _t5_hand_count(model, batch, mask_padding)

@@ -30,12 +30,16 @@ class DataBundle:
     train_repeats: int = 1  # repeated augmentation: each training image this many times per epoch
 
 
-def build_data(cfg) -> DataBundle:
-    from . import images, text, vision
+# name -> "module:function" in this package (imported when used: torchvision/transformers only then)
+DATASETS = {"digits": "images:digits", "mnist": "images:mnist", "fashion_mnist": "images:fashion_mnist",
+            "text": "text:text", "c4": "text:c4",
+            "cifar10": "vision:cifar10", "cifar100": "vision:cifar100", "imagenet": "vision:imagenet"}
 
-    builders = {"digits": images.digits, "mnist": images.mnist, "fashion_mnist": images.fashion_mnist,
-                "text": text.text, "c4": text.c4,
-                "cifar10": vision.cifar10, "cifar100": vision.cifar100, "imagenet": vision.imagenet}
-    if cfg.name not in builders:
-        raise ConfigError(f"data.name={cfg.name!r} is unknown; choose one of {sorted(builders)}")
-    return builders[cfg.name](cfg)
+
+def build_data(cfg) -> DataBundle:
+    from importlib import import_module
+
+    if cfg.name not in DATASETS:
+        raise ConfigError(f"data.name={cfg.name!r} is unknown; choose one of {sorted(DATASETS)}")
+    module, _, function = DATASETS[cfg.name].partition(":")
+    return getattr(import_module(f"{__name__}.{module}"), function)(cfg)

@@ -1,8 +1,8 @@
 """The paper's interventions (PAPER.md §3), applied to any model through its MLP sites.
 
-``build_protocol_model`` makes the starting model (fresh, or the finetuning source with its weights);
-``apply_interventions`` rewrites the sites as the config says and returns the Trainer callbacks that
-keep the modules' constraints and schedules and log their sizes (probe ``modules``):
+``apply_interventions`` rewrites the sites of a model (built by ``assemble.py``, never here) as the
+config says and returns the Trainer callbacks that keep the modules' constraints and schedules and
+log their sizes (probe ``modules``):
 
   modules.activation       swap every site's activation (sparsified: jsrelu; mixed ReLU -> JSReLU
                            over protocol.mixing_steps when finetuning)
@@ -17,10 +17,8 @@ trainer's step, so a resumed run gets them back by applying the interventions ag
 """
 from __future__ import annotations
 
-from ..activations import Mixed, ReLU, build_activation
+from ..activations import Mixed, ReLU, SiteActivation, build_activation
 from ..errors import ConfigError
-from ..models import build_model
-from ..record import write_json
 from ..train import Callback
 from .restricted_norm import RestrictedNorm
 from .weight_noise import WeightNoise, target_linears
@@ -36,24 +34,14 @@ def _protocol(cfg) -> str:
     return name
 
 
-def build_protocol_model(cfg, info, run_dir=None):
-    """A fresh model, or for protocol=sparsity_finetune the source run's model with its weights
-    (``init.json`` in ``run_dir`` records the source)."""
-    if _protocol(cfg) != "sparsity_finetune":
-        return build_model(cfg.model, info, cfg.activation)
-    from .finetune import build_source_model
-
-    model, record = build_source_model(cfg, info)
-    if run_dir is not None:
-        write_json(run_dir / "init.json", record)
-    return model
-
-
 class ActivationSchedule(Callback):
-    """Tells every site's activation the optimizer step (``set_step``) and logs the JSReLU portion."""
+    """Tells every scheduled site activation the optimizer step (``set_step``) and logs the JSReLU
+    portion. Made after the activations are final (the end of ``apply_interventions``); only the
+    sites whose activation has a schedule are visited, so static ones cost nothing per step (a part
+    lookup walks the module tree)."""
 
     def __init__(self, sites):
-        self.sites = sites
+        self.sites = [s for s in sites if type(s.act).set_step is not SiteActivation.set_step]
         self.sync(0)
 
     def sync(self, step: int) -> None:
@@ -133,4 +121,4 @@ def apply_interventions(cfg, model, sites, sample_forward=None) -> list[Callback
 
 
 __all__ = ["ActivationSchedule", "PROTOCOLS", "RestrictedNorm", "WeightNoise", "ZerothBias", "ZerothBiases",
-           "apply_interventions", "build_protocol_model"]
+           "apply_interventions"]

@@ -1,76 +1,17 @@
 """Sparsity finetuning (PAPER.md §4.3-4.4): start from an earlier run's weights, optionally through
 LoRA adapters (peft), with a fresh optimizer and schedule.
 
-``protocol.init`` names a run folder (its newest checkpoint is used; the model is rebuilt from that
-run's ``config.yaml``, so its model and activation settings win over this run's) or a checkpoint file
-(rebuilt from its run folder's config.yaml when the file sits in ``<run>/checkpoints/``, else from
-this run's model and activation settings). ``init.json`` in the new run records what was used.
+The starting model is built by ``assemble.py`` (``source_model``): ``protocol.init`` names a run
+folder (its newest checkpoint is used; the model is rebuilt from that run's ``config.yaml``, so its
+model and activation settings win over this run's) or a checkpoint file (rebuilt from its run
+folder's config.yaml when the file sits in ``<run>/checkpoints/``, else from this run's model and
+activation settings). ``init.json`` in the new run records what was used. Here: the LoRA adapters.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
-from omegaconf import OmegaConf
 from torch import nn
 
-from ..checkpoint import CHECKPOINT_DIR, list_checkpoints, load_checkpoint
 from ..errors import ConfigError
-from ..models import build_model
-
-
-def resolve_init(init) -> tuple[Path, Path | None]:
-    """(checkpoint file, run folder or None) named by ``protocol.init``."""
-    if init in (None, ""):
-        raise ConfigError("protocol=sparsity_finetune needs protocol.init=<run folder or checkpoint file> "
-                          "(e.g. a folder under results/ written by an earlier `sparsity-exp run`)")
-    path = Path(str(init)).expanduser()
-    if path.is_dir():
-        found = list_checkpoints(path)
-        if not found:
-            raise ConfigError(f"protocol.init={init}: the folder has no {CHECKPOINT_DIR}/step_*.pt; give a run folder "
-                              f"written by `sparsity-exp run` (checkpoints are saved at the end of every run) "
-                              f"or a checkpoint file")
-        return found[-1][1], path
-    if path.is_file():
-        run = path.parent.parent
-        return path, run if path.parent.name == CHECKPOINT_DIR and (run / "config.yaml").is_file() else None
-    raise ConfigError(f"protocol.init={init}: no such run folder or checkpoint file")
-
-
-def _modified(src_cfg) -> list[str]:
-    """What in a source run's config changed the model's parameters (such runs cannot be rebuilt here)."""
-    out = []
-    mods = src_cfg.get("modules") or {}
-    if (mods.get("zeroth_bias") or {}).get("enabled"):
-        out.append("modules.zeroth_bias")
-    if (mods.get("restricted_norm") or {}).get("enabled"):
-        out.append("modules.restricted_norm")
-    if (src_cfg.get("protocol") or {}).get("name") == "sparsity_finetune":
-        out.append("protocol=sparsity_finetune")
-    return out
-
-
-def build_source_model(cfg, info) -> tuple[nn.Module, dict]:
-    """The model of the finetuning source, with its weights loaded; and a record of where it came from."""
-    ckpt, run = resolve_init(cfg.protocol.init)
-    src_cfg = OmegaConf.load(run / "config.yaml") if run is not None else cfg
-    changed = _modified(src_cfg) if run is not None else []
-    if changed:
-        raise ConfigError(f"protocol.init={cfg.protocol.init}: that run used {', '.join(changed)}, whose extra "
-                          f"parameters cannot be rebuilt here; finetune from a run trained with modules=none")
-    model = build_model(src_cfg.model, info, src_cfg.activation)
-    state = load_checkpoint(ckpt)
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError) as exc:
-        raise ConfigError(f"checkpoint {ckpt} does not fit the model rebuilt from "
-                          f"{run / 'config.yaml' if run else 'this run’s model settings'} "
-                          f"(different data or model?): {str(exc).splitlines()[0]}") from None
-    record = {"init": str(cfg.protocol.init), "checkpoint": str(ckpt), "checkpoint_step": int(state["step"]),
-              "source_run": str(run) if run else None,
-              "model": OmegaConf.to_container(src_cfg.model, resolve=True),
-              "activation": OmegaConf.to_container(src_cfg.activation, resolve=True)}
-    return model, record
 
 
 def _lora_target_names(model: nn.Module, sites, targets: str) -> list[str]:

@@ -17,22 +17,10 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..sites import effective_weight  # noqa: F401 (lives beside the sites; re-exported for callers here)
+from ..sites import is_lora as _is_lora
 
 TARGETS = ("key", "key_value", "all")
-
-
-def _is_lora(module: nn.Module) -> bool:
-    return hasattr(module, "get_base_layer") and hasattr(module, "get_delta_weight")
-
-
-def effective_weight(module: nn.Module) -> torch.Tensor:
-    if _is_lora(module):
-        weight = module.get_base_layer().weight
-        for name in module.active_adapters:
-            if name in getattr(module, "lora_A", {}):
-                weight = weight + module.get_delta_weight(name)
-        return weight
-    return module.weight
 
 
 def _linears(module: nn.Module):

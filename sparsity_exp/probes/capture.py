@@ -1,7 +1,7 @@
 """Capture of one MLP block's tensors and their gradients during a forward/backward, for probes.
 
 For every site it records, as [rows, features] matrices (rows = samples x tokens, padding tokens
-left out when the task marks them, see masking.py):
+left out when the task marks them on ``masks``, a ProbeContext; see masking.py):
 
     x     input of the key layer (the normed block input, x~ in PAPER.md §1)
     h     pre-activation (input of the activation)
@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
-
-from .masking import token_mask_for
 
 GRADS = ("eta", "g", "gz")
 
@@ -50,11 +48,13 @@ def rows_of(t: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
 
 
 @contextmanager
-def capture(sites, on_record: Callable, grads=(), inputs: bool = False, with_activation: bool = True):
+def capture(sites, on_record: Callable, grads=(), inputs: bool = False, with_activation: bool = True,
+            masks=None):
     """Within the block, every forward of every site produces a ``Record``; ``on_record(site, rec)``
     is called when its forward is done (no grads asked) or when all of ``grads`` have arrived.
 
-    ``grads``: a subset of ('eta', 'g', 'gz'). ``inputs``: also record the key input x."""
+    ``grads``: a subset of ('eta', 'g', 'gz'). ``inputs``: also record the key input x.
+    ``masks``: the probe's ``ProbeContext`` (its ``token_mask``); None = every row counts."""
     grads = tuple(grads)
     unknown = set(grads) - set(GRADS)
     if unknown:
@@ -76,7 +76,7 @@ def capture(sites, on_record: Callable, grads=(), inputs: bool = False, with_act
     def act_hook(site):
         def fn(module, args, output):
             h = args[0]
-            mask = token_mask_for(site, output)
+            mask = None if masks is None else masks.token_mask(site, output)
             rec = Record(samples=int(output.shape[0]), mask=mask, missing=set(grads))
             if with_activation:
                 rec.h, rec.a = rows_of(h, mask), rows_of(output, mask)

@@ -53,7 +53,7 @@ class DiagonalityProbe(Probe):
         if split != "train":
             yield
             return
-        with capture(self.sites, self.on_record, grads=("g",), with_activation=False):
+        with capture(self.sites, self.on_record, grads=("g",), with_activation=False, masks=self.ctx):
             yield
 
     def rows(self, split: str):

@@ -67,7 +67,7 @@ class AugmentedFlatnessProbe(_TrainGradientProbe):
         with preserved(ctx.model, ctx.train_batches):
             batches = take_batches(ctx.train_batches, self.batches, ctx.device)
             self._stats = None
-            train_passes(ctx.model, ctx.task, [self], batches)
+            train_passes(ctx.model, ctx.task, [self], batches, ctx)
         return self.rows("train")
 
 

@@ -59,7 +59,7 @@ class _TrainGradientProbe(Probe):
         # so its gradients are world_size times those of the global batch-mean loss: undo that.
         # Per sample: the micro-batch's samples times the accumulation steps, since each micro-batch
         # loss is weighted by its share of the whole batch (Trainer._forward_backward).
-        accum = int(getattr(self.host, "grad_accum", 1) or 1)
+        accum = int(self.ctx.grad_accum or 1)
         return float(rec.samples) * accum if self.per_sample else 1.0 / world_size()
 
     def on_record(self, site, rec) -> None:  # pragma: no cover - abstract
@@ -70,7 +70,7 @@ class _TrainGradientProbe(Probe):
         if split != "train":
             yield
             return
-        with capture(self.sites, self.on_record, grads=self.grads, inputs=self.inputs):
+        with capture(self.sites, self.on_record, grads=self.grads, inputs=self.inputs, masks=self.ctx):
             yield
 
     def take(self, split: str):
@@ -154,11 +154,11 @@ class GradientDensityProbe(_TrainGradientProbe):
         self._hist[site.index, 1] += torch.histc(logg[active], self.bins, self.lo, self.hi).double()
 
     def _save_due(self) -> bool:
-        if self.host is None:
-            return self.save_every >= 0  # unbound (unit use): keep them in memory
-        if getattr(self.host, "posthoc", False):  # post hoc: every checkpoint measured gets its histograms
+        if self.ctx.recorder is None:
+            return self.save_every >= 0  # no run folder (unit use): keep them in memory
+        if self.ctx.posthoc:  # post hoc: every checkpoint measured gets its histograms
             return True
-        return self.save_every > 0 and self.host.step % self.save_every == 0
+        return self.save_every > 0 and self.ctx.step % self.save_every == 0
 
     def rows(self, split: str):
         if split != "train":
@@ -170,7 +170,7 @@ class GradientDensityProbe(_TrainGradientProbe):
         mean_all = s[:, 0] / s[:, 1].clamp(min=1)
         mean_active = s[:, 2] / s[:, 3].clamp(min=1)
         ratio = torch.where(mean_all > 0, mean_active / mean_all, torch.full_like(mean_all, float("nan")))
-        if self._save_due() and hist is not None and self.host is not None:
+        if self._save_due() and hist is not None and self.ctx.recorder is not None:
             h = hist.cpu().numpy()
             edges = torch.linspace(self.lo, self.hi, self.bins + 1).numpy()
             arrays = {"log10_edges": edges}

@@ -17,7 +17,6 @@ import torch
 
 from .base import Probe, layer_rows
 from .hooks import forward_hooks
-from .masking import token_mask_for
 
 
 class NeuronsProbe(Probe):
@@ -34,7 +33,7 @@ class NeuronsProbe(Probe):
     def _hook(self, split, site):
         def fn(module, args, output):
             fires = ~module.zero_output(output.detach())
-            mask = token_mask_for(site, output)
+            mask = self.ctx.token_mask(site, output)
             fires = fires.reshape(-1, fires.shape[-1])
             if mask is not None:
                 fires = fires[mask.reshape(-1)]

@@ -72,7 +72,7 @@ class RMTProbe(Probe):
         self._batch_rows = 0
 
     # The running covariances span the whole run: a checkpoint keeps them so a resumed run goes on
-    # with the same sums (resume.py saves every probe's state_dict).
+    # with the same sums (lifecycle/checkpoint.py saves every probe's state_dict).
     _STATE = ("_c_in", "_c_grad", "_last_step", "_first_step", "_decay", "_r", "_batch_rows")
 
     def state_dict(self) -> dict:
@@ -83,18 +83,10 @@ class RMTProbe(Probe):
             setattr(self, k, state[k])
 
     def _lr_wd(self) -> tuple[float, float]:
-        opt = getattr(self.host, "optimizer", None)
-        if opt is None:
-            return 0.0, 0.0
-        key = self.sites[0].key.weight
-        for group in opt.param_groups:
-            if any(p is key for p in group["params"]):
-                return float(group["lr"]), float(group.get("weight_decay", 0.0))
-        group = opt.param_groups[0]
-        return float(group["lr"]), float(group.get("weight_decay", 0.0))
+        return self.ctx.lr_wd(self.sites[0].key.weight)  # the param group holding the key weight
 
     def _begin(self):
-        step = int(getattr(self.host, "step", 0) or 0)
+        step = int(self.ctx.step)
         lr, wd = self._lr_wd()
         self._r = 1.0 - lr * wd
         k = 0 if self._last_step is None else step - self._last_step
@@ -125,7 +117,7 @@ class RMTProbe(Probe):
             yield
             return
         self._begin()
-        with capture(self.sites, self.on_record, grads=("g",), inputs=True, with_activation=False):
+        with capture(self.sites, self.on_record, grads=("g",), inputs=True, with_activation=False, masks=self.ctx):
             yield
 
     def rows(self, split: str):

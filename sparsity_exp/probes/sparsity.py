@@ -8,7 +8,7 @@ Per MLP site, over every entry (samples x tokens x d_ff) of one observation:
   rest_fraction        fraction of outputs equal to the activation's flat-region value (s_y of the
                        shifted activation); written only when some site's value is not 0, where it
                        would repeat activation_sparsity
-Entries of padding tokens are left out when the task marks them (probes/masking.py).
+Entries of padding tokens are left out when the task marks them (``ctx.token_mask``, probes/masking.py).
 """
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ import torch
 from ..activations import SiteActivation
 from .base import Probe, layer_rows
 from .hooks import forward_hooks
-from .masking import token_mask_for
 
 _ZEROS, _FLAT, _DERIV2, _COUNT, _REST = range(5)
 
@@ -43,7 +42,7 @@ class SparsityProbe(Probe):
             stats = self._stats.get(split)
             if stats is None:
                 stats = self._stats[split] = torch.zeros(len(self.sites), 5, dtype=torch.float64, device=a.device)
-            mask = token_mask_for(site, a)
+            mask = self.ctx.token_mask(site, a)
             if mask is None:
                 stats[i, _ZEROS] += module.zero_output(a).sum()
                 stats[i, _FLAT] += module.flat_region(h).sum()

@@ -13,7 +13,8 @@ from itertools import islice
 
 import torch
 
-from .base import observing
+from ..batches import to_device
+from .base import observing, run_task
 
 
 def local_generator(seed: int, step: int) -> torch.Generator:
@@ -50,10 +51,6 @@ def preserved(model: torch.nn.Module, *batch_sources):
             g.set_state(state)
 
 
-def to_device(batch, device):
-    return tuple(t.to(device, non_blocking=True) for t in batch)
-
-
 def take_batches(batches, n: int, device) -> list:
     """The first ``n`` batches of a fresh pass (call inside ``preserved`` so the loader's shuffle
     state is restored afterwards)."""
@@ -76,25 +73,26 @@ def mean_loss(model, task, batches) -> torch.Tensor:
     return total / len(batches)
 
 
-def train_passes(model, task, probes, batches) -> None:
+def train_passes(model, task, probes, batches, context=None) -> None:
     """Forward and backward of each batch in train mode under ``observe('train')`` with no
     parameter update (PAPER.md §1.3's lr-0 protocol). Gradients come from ``torch.autograd.grad``,
-    so nothing accumulates into ``.grad``."""
+    so nothing accumulates into ``.grad``. ``context``: the probes' ProbeContext, which carries the
+    batches' token masks (sequence tasks) around each forward."""
     params = trainable(model)
     model.train()
     for b in batches:
         with observing(probes, "train"):
-            loss, _ = task(model, b, train=True)
+            loss, _ = run_task(task, model, b, True, context)
             torch.autograd.grad(loss, params, allow_unused=True)
 
 
 @torch.no_grad()
-def test_passes(model, task, probes, batches, device) -> None:
+def test_passes(model, task, probes, batches, device, context=None) -> None:
     """Forward of every test batch in eval mode under ``observe('test')``."""
     model.eval()
     with observing(probes, "test"):
         for b in batches:
-            task(model, to_device(b, device), train=False)
+            run_task(task, model, to_device(b, device), False, context)
 
 
 class _OncePerBatch:

@@ -1,11 +1,6 @@
-"""Continuing a run from its last checkpoint.
-
-A checkpoint (``checkpoint.py`` writes it atomically) holds everything the next step depends on:
-model, optimizer, schedule, callbacks' and probes' ``state_dict()``, every random state (Python,
-NumPy, torch CPU and CUDA), the training stream's position (``state.BatchStream``), the step, and
-the length of ``metrics.csv`` when it was written. Resuming truncates ``metrics.csv`` to that length,
-so no row is lost or written twice, and on CPU the resumed run ends with the same table as one that
-never stopped.
+"""Run folders: which one a run writes to, whether it continues the run already there, and the
+lock that keeps one process per folder. (What a checkpoint holds and how a trainer is restored
+from it: ``checkpoint.py``.)
 
 Which folder a run writes to (``trainer.resume``):
   * null (default): Hydra's run folder; if it already holds checkpoints (``hydra.run.dir=<folder>``)
@@ -18,7 +13,6 @@ Which folder a run writes to (``trainer.resume``):
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -27,98 +21,16 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoint import list_checkpoints, load_checkpoint
-from .errors import ConfigError, UserError
-from .record import METRICS_FILE
-from .state import BatchStream, rng_state, set_rng_state
+from ..errors import ConfigError
+from ..record import METRICS_FILE
+from .checkpoint import REQUIRED, CheckpointError, list_checkpoints, load_checkpoint
 
 # Keys that may differ between a run and its continuation: where things are and how they are shown,
 # not what is computed.
 IGNORED = ("trainer.resume", "trainer.device", "trainer.progress", "trainer.num_workers",
            "trainer.checkpoint_every", "trainer.keep_checkpoints", "trainer.jobs_per_gpu", "results_dir", "name", "data.root",
            "data.download")
-REQUIRED = ("step", "model", "optimizer", "schedule", "rng", "data", "recorder")
 LOCK_FILE = ".lock"
-
-
-class CheckpointError(UserError):
-    pass
-
-
-# ---------------------------------------------------------------- what a checkpoint holds
-
-def _stateful(objects) -> dict:
-    """``state_dict()`` of the objects that have one, keyed by position and class name."""
-    return {f"{i}.{type(o).__name__}": o for i, o in enumerate(objects) if callable(getattr(o, "state_dict", None))}
-
-
-def capture(trainer) -> dict:
-    """The trainer's whole state at a step boundary, as tensors and plain types."""
-    state = {
-        "model": trainer.model.state_dict(),
-        "optimizer": trainer.optimizer.state_dict(),
-        "schedule": trainer.schedule.state_dict(),
-        "callbacks": {k: o.state_dict() for k, o in _stateful(trainer.callbacks).items()},
-        "probes": {k: o.state_dict() for k, o in _stateful(trainer.probes).items()},
-        "rng": rng_state(),
-        "data": trainer.batches.state_dict() if trainer.batches is not None else None,
-        "total_steps": trainer.total_steps,
-    }
-    if hasattr(trainer.recorder, "position"):
-        state["recorder"] = trainer.recorder.position()
-    return state
-
-
-def restore(trainer, state: dict, source="the checkpoint") -> None:
-    """Load ``state`` (from ``capture``) into a freshly built trainer; then cut ``metrics.csv`` back to
-    the checkpoint's rows. Everything is checked before the metrics file is touched."""
-    try:
-        trainer.model.load_state_dict(state["model"])
-        trainer.optimizer.load_state_dict(state["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()
-        detail = next((line.strip() for line in first if "size mismatch" in line or "Missing" in line), first[0])
-        raise CheckpointError(
-            f"{source} does not fit the model and optimizer built from this config ({detail}). Resume with "
-            f"the run's own config (its config.yaml), or start a new run in a new folder."
-        ) from None
-    trainer.schedule.load_state_dict(state["schedule"])
-    for group in ("callbacks", "probes"):
-        saved = state.get(group, {})
-        for key, obj in _stateful(getattr(trainer, group)).items():
-            if key not in saved:
-                raise CheckpointError(f"{source} has no state for {group[:-1]} {key}; resume with the config the "
-                                      f"run was started with, or start a new run")
-            obj.load_state_dict(saved[key])
-    if state.get("total_steps", trainer.total_steps) != trainer.total_steps:
-        raise CheckpointError(f"{source} belongs to a run of {state['total_steps']} steps, this config has "
-                              f"{trainer.total_steps}; resume with the same trainer.steps/epochs")
-    trainer.step = int(state["step"])
-    trainer.batches = BatchStream(trainer.train_batches)
-    if state["data"] is not None:
-        trainer.batches.load_state_dict(state["data"])
-    set_rng_state(state["rng"])  # after the data replay, which may draw from the global generators
-    trainer.resumed = True
-    if hasattr(trainer.recorder, "truncate") and "recorder" in state:
-        trainer.recorder.truncate(state["recorder"])
-        trainer.last.update(last_values(trainer.recorder.path))
-
-
-def _number(text: str):
-    try:
-        return int(text)
-    except ValueError:
-        return float(text)
-
-
-def last_values(metrics: Path) -> dict:
-    """(split, probe, metric, layer) -> last value in ``metrics.csv``, as the trainer keeps them."""
-    last = {}
-    with open(metrics, newline="") as f:
-        for row in csv.DictReader(f):
-            layer = int(row["layer"]) if row["layer"].lstrip("-").isdigit() else row["layer"]
-            last[(row["split"], row["probe"], row["metric"], layer)] = _number(row["value"])
-    return last
 
 
 # ---------------------------------------------------------------- which folder, which checkpoint
