@@ -43,8 +43,8 @@ Rows (split 'train'; model-wide values on layer 'avg', per-site values on the si
 
 Speed: one forward and one create_graph backward per batch build the gradient graph; every
 Hessian-vector product is a backward through that graph, the Hutchinson vectors in blocks of
-``block`` at once (``is_grads_batched``; ``block: null`` sizes it from ``memory_mb`` and the
-graph's saved tensors). The vectors come from one local generator in a fixed order (sample by
+``block`` at once (``is_grads_batched``; ``block: null`` sizes it on CUDA from ``memory_mb`` and
+the graph's saved tensors, and takes one at a time on the CPU, where batching gains nothing). The vectors come from one local generator in a fixed order (sample by
 sample, parameter by parameter), so the block size does not change any value. A standalone
 measurement (``measure_every``, ``at_end``, post hoc), deterministic given the seed and step.
 """
@@ -183,16 +183,16 @@ def _graph_bytes(build):
 
 
 def block_size(block, memory_mb, saved_bytes: int, samples: int, device) -> int:
-    """Hutchinson vectors per batched product: ``block`` when given, else as many as the memory
-    budget holds at ~2x the graph's saved tensors per vector (``memory_mb``; default 1/4 of the free
-    device memory on CUDA, 512 MB elsewhere)."""
+    """Hutchinson vectors per batched product: ``block`` when given; else on CUDA as many as the
+    memory budget holds at ~2x the graph's saved tensors per vector (``memory_mb``, default 1/4 of
+    the free device memory), and one on the CPU unless ``memory_mb`` is set (one CPU thread is
+    compute-bound: batching the products measured no faster there, larger blocks slower)."""
     if block:
         return max(1, min(int(block), samples))
     if memory_mb is None:
-        if device.type == "cuda":
-            memory_mb = torch.cuda.mem_get_info(device)[0] / 4 / 2**20
-        else:
-            memory_mb = 512
+        if device.type != "cuda":
+            return 1
+        memory_mb = torch.cuda.mem_get_info(device)[0] / 4 / 2**20
     per_vector = max(1, 2 * saved_bytes)
     return max(1, min(samples, int(memory_mb * 2**20 // per_vector)))
 
