@@ -132,8 +132,7 @@ def hessian_comparisons(model, sites, batch, samples: list[int], repeats: int) -
 
     def project_top():
         with parameter_variables(model, sites, "trainable") as (variables, _):
-            low, high = extreme_eigenvalues(project_graph(variables), 50, 1e-3, torch.Generator().manual_seed(SEED))
-        return low if abs(low) > abs(high) else high
+            return extreme_eigenvalues(project_graph(variables), 50, 1e-3, torch.Generator().manual_seed(SEED))[1]
 
     def peer(call):
         model.zero_grad(set_to_none=True)

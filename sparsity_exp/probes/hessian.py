@@ -16,11 +16,11 @@ Rows (split 'train'; model-wide values on layer 'avg', per-site values on the si
   block_trace(_se)  (site i) the same vectors' v_i.(Hv)_i, v_i being the part of v on site i's
                              parameters: the trace of H's diagonal block of site i (``mlp``: the
                              blocks partition the set, so they sum to ``trace``)
-  lambda_max, lambda_min     the largest and smallest algebraic eigenvalues of H (Lanczos:
-                             scipy's ARPACK eigsh on a LinearOperator of Hessian-vector products,
-                             ``iterations`` restarts at most, relative accuracy ``tol``)
+  lambda_max                 the largest algebraic eigenvalue of H
   top_abs_eigenvalue         the eigenvalue of largest magnitude (what power iteration finds;
-                             negative where H's most curved direction is concave)
+                             negative where H's most curved direction is concave). Both by Lanczos
+                             (scipy's ARPACK eigsh on a LinearOperator of Hessian-vector products,
+                             ``iterations`` restarts at most, relative accuracy ``tol``)
   feature_input_trace(_se), feature_preact_trace(_se)   (site i and layer 'avg' = mean over sites)
                              curvature w.r.t. hidden features, ``features: true``: for the key's
                              input x (block input after its norm) and the key's output
@@ -224,8 +224,10 @@ def mean_se(z: torch.Tensor) -> tuple[float, float]:
 
 
 def extreme_eigenvalues(products: HessianProducts, iterations: int, tol: float, gen) -> tuple[float, float]:
-    """(smallest, largest) algebraic eigenvalue of H by Lanczos (ARPACK eigsh, which='BE'), the
-    start vector drawn from ``gen``."""
+    """(lambda_max, top_abs_eigenvalue) of H by Lanczos (ARPACK eigsh on a LinearOperator), the
+    start vector drawn from ``gen``. The largest-magnitude eigenvalue first ('LM'); when it is
+    positive it is also the largest algebraic one, else a second run finds that ('LA'). Each run
+    converges fast where its end of the spectrum is separated, unlike one run for both ends."""
     from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 
     tensors = products.variables
@@ -238,20 +240,23 @@ def extreme_eigenvalues(products: HessianProducts, iterations: int, tol: float, 
         vs = [c.reshape(1, *t.shape).to(t.device, t.dtype) for c, t in zip(x.split(sizes), tensors)]
         return torch.cat([h.reshape(-1).double().cpu() for h in products(vs)]).numpy()
 
-    if n <= 3:  # ARPACK needs k < n: the exact spectrum from the n columns of H
+    if n <= 2:  # ARPACK needs k < n: the exact spectrum from the n columns of H
         eig = np.linalg.eigvalsh(np.stack([matvec(e) for e in np.eye(n)], 1))
-        return float(eig[0]), float(eig[-1])
+        return float(eig[-1]), float(eig[np.argmax(np.abs(eig))])
     op = LinearOperator((n, n), matvec=matvec, dtype=np.float64)
-    try:
-        eig = eigsh(op, k=2, which="BE", v0=start, tol=tol, maxiter=max(1, int(iterations)),
-                    return_eigenvectors=False)
-    except ArpackNoConvergence as exc:
-        warnings.warn(f"hessian: Lanczos did not converge in {iterations} restarts ({exc}); "
-                      f"raise probes.hessian.iterations")
-        eig = np.asarray(exc.eigenvalues)
-        if len(eig) < 2:
-            return float("nan"), float("nan")
-    return float(np.min(eig)), float(np.max(eig))
+
+    def one(which):
+        try:
+            return float(eigsh(op, k=1, which=which, v0=start, tol=tol, maxiter=max(1, int(iterations)),
+                               return_eigenvectors=False)[0])
+        except ArpackNoConvergence as exc:
+            warnings.warn(f"hessian: Lanczos ({which}) did not converge in {iterations} restarts; "
+                          f"raise probes.hessian.iterations or tol")
+            found = np.asarray(exc.eigenvalues)
+            return float(found[0]) if len(found) else float("nan")
+
+    top = one("LM")
+    return (top if top >= 0 else one("LA")), top
 
 
 # --- offsets on the hidden features -------------------------------------------------------------
@@ -300,15 +305,13 @@ class HessianProbe(Probe):
             products, saved = _graph_bytes(lambda: HessianProducts(self._loss(model, task, batches), variables))
             block = block_size(self.block, self.memory_mb, saved, max(1, self.samples), device)
             z = hutchinson(products, variables, self.samples, block, gen)
-            low, high = extreme_eigenvalues(products, self.iterations, self.tol, gen)
+            lambda_max, top = extreme_eigenvalues(products, self.iterations, self.tol, gen)
         trace, se = mean_se(z.sum(1))
         out = [("train", "trace", "avg", trace), ("train", "trace_se", "avg", se)]
         for i, cols in sorted(blocks.items()):
             value, err = mean_se(z[:, cols].sum(1))
             out += [("train", "block_trace", i, value), ("train", "block_trace_se", i, err)]
-        top = low if abs(low) > abs(high) else high
-        out += [("train", "lambda_max", "avg", high), ("train", "lambda_min", "avg", low),
-                ("train", "top_abs_eigenvalue", "avg", top)]
+        out += [("train", "lambda_max", "avg", lambda_max), ("train", "top_abs_eigenvalue", "avg", top)]
         return out
 
     def feature_rows(self, model, task, batches, gen, device) -> list:
