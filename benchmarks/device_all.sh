@@ -31,3 +31,6 @@ TAIL=20 part bench_vit_b16 170 python3 benchmarks/throughput.py --budget-s 45 --
     model=vit_b16 data.root=/tmp/cifar data.verify=false trainer.batch_size=256 trainer.precision=bf16 $R
 TAIL=20 part bench_t5_base 170 python3 benchmarks/throughput.py --budget-s 45 --rounds 2 --json "$OUT/t5_base.json" \
     model=t5_base data.root=/tmp/c4 trainer.batch_size=64 trainer.precision=bf16 $R
+# Hessian products batched on the GPU vs PyHessian, spectra on the device (peers skipped if absent;
+# pyhessian is pure Python: its wheel can travel in .whl/)
+TAIL=14 part peers 120 python3 benchmarks/peers.py --device cuda --repeats 3 --json "$OUT/peers.json"

@@ -1,7 +1,8 @@
 """The project's Hessian and spectrum probes against their peers, on the same model, batch and vectors.
 
     OMP_NUM_THREADS=1 python benchmarks/peers.py [--samples 10,50] [--repeats 5] [--key-shape 3072x768]
-                                                 [--authors-repeats 1] [--json PATH] [Hydra overrides ...]
+                                                 [--authors-repeats 1] [--device cpu|cuda] [--json PATH]
+                                                 [Hydra overrides ...]
 
 Model and batch: the run's own (`sparsity-exp run` config plus the overrides; default the LN-MLP on
 digits with trainer.batch_size=128), model in eval mode, the first training batch. Comparisons:
@@ -12,7 +13,10 @@ digits with trainer.batch_size=128), model in eval mode, the first training batc
                            same vectors (the global torch RNG seeded as the probe's generator) and a
                            tolerance that cannot stop it early (its test divides by a signed running
                            mean); .grad is cleared before and after each PyHessian call. Both times
-                           include building the gradient graph.
+                           include building the gradient graph. The probe's default block of vectors
+                           per product (one on the CPU; what 1/4 of the free memory holds on CUDA).
+                           On CUDA PyHessian draws its vectors on the device, so max_rel_diff
+                           compares the two estimates instead of the per-vector terms.
   hessian_top_eigenvalue   vs pyhessian       the probe's top_abs_eigenvalue (Lanczos, tol 1e-3,
                            50 restarts) against PyHessian's power iteration (maxIter 100, tol 1e-3)
   spectrum                 vs gram_eigvalsh   eigenvalues of K K^T for a random --key-shape key
@@ -61,7 +65,7 @@ def _compose(overrides):
         return compose(config_name="config", overrides=list(overrides))
 
 
-def model_and_batch(overrides):
+def model_and_batch(overrides, device: torch.device):
     from sparsity_exp.batches import make_batches
     from sparsity_exp.data import build_data
     from sparsity_exp.models import build_model, find_sites
@@ -70,8 +74,9 @@ def model_and_batch(overrides):
     cfg = _compose(["trainer.batch_size=128", "trainer.device=cpu", *overrides])
     seed_everything(cfg.seed)
     data = build_data(cfg.data)
-    model = build_model(cfg.model, data.info, cfg.activation).eval()
-    batch = next(iter(make_batches(data.train, cfg.trainer.batch_size, True, True, cfg.seed, torch.device("cpu"))))
+    model = build_model(cfg.model, data.info, cfg.activation).to(device).eval()
+    batch = next(iter(make_batches(data.train, cfg.trainer.batch_size, True, True, cfg.seed, device)))
+    batch = tuple(t.to(device) for t in batch)
     return model, find_sites(model), batch
 
 
@@ -111,8 +116,9 @@ def _pyhessian():
     return hessian
 
 
-def hessian_comparisons(model, sites, batch, samples: list[int], repeats: int) -> list[dict]:
-    from sparsity_exp.probes.hessian import (HessianProducts, extreme_eigenvalues, hutchinson, parameter_variables)
+def hessian_comparisons(model, sites, batch, samples: list[int], repeats: int, device) -> list[dict]:
+    from sparsity_exp.probes.hessian import (HessianProducts, _graph_bytes, block_size, extreme_eigenvalues,
+                                             hutchinson, parameter_variables)
     from sparsity_exp.train import ClassificationTask
 
     peer_cls = _pyhessian()
@@ -125,9 +131,11 @@ def hessian_comparisons(model, sites, batch, samples: list[int], repeats: int) -
     def project_graph(variables):
         return HessianProducts(task(model, batch, train=True)[0], variables)
 
-    def project_trace(n):
+    def project_trace(n):  # the probe's default block: one vector at a time on the CPU, from memory on CUDA
         with parameter_variables(model, sites, "trainable") as (variables, _):
-            z = hutchinson(project_graph(variables), variables, n, 1, torch.Generator().manual_seed(SEED))
+            products, saved = _graph_bytes(lambda: project_graph(variables))
+            block = block_size(None, None, saved, n, device)
+            z = hutchinson(products, variables, n, block, torch.Generator().manual_seed(SEED))
         return z.sum(1).numpy()
 
     def project_top():
@@ -139,8 +147,10 @@ def hessian_comparisons(model, sites, batch, samples: list[int], repeats: int) -
         torch.manual_seed(SEED)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # its loss.backward(create_graph=True) warns of a reference cycle
-            h = peer_cls(model, torch.nn.functional.cross_entropy, data=(x, y), cuda=False)
+            h = peer_cls(model, torch.nn.functional.cross_entropy, data=(x, y), cuda=device.type == "cuda")
             out = call(h)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
         model.zero_grad(set_to_none=True)
         model.eval()
         return out
@@ -150,8 +160,11 @@ def hessian_comparisons(model, sites, batch, samples: list[int], repeats: int) -
         best, value = timed({"project": lambda: project_trace(n),
                              "peer": lambda: np.asarray(peer(lambda h: h.trace(maxIter=n, tol=float("-inf"))))},
                             {"project": repeats, "peer": repeats})
-        out.append(entry(f"hessian_trace_{n}", "pyhessian", best["project"], best["peer"],
-                         max_rel_diff(value["project"], value["peer"])))
+        if device.type == "cuda":  # PyHessian draws its vectors on the device: compare the estimates
+            diff = max_rel_diff([value["project"].mean()], [value["peer"].mean()])
+        else:  # the same vectors: compare term by term
+            diff = max_rel_diff(value["project"], value["peer"])
+        out.append(entry(f"hessian_trace_{n}", "pyhessian", best["project"], best["peer"], diff))
         print(f"  trace, {n} vectors: project {value['project'].mean():.6g}, pyhessian {value['peer'].mean():.6g}")
     best, value = timed({"project": project_top,
                          "peer": lambda: peer(lambda h: h.eigenvalues(maxIter=100, tol=1e-3)[0][0])},
@@ -162,24 +175,24 @@ def hessian_comparisons(model, sites, batch, samples: list[int], repeats: int) -
     return out
 
 
-def spectrum_comparisons(shape: tuple[int, int], repeats: int, authors_repeats: int) -> list[dict]:
+def spectrum_comparisons(shape: tuple[int, int], repeats: int, authors_repeats: int, device) -> list[dict]:
     from sparsity_exp.probes.spectrum import key_eigenvalues
 
     g = torch.Generator().manual_seed(SEED)
-    key = torch.randn(shape, generator=g) / shape[1] ** 0.5
+    key = (torch.randn(shape, generator=g) / shape[1] ** 0.5).to(device)
     rank = min(shape)
 
     def gram():
         w = key.double()
         small = w.T @ w if w.shape[0] >= w.shape[1] else w @ w.T
-        return torch.linalg.eigvalsh(small).flip(0).numpy()
+        return torch.linalg.eigvalsh(small).flip(0).cpu().numpy()
 
     def svdvals():
-        return torch.linalg.svdvals(key.double()).numpy() ** 2
+        return torch.linalg.svdvals(key.double()).cpu().numpy() ** 2
 
     def authors():
         w = key.double()
-        lam = torch.linalg.eigvals(w @ w.T).real.clamp(min=0).numpy()
+        lam = torch.linalg.eigvals(w @ w.T).real.clamp(min=0).cpu().numpy()
         return np.sort(lam)[::-1]
 
     refs = {"gram_eigvalsh": (gram, repeats), "svdvals": (svdvals, repeats), "authors_eigvals": (authors, authors_repeats)}
@@ -189,7 +202,7 @@ def spectrum_comparisons(shape: tuple[int, int], repeats: int, authors_repeats: 
         logging.getLogger("weightwatcher").setLevel(logging.ERROR)
         layer = torch.nn.Linear(shape[1], shape[0], bias=False)
         with torch.no_grad():
-            layer.weight.copy_(key)
+            layer.weight.copy_(key.cpu())
         holder = torch.nn.Sequential(layer)
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -220,6 +233,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--authors-repeats", type=int, default=1, help="repeats of the slow d_ff x d_ff eigvals")
     ap.add_argument("--key-shape", default="3072x768", help="d_ff x d of the key for the spectra (ViT-B/16)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (PyHessian then draws its vectors there)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of the run config (model, data, batch)")
     args = ap.parse_args(argv)
@@ -232,11 +246,15 @@ def main(argv=None) -> int:
         print("error: --samples wants positive integers like 10,50, --key-shape one like 3072x768, "
               "--repeats a positive integer", file=sys.stderr)
         return 2
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but CUDA is not available; use --device cpu", file=sys.stderr)
+        return 2
     torch.set_num_threads(1)
-    print(f"one thread; minimum of {args.repeats} interleaved repeats")
-    model, sites, batch = model_and_batch(args.overrides)
-    comparisons = hessian_comparisons(model, sites, batch, samples, args.repeats)
-    comparisons += spectrum_comparisons(shape, args.repeats, args.authors_repeats)
+    print(f"one thread; minimum of {args.repeats} interleaved repeats; device {device}")
+    model, sites, batch = model_and_batch(args.overrides, device)
+    comparisons = hessian_comparisons(model, sites, batch, samples, args.repeats, device)
+    comparisons += spectrum_comparisons(shape, args.repeats, args.authors_repeats, device)
     print(f"{'name':24s} {'peer':16s} {'project_s':>10s} {'peer_s':>10s} {'ratio':>7s} {'max_rel_diff':>12s}")
     for c in comparisons:
         print(f"{c['name']:24s} {c['peer']:16s} {c['project_s']:10.4f} {c['peer_s']:10.4f} {c['ratio']:7.3f} "
