@@ -33,3 +33,6 @@ TAIL=20 part bench_t5_base 170 python3 benchmarks/throughput.py --budget-s 45 --
     model=t5_base data.root=/tmp/c4 trainer.batch_size=64 trainer.precision=bf16 $R
 # many tiny runs sharing the GPU (trainer.jobs_per_gpu, the local launcher): aggregate vs one run
 TAIL=6 part gpu_share 150 python3 benchmarks/gpu_share.py --jobs 8 --steps 3000 --json "$OUT/gpu_share.json"
+# Hessian products batched on the GPU vs PyHessian, spectra on the device (peers skipped if absent;
+# pyhessian is pure Python: its wheel can travel in .whl/)
+TAIL=14 part peers 120 python3 benchmarks/peers.py --device cuda --repeats 3 --json "$OUT/peers.json"

@@ -1,5 +1,5 @@
-"""Hessian trace / top eigenvalue and sharpness against activation sparsity, one point per run and
-step.
+"""Hessian trace (+-1 SE bars), extreme eigenvalues, hidden-feature traces and sharpness against
+activation sparsity, one point per run and step.
 
 `python scripts/fig_flatness_vs_sparsity.py PATH... [--out DIR]`,
 PATH being run folders (collected now) or a table written by `sparsity-exp collect`."""

@@ -282,3 +282,20 @@ def test_hue_picks_the_grouping_key(tmp_path, drawn):
     assert sorted(l.get_label() for l in ax.get_lines()) == ["seed=0", "seed=1"]  # relu and jsrelu averaged
     made, skipped = make_figures(table(sparsity_rows(), tmp_path), tmp_path, ["sparsity"], hue=["nope"])
     assert "nope" in skipped["sparsity"] and "activation.name" in skipped["sparsity"]
+
+
+def test_flatness_vs_sparsity_draws_standard_errors(tmp_path, drawn):
+    """A metric with a `<metric>_se` row gets +-1 SE bars at its points; one without gets none."""
+    from matplotlib.collections import LineCollection
+
+    rows = [dict(run="a", step=s, split="train", probe="sparsity", metric="activation_sparsity", layer="avg",
+                 value=s / 100) for s in (0, 50, 100)]
+    rows += [dict(run="a", step=s, split="train", probe="hessian", metric=m, layer="avg", value=v)
+             for s in (0, 100) for m, v in (("trace", s + 10.0), ("trace_se", 1.0 + s / 100), ("lambda_max", 3.0))]
+    assert_images(flatness_vs_sparsity(table(rows, tmp_path), tmp_path))
+    axes = {ax.get_title(): ax for ax in visible_axes(drawn[0])}
+    assert set(axes) == {"Hessian trace", "largest Hessian eigenvalue"}
+    bars = [c for c in axes["Hessian trace"].collections if isinstance(c, LineCollection)]
+    spans = sorted((float(seg[0][0]), float(seg[0][1]), float(seg[1][1])) for c in bars for seg in c.get_segments())
+    assert spans == [(0.0, 9.0, 11.0), (1.0, 108.0, 112.0)]
+    assert not [c for c in axes["largest Hessian eigenvalue"].collections if isinstance(c, LineCollection)]

@@ -5,7 +5,9 @@ augmented_flatness     layer-averaged AS_K, coefficient L0, AS_V, coefficient L2
                        2026 claim); one curve per run group, online and post-hoc rows told apart
 flatness_vs_sparsity   each Hessian/sharpness metric (layer 'avg') against the layer-averaged activation
                        sparsity of the same run at the nearest logged step: one point per (run, step),
-                       a run's points joined in step order, colours by run group
+                       a run's points joined in step order, colours by run group; a metric with a
+                       standard-error row (`<metric>_se`, the Hessian probe's Hutchinson estimates) gets
+                       +-1 SE error bars
 """
 from __future__ import annotations
 
@@ -20,7 +22,11 @@ AUGMENTED = {"as_key": "AS_K", "coef_l0": "L0 coefficient", "as_value": "AS_V", 
 RATIO = "as_key/coef_l0"
 FLATNESS = {
     ("hessian", "trace"): "Hessian trace",
-    ("hessian", "top_eigenvalue"): "top Hessian eigenvalue",
+    ("hessian", "lambda_max"): "largest Hessian eigenvalue",
+    ("hessian", "top_abs_eigenvalue"): "largest-magnitude Hessian eigenvalue",
+    ("hessian", "top_eigenvalue"): "largest-magnitude Hessian eigenvalue",  # its name before the probe said which
+    ("hessian", "feature_input_trace"): "Hessian trace per token, MLP inputs",
+    ("hessian", "feature_preact_trace"): "Hessian trace per token, pre-activations",
     ("sharpness", "avg_param"): "average-case sharpness, parameters",
     ("sharpness", "worst_param"): "worst-case sharpness, parameters",
     ("sharpness", "avg_feature_input"): "average-case sharpness, MLP inputs",
@@ -73,6 +79,7 @@ def flatness_vs_sparsity(table: pd.DataFrame, out_dir: Path, hue=None, sparsity_
     ys = ys[[(p, m) in FLATNESS for p, m in zip(ys.probe, ys.metric)]]
     if ys.empty:
         raise Skip("no hessian / sharpness rows: enable those probes (probes=full)")
+    se = table[table.metric.str.endswith("_se") & (table.layer.astype(str) == "avg")]
     xs = select(table, "activation_sparsity", probe="sparsity", layer="avg")
     if xs.empty:
         raise Skip("no activation_sparsity rows to put on the x axis: enable the sparsity probe")
@@ -91,10 +98,18 @@ def flatness_vs_sparsity(table: pd.DataFrame, out_dir: Path, hue=None, sparsity_
                 x = xs[xs.run == run][["step", "value"]].sort_values("step")
                 if x.empty:
                     continue
-                y = y[["step", "value"]].sort_values("step")
+                y = y[["step", "value", "source"] if "source" in y else ["step", "value"]].sort_values("step")
+                err = se[(se.run == run) & (se.probe == probe) & (se.metric == f"{metric}_se") & (se.split == split)]
+                if not err.empty:  # the estimate's standard error at the same step (and source)
+                    on = [c for c in ("step", "source") if c in y and c in err]
+                    y = y.merge(err[on + ["value"]].rename(columns={"value": "se"}), on=on, how="left")
+                y = y.sort_values("step")
                 both = pd.merge_asof(y, x.rename(columns={"value": "x"}), on="step", direction="nearest")
                 ax.plot(both.x, both.value, "-", color=color, lw=0.6, alpha=0.5)
                 ax.scatter(both.x, both.value, color=color, s=14, label=label if first else None)
+                if "se" in both and both.se.notna().any():
+                    ax.errorbar(both.x, both.value, yerr=both.se.fillna(0), fmt="none", ecolor=color, elinewidth=0.8,
+                                capsize=2)
                 first = False
                 points += len(both)
         title = FLATNESS[(probe, metric)]

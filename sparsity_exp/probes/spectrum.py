@@ -1,8 +1,9 @@
 """Spectra of the key matrices (PAPER.md §1.5): eigenvalues of K K^T for every site.
 
-K is d_ff x d, so K K^T (d_ff x d_ff) has rank <= min(d_ff, d): its eigenvalues are the squared
-singular values of K, padded with exact zeros up to d_ff. They come from ``svdvals`` of K, never
-from an eig of the d_ff x d_ff matrix. Per site:
+K is d_ff x d, so K K^T (d_ff x d_ff) has rank <= min(d_ff, d): its eigenvalues are those of the
+smaller Gram matrix (K^T K, d x d, for d_ff >= d), padded with exact zeros up to d_ff. They come
+from ``eigvalsh`` of that Gram matrix in float64 on the weight's device (the squared singular
+values of K to ~1e-12 relative of lambda_max), never from an eig of the d_ff x d_ff matrix. Per site:
   ratio_minmax    lambda_max / smallest 'non-zero' lambda, non-zero meaning
                   lambda > ratio_threshold x mean(lambda) (SpectralObservationPlugin, 0.1)
   ratio80         the figure notebook's ratio: over log10 lambda of the eigenvalues above
@@ -24,12 +25,16 @@ from .base import Probe, layer_rows
 
 
 def key_eigenvalues(weight: torch.Tensor) -> np.ndarray:
-    """Eigenvalues of W W^T (W: out x in), descending, as float64 numpy."""
+    """Eigenvalues of W W^T (W: out x in), descending, as float64 numpy: ``eigvalsh`` of the smaller
+    Gram matrix (W^T W when out >= in, else W W^T) in float64 on W's device; the two Gram matrices
+    share their non-zero eigenvalues, and the larger side's remaining out - in are exact zeros.
+    Rounding can leave a zero eigenvalue of a rank-deficient W slightly negative: clamped at 0."""
     w = weight.detach().double()
-    s = torch.linalg.svdvals(w).cpu().numpy()
+    gram = w.T @ w if w.shape[0] >= w.shape[1] else w @ w.T
+    small = torch.linalg.eigvalsh(gram).clamp_(min=0).flip(0).cpu().numpy()
     lam = np.zeros(w.shape[0])
-    lam[: len(s)] = s**2
-    return np.sort(lam)[::-1]
+    lam[: len(small)] = small
+    return lam
 
 
 def ratio_minmax(lam: np.ndarray, ratio_threshold: float) -> float:

@@ -1,0 +1,240 @@
+"""The Hessian probe against the exact Hessian of a tiny two-block model: Hutchinson trace from the
+documented vector stream, its standard error, per-block traces, the hidden-feature traces, and both
+extreme eigenvalues (with a case where the largest-magnitude eigenvalue is negative)."""
+import math
+from contextlib import ExitStack
+
+import numpy as np
+import pytest
+import torch
+from torch.func import functional_call
+
+from sparsity_exp.activations import ReLU
+from sparsity_exp.models import find_sites
+from sparsity_exp.models.mlp import LNMLP
+from sparsity_exp.probes import build_probes
+from sparsity_exp.probes.base import ProbeContext
+from sparsity_exp.probes.standalone import local_generator
+from sparsity_exp.train import ClassificationTask
+
+
+def _tiny(seed):
+    torch.manual_seed(seed)
+    return LNMLP(in_features=3, num_classes=2, make_act=ReLU, width=4, depth=2, d_ff=5, value=True,
+                 norm_affine=True).double()
+
+
+def _batch(n=12, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, generator=g, dtype=torch.float64), torch.randint(0, 2, (n,), generator=g)
+
+
+def _ctx(model, batches, seed=0, step=0):
+    return ProbeContext(model=model, sites=find_sites(model), task=ClassificationTask(), train_batches=batches,
+                        test_batches=batches, device=torch.device("cpu"), step=step, seed=seed, recorder=None)
+
+
+def _rows(rows):
+    return {(metric, layer): value for _, metric, layer, value in rows}
+
+
+def _measure(model, batch, **settings):
+    (probe,) = build_probes({"hessian": settings}, find_sites(model))
+    return _rows(probe.measure(_ctx(model, [batch])))
+
+
+def _exact(model, batch, names):
+    """Exact Hessian of the mean cross-entropy w.r.t. the named parameters (in ``names`` order)."""
+    params = dict(model.named_parameters())
+    shapes = [params[n].shape for n in names]
+    flat = torch.cat([params[n].detach().reshape(-1) for n in names])
+
+    def loss_of(theta):
+        sub, i = {}, 0
+        for n, s in zip(names, shapes):
+            k = math.prod(s)
+            sub[n] = theta[i:i + k].reshape(s)
+            i += k
+        return torch.nn.functional.cross_entropy(functional_call(model, sub, (batch[0],)), batch[1])
+
+    return torch.autograd.functional.hessian(loss_of, flat).numpy()
+
+
+def _mlp_names(model):
+    return [n for n, _ in model.named_parameters() if ".key." in n or ".value." in n]
+
+
+def _hutchinson_sd(H, cols, samples):
+    """Standard deviation of the mean of `samples` Rademacher estimates v_b.(Hv)_b of the trace of
+    H's diagonal block `cols`, v drawn over all of H: pairs inside the block contribute 2 H_ij^2,
+    pairs (i in the block, j outside) H_ij^2."""
+    inside = H[np.ix_(cols, cols)]
+    pairs_inside = (inside**2).sum() - (np.diag(inside) ** 2).sum()
+    across = (H[cols] ** 2).sum() - (inside**2).sum()
+    return math.sqrt((2 * pairs_inside + across) / samples)
+
+
+def test_trace_uses_the_documented_vectors_and_its_standard_error_matches():
+    model, batch = _tiny(1), _batch()
+    model.eval()
+    names = _mlp_names(model)
+    H = _exact(model, batch, names)
+    samples = 400
+    got = _measure(model, batch, samples=samples, features=False, iterations=200, tol=1e-10)
+    # the vectors: local_generator(seed, step), sample by sample, parameter by parameter (Rademacher)
+    gen = local_generator(0, 0)
+    params = dict(model.named_parameters())
+    z = []
+    for _ in range(samples):
+        v = torch.cat([(torch.randint(0, 2, params[n].shape, generator=gen) * 2 - 1).reshape(-1) for n in names])
+        v = v.double().numpy()
+        z.append(v @ H @ v)
+    z = np.array(z)
+    assert got[("trace", "avg")] == pytest.approx(z.mean(), rel=1e-9)
+    assert got[("trace_se", "avg")] == pytest.approx(z.std(ddof=1) / math.sqrt(samples), rel=1e-9)
+    # and against the exact trace: unbiased, and the reported SE is the true one to sampling accuracy
+    sd = _hutchinson_sd(H, list(range(len(H))), samples)
+    assert abs(got[("trace", "avg")] - np.trace(H)) < 5 * sd
+    assert got[("trace_se", "avg")] == pytest.approx(sd, rel=0.25)
+
+
+def test_per_block_traces_and_block_size_independence():
+    model, batch = _tiny(1), _batch()
+    model.eval()
+    names = _mlp_names(model)
+    H = _exact(model, batch, names)
+    samples = 300
+    got = _measure(model, batch, samples=samples, features=False, block=1)
+    again = _measure(model, batch, samples=samples, features=False, block=64)
+    assert again == pytest.approx(got, rel=1e-9)  # batched products: the same values
+    sizes = dict((n, p.numel()) for n, p in model.named_parameters())
+    start, blocks = 0, {}
+    for n in names:
+        blocks.setdefault(int(n.split(".")[1]), []).extend(range(start, start + sizes[n]))
+        start += sizes[n]
+    assert set(blocks) == {0, 1}
+    for i, cols in blocks.items():
+        exact = np.trace(H[np.ix_(cols, cols)])
+        assert abs(got[("block_trace", i)] - exact) < 5 * _hutchinson_sd(H, cols, samples), i
+        assert got[("block_trace_se", i)] > 0
+    # the sites partition the mlp set: the block estimates add up to the model-wide one
+    assert got[("block_trace", 0)] + got[("block_trace", 1)] == pytest.approx(got[("trace", "avg")], rel=1e-9)
+
+
+@pytest.mark.parametrize("seed,negative", [(1, False), (3, True)])
+def test_extreme_eigenvalues_match_the_exact_spectrum(seed, negative):
+    model, batch = _tiny(seed), _batch()
+    model.eval()
+    eig = np.linalg.eigvalsh(_exact(model, batch, _mlp_names(model)))
+    assert (abs(eig[0]) > abs(eig[-1])) == negative  # seed 3: the largest-magnitude eigenvalue is negative
+    got = _measure(model, batch, samples=2, features=False, iterations=500, tol=1e-10)
+    assert got[("lambda_max", "avg")] == pytest.approx(eig[-1], rel=1e-6)
+    top = eig[np.argmax(np.abs(eig))]
+    assert got[("top_abs_eigenvalue", "avg")] == pytest.approx(top, rel=1e-6)
+    assert (got[("top_abs_eigenvalue", "avg")] < 0) == negative
+
+
+def test_parameter_sets():
+    """`trainable` and `all` span every parameter (here all trainable); `mlp` only K and V."""
+    model, batch = _tiny(1), _batch()
+    model.eval()
+    every = [n for n, _ in model.named_parameters()]
+    eig = np.linalg.eigvalsh(_exact(model, batch, every))
+    for which in ("trainable", "all"):
+        got = _measure(model, batch, samples=2, features=False, iterations=500, tol=1e-10, params=which)
+        assert got[("lambda_max", "avg")] == pytest.approx(eig[-1], rel=1e-6)
+    model.inp.weight.requires_grad_(False)
+    frozen = np.linalg.eigvalsh(_exact(model, batch, [n for n in every if n != "inp.weight"]))
+    got = _measure(model, batch, samples=2, features=False, iterations=500, tol=1e-10, params="trainable")
+    assert got[("lambda_max", "avg")] == pytest.approx(frozen[-1], rel=1e-6)
+    got = _measure(model, batch, samples=2, features=False, iterations=500, tol=1e-10, params="all")
+    assert got[("lambda_max", "avg")] == pytest.approx(eig[-1], rel=1e-6)
+    assert not model.inp.weight.requires_grad  # switched on for the measurement only
+    with pytest.raises(Exception, match="params"):
+        build_probes({"hessian": {"params": "everything"}}, find_sites(model))
+
+
+def _feature_hessian(model, batch):
+    """Exact Hessian of B x mean loss w.r.t. offsets on every site's key input and key output, all
+    offsets in one vector (site 0 input, site 0 preact, site 1 input, ...)."""
+    sites = find_sites(model)
+    shapes = {}
+    with ExitStack() as stack:
+        for s in sites:
+            h = s.key.register_forward_pre_hook(lambda m, a, i=s.index: shapes.__setitem__((i, "input"), a[0].shape))
+            stack.callback(h.remove)
+            h = s.key.register_forward_hook(lambda m, a, o, i=s.index: shapes.__setitem__((i, "preact"), o.shape))
+            stack.callback(h.remove)
+        model(batch[0])
+    keys = [(s.index, w) for s in sites for w in ("input", "preact")]
+    sizes = [math.prod(shapes[k]) for k in keys]
+
+    def loss_of(theta):
+        parts = dict(zip(keys, theta.split(sizes)))
+        with ExitStack() as stack:
+            for s in sites:
+                d_in = parts[(s.index, "input")].reshape(shapes[(s.index, "input")])
+                d_pre = parts[(s.index, "preact")].reshape(shapes[(s.index, "preact")])
+                h = s.key.register_forward_pre_hook(lambda m, a, d=d_in: (a[0] + d,))
+                stack.callback(h.remove)
+                h = s.key.register_forward_hook(lambda m, a, o, d=d_pre: o + d)
+                stack.callback(h.remove)
+            loss = torch.nn.functional.cross_entropy(model(batch[0]), batch[1])
+        return loss * len(batch[0])
+
+    H = torch.autograd.functional.hessian(loss_of, torch.zeros(sum(sizes), dtype=torch.float64)).numpy()
+    cols, start = {}, 0
+    for k, n in zip(keys, sizes):
+        cols[k] = list(range(start, start + n))
+        start += n
+    return H, cols, {k: shapes[k][0] for k in keys}
+
+
+def test_feature_hessian_traces_per_token():
+    model, batch = _tiny(1), _batch()
+    model.eval()
+    H, cols, tokens = _feature_hessian(model, batch)
+    samples = 400
+    got = _measure(model, batch, samples=2, feature_samples=samples)
+    for where in ("input", "preact"):
+        exact = []
+        for i in (0, 1):
+            c = cols[(i, where)]
+            value = np.trace(H[np.ix_(c, c)]) / tokens[(i, where)]  # mean over tokens of tr H_tt
+            exact.append(value)
+            sd = _hutchinson_sd(H, c, samples) / tokens[(i, where)]
+            assert abs(value) > 1e-6  # a case with curvature to find
+            assert abs(got[(f"feature_{where}_trace", i)] - value) < 5 * sd, (where, i)
+            assert got[(f"feature_{where}_trace_se", i)] == pytest.approx(sd, rel=0.3)
+        assert got[(f"feature_{where}_trace", "avg")] == pytest.approx(
+            (got[(f"feature_{where}_trace", 0)] + got[(f"feature_{where}_trace", 1)]) / 2, rel=1e-9)
+    # a token's Hessian does not depend on the batch it sits in (B x the batch mean = the sample's loss)
+    half = (batch[0][:6], batch[1][:6])
+    H6, cols6, tokens6 = _feature_hessian(model, half)
+    c, c6 = cols[(0, "input")], cols6[(0, "input")]
+    assert np.allclose(H[np.ix_(c, c)][: len(c6), : len(c6)], H6[np.ix_(c6, c6)])
+
+
+def test_lora_sites_are_measured_at_their_effective_weights():
+    """Under LoRA the `mlp` set is the effective K and V (base + delta): the same Hessian as the plain
+    model carrying those weights, so a finetune and a vanilla arm are measured on one space."""
+    peft = pytest.importorskip("peft")
+    model, batch = _tiny(1), _batch()
+    plain = _tiny(1)
+    names = [f"blocks.{i}.{p}" for i in (0, 1) for p in ("key", "value")]
+    adapted = peft.inject_adapter_in_model(peft.LoraConfig(r=2, lora_alpha=4, target_modules=names), model)
+    adapted.double()
+    with torch.no_grad():  # a non-zero delta, so base and effective weights differ
+        for n, p in adapted.named_parameters():
+            if "lora_B" in n:
+                p.copy_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(len(n))))
+        for site, other in zip(find_sites(adapted), find_sites(plain)):
+            for part in ("key", "value"):
+                other.part(part).weight.copy_(site.weight(part))
+    adapted.eval(), plain.eval()
+    assert not torch.allclose(find_sites(adapted)[0].key.get_base_layer().weight, plain.blocks[0].key.weight)
+    settings = dict(samples=20, iterations=500, tol=1e-10)
+    got, want = _measure(adapted, batch, **settings), _measure(plain, batch, **settings)
+    for metric in ("trace", "trace_se", "lambda_max", "top_abs_eigenvalue", ("block_trace", 1), "feature_preact_trace"):
+        key = metric if isinstance(metric, tuple) else (metric, "avg")
+        assert got[key] == pytest.approx(want[key], rel=1e-6), key
