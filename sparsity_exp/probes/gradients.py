@@ -42,6 +42,7 @@ class _TrainGradientProbe(Probe):
 
     grads: tuple = ("eta", "g", "gz")
     inputs = False
+    value_inputs = False  # also capture V's input (after dropout), see capture.py
     n_stats = 0
 
     def __init__(self, sites, every: int = 0, per_sample: bool = False, **kw):
@@ -70,7 +71,8 @@ class _TrainGradientProbe(Probe):
         if split != "train":
             yield
             return
-        with capture(self.sites, self.on_record, grads=self.grads, inputs=self.inputs):
+        with capture(self.sites, self.on_record, grads=self.grads, inputs=self.inputs,
+                     value_inputs=self.value_inputs):
             yield
 
     def take(self, split: str):
