@@ -12,6 +12,20 @@ value-free block) a2 is mean_t ||a_t||^2.
 For ReLU, AS_K / coef_l0 = E_sample ||a||_0 (nonzeros per sample, summed over tokens) exactly.
 A value-free block has no V: as_value, coef_l2 and l2_term are left out for it.
 
+Scale (absolute values; the ratios AS_K / coef_l0 and AS_V / coef_l2 do not depend on it):
+``per_sample: true`` (default) scales the batch-mean loss's gradients by the rows' batch size (times
+the accumulation factor), so each row carries the gradient of its own sample's loss, the definition
+of PAPER.md §1.3 ("all quantities are per sample"). ``per_sample: false`` keeps the gradients of the
+batch-mean loss, what the authors' hooks record (MlpGradientHook and ActivationMapHook in
+hooks.py read grad_output of the trainer's backward and never rescale); with it AS_K, AS_V,
+coef_l0, coef_l2 and l2_term are the per-sample values / B^2 (a2 unchanged). The body of the
+authors' CoefficientPlugin (imported by scripts/T5/T5.py) is not in the readable copy of their
+repository, so whether it rescales is unknown: their T5 measurement ran one sample per micro-batch
+(T5/augmented_flatness.sh: 256 / 8 GPUs / 32 accumulation steps), where the two conventions agree up
+to the accumulation factor; their ImageNet one ran micro-batches of 128 (imagenet1k/
+augmented_flatness.sh), where they differ by 128^2. Compare absolute values with theirs only
+under the matching setting; the ratios compare under either.
+
 Online: on training batches every ``every`` steps (observe). Standalone / post hoc: ``measure``
 runs ``batches`` training-mode forward/backward passes with no parameter update (lr 0).
 """
