@@ -100,17 +100,18 @@ def test_rmt_matches_direct_numpy():
 
     an_in, al_in = aniso_alpha(cin)
     an_g, al_g = aniso_alpha(cgrad)
-    assert got[("rel_anisotropy_input", 0)] == pytest.approx(an_in, rel=1e-8)
-    assert got[("alpha_input", 0)] == pytest.approx(al_in, rel=1e-8)
-    assert got[("rel_anisotropy_grad", 0)] == pytest.approx(an_g, rel=1e-8)
-    assert got[("alpha_grad", 0)] == pytest.approx(al_g, rel=1e-8)
+    # float32 batch covariances summed in float64: agreement to ~1e-7
+    assert got[("rel_anisotropy_input", 0)] == pytest.approx(an_in, rel=1e-6)
+    assert got[("alpha_input", 0)] == pytest.approx(al_in, rel=1e-6)
+    assert got[("rel_anisotropy_grad", 0)] == pytest.approx(an_g, rel=1e-6)
+    assert got[("alpha_grad", 0)] == pytest.approx(al_g, rel=1e-6)
     t_eff = math.ceil(math.log(1e-3 * (1 - r)) / math.log(r) - 1)
     assert got[("t_eff", "avg")] == t_eff
     p, v = 6, 1e-2
     c = p / (min(8, t_eff) * 8)  # 8 steps accumulated (0..7), batch 8
     common = math.sqrt(c + (2 * math.sqrt(2) + 3) * c * al_in / v + c * an_in / v + c / (v * p))
-    assert got[("bound_re", 0)] == pytest.approx(math.sqrt(2) / (c * math.sqrt(v)) * al_in * common, rel=1e-8)
-    assert got[("bound_im", 0)] == pytest.approx(math.sqrt(2) / (c * v * math.sqrt(v)) * al_in**2 * common, rel=1e-8)
+    assert got[("bound_re", 0)] == pytest.approx(math.sqrt(2) / (c * math.sqrt(v)) * al_in * common, rel=1e-6)
+    assert got[("bound_im", 0)] == pytest.approx(math.sqrt(2) / (c * v * math.sqrt(v)) * al_in**2 * common, rel=1e-6)
 
     assert got[("inv_c", "avg")] == pytest.approx(8 * min(8, t_eff) / p)
 
@@ -158,15 +159,15 @@ def test_rmt_every_step_matches_hand_recursion():
         h.remove()
     assert len({round(gr, 6) for gr in [0.2 / (1 + t) for t in range(n_steps)]}) == n_steps
     for s in sites:
-        np.testing.assert_allclose(probe._c_in[s.index].numpy(), hand[("x", s.index)], rtol=1e-10)
-        np.testing.assert_allclose(probe._c_grad[s.index].numpy(), hand[("g", s.index)], rtol=1e-10, atol=1e-300)
+        np.testing.assert_allclose(probe._c_in[s.index].numpy(), hand[("x", s.index)], rtol=1e-5)
+        np.testing.assert_allclose(probe._c_grad[s.index].numpy(), hand[("g", s.index)], rtol=1e-5)
     got = _rows(probe.rows("train"))
     a = np.trace(hand[("x", 1)]) / (hand[("x", 1)] ** 2).sum()
     an = np.linalg.norm(a * hand[("x", 1)] - np.eye(6)) * math.sqrt(6) / 6
     al = np.trace(a * hand[("x", 1)]) / 6
     c, v = 6 / (n_steps * batch), 1e-2
     common = math.sqrt(c + (2 * math.sqrt(2) + 3) * c * al / v + c * an / v + c / (v * 6))
-    assert got[("bound_re", 1)] == pytest.approx(math.sqrt(2) / (c * math.sqrt(v)) * al * common, rel=1e-8)
+    assert got[("bound_re", 1)] == pytest.approx(math.sqrt(2) / (c * math.sqrt(v)) * al * common, rel=1e-6)
 
 
 def test_neurons_hand_made(tmp_path):
