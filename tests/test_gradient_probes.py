@@ -82,6 +82,38 @@ def test_gradients_match_manual_autograd(value):
     assert got[("g_norm2", "avg")] == pytest.approx(np.mean([(r[4] ** 2).sum(1).mean() for r in ref]))
 
 
+@pytest.mark.parametrize("value", [False, True])
+def test_grad_norm_wrt_values_matches_autograd(value):
+    model = _model(value)
+    x, y = _data()
+    (probe,) = _observe(model, {"gradients": {"every": 1}}, x, y)
+    got = _rows(probe.rows("train"))
+    F.cross_entropy(model(x), y).backward()
+    if not value:  # no V: nothing to report
+        assert not any(m in ("value_grad_fro", "grad_norm_wrt_values") for m, _ in got)
+        return
+    fro = [float(blk.value.weight.grad.double().norm()) for blk in model.blocks]
+    for i, f in enumerate(fro):
+        assert got[("value_grad_fro", i)] == pytest.approx(f, rel=1e-6)
+    assert got[("grad_norm_wrt_values", "all")] == pytest.approx(math.sqrt(sum(f * f for f in fro)), rel=1e-6)
+
+
+def test_grad_norm_wrt_values_after_dropout():
+    """V's gradient is built from its input after dropout: same masks, autograd's V.weight.grad."""
+    from sparsity_exp.sites import MLPSite
+
+    torch.manual_seed(0)
+    net = _DropoutBlockNet().train()
+    site = MLPSite(net, 0, "block", {"norm": "norm", "key": "key", "act": "act", "value": "value"})
+    x, y = _data(16)
+    (probe,) = build_probes({"gradients": {"every": 1}}, [site])
+    torch.manual_seed(7)
+    with observing([probe], "train"):
+        F.cross_entropy(net(x), y).backward()
+    expect = float(net.value.weight.grad.double().norm())
+    assert _rows(probe.rows("train"))[("value_grad_fro", 0)] == pytest.approx(expect, rel=1e-6)
+
+
 def test_gradient_density_ratio_and_histograms():
     model = _model(True)
     x, y = _data(16)
@@ -97,6 +129,29 @@ def test_gradient_density_ratio_and_histograms():
         assert np.array_equal(hist[i, 0], expect)
         expect_active, _ = np.histogram(np.log10(np.abs(g[active & (g != 0)])), bins=50, range=(-12, 2))
         assert np.array_equal(hist[i, 1], expect_active)
+        assert got[("below_range", i)] == pytest.approx(np.mean(np.abs(g) < 1e-12)) and got[("above_range", i)] == 0
+
+
+def test_gradient_density_counts_the_mass_outside_the_range():
+    """A narrow range leaves entries on both sides: the fractions below/above are hand-counted, and
+    with the histogram's counts they make up every entry."""
+    model = _model(True)
+    x, y = _data(16)
+    ref = manual(model, x, y)
+    lo, hi = -3.0, -2.6
+    (probe,) = _observe(model, {"gradient_density": {"every": 1, "bins": 20, "log10_range": [lo, hi]}}, x, y)
+    hist = probe._hist.cpu().numpy()
+    got = _rows(probe.rows("train"))
+    for i, (*_, g, gz) in enumerate(ref):
+        below, above = np.mean(np.abs(g) < 10**lo), np.mean(np.abs(g) > 10**hi)
+        assert 0 < below < 1 and 0 < above < 1
+        assert got[("below_range", i)] == pytest.approx(below)
+        assert got[("above_range", i)] == pytest.approx(above)
+        assert hist[i, 0].sum() / g.size + below + above == pytest.approx(1.0)
+    with pytest.raises(Exception, match="low < high"):
+        build_probes({"gradient_density": {"log10_range": [0, -40]}}, find_sites(model))
+
+
 
 
 def test_augmented_flatness_identity_and_per_sample_scale():
