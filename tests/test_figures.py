@@ -201,6 +201,8 @@ def test_gradient_density_curve_and_histograms(tmp_path, drawn):
     write_density_arrays(run)
     rows = [dict(run="r", step=s, split="train", probe="gradient_density", metric="density_ratio", layer=l,
                  value=1.0 + s / 100) for s in (0, 100) for l in (0, 1, "avg")]
+    rows += [dict(run="r", step=100, split="train", probe="gradient_density", metric=m, layer=0, value=v)
+             for m, v in (("below_range", 0.125), ("above_range", 0.0))]
     t = table(rows, tmp_path)
     assert_images(gradient_density(t, tmp_path))
     (ax,) = visible_axes(drawn[0])
@@ -211,6 +213,8 @@ def test_gradient_density_curve_and_histograms(tmp_path, drawn):
     axes = visible_axes(drawn[1])
     assert len(axes) == 2 and axes[0].get_xlabel() == "log10 |g|"
     assert len(axes[0].patches) == 4  # (all, active) x two steps
+    # the mass outside the range at the last drawn step, where the probe logged it
+    assert axes[0].get_title() == "layer 0 (12.5% below, 0.0% above range)" and axes[1].get_title() == "layer 1"
 
 
 def test_read_histograms_accepts_the_layouts(tmp_path):
