@@ -11,7 +11,7 @@
   value_grad_fro   ||dL/dV||_F of the site's value weight, dL/dV = sum_t dL/dz_t v_t^T over the
                    observed rows (v = V's input, after dropout): the gradient of V's effective weight
                    (base + LoRA delta) even where the weight itself is frozen; sites with V only
-  grad_norm_wrt_values  (layer 'all') sqrt(sum over sites of value_grad_fro^2): the authors'
+  grad_norm_wrt_values  (one model-wide row, layer 'avg' like t_eff) sqrt(sum over sites of value_grad_fro^2): the authors'
                    'grad norm wrt values' (ActivationObservationPlugin, PAPER.md §1.3 direct probes)
 ``gradient_density``:
   density_ratio    E[g^2 | active] / E[g^2] (active = outside the zero-derivative region, i.e.
@@ -144,7 +144,7 @@ class GradientsProbe(_TrainGradientProbe):
         if fro:
             out += [(split, "value_grad_fro", i, v) for i, v in sorted(fro.items())]
             out.append((split, "value_grad_fro", "avg", sum(fro.values()) / len(fro)))
-            out.append((split, "grad_norm_wrt_values", "all", sum(v * v for v in fro.values()) ** 0.5))
+            out.append((split, "grad_norm_wrt_values", "avg", sum(v * v for v in fro.values()) ** 0.5))  # model-wide
         return out
 
 
