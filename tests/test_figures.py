@@ -201,6 +201,8 @@ def test_gradient_density_curve_and_histograms(tmp_path, drawn):
     write_density_arrays(run)
     rows = [dict(run="r", step=s, split="train", probe="gradient_density", metric="density_ratio", layer=l,
                  value=1.0 + s / 100) for s in (0, 100) for l in (0, 1, "avg")]
+    rows += [dict(run="r", step=100, split="train", probe="gradient_density", metric=m, layer=0, value=v)
+             for m, v in (("below_range", 0.125), ("above_range", 0.0))]
     t = table(rows, tmp_path)
     assert_images(gradient_density(t, tmp_path))
     (ax,) = visible_axes(drawn[0])
@@ -211,6 +213,8 @@ def test_gradient_density_curve_and_histograms(tmp_path, drawn):
     axes = visible_axes(drawn[1])
     assert len(axes) == 2 and axes[0].get_xlabel() == "log10 |g|"
     assert len(axes[0].patches) == 4  # (all, active) x two steps
+    # the mass outside the range at the last drawn step, where the probe logged it
+    assert axes[0].get_title() == "layer 0 (12.5% below, 0.0% above range)" and axes[1].get_title() == "layer 1"
 
 
 def test_read_histograms_accepts_the_layouts(tmp_path):
@@ -225,30 +229,37 @@ def test_read_histograms_accepts_the_layouts(tmp_path):
 
 def rmt_rows():
     rows = []
-    for width, wd, step in itertools.product([16, 64, 256], [0.0, 0.1], [0, 20]):
+    for width, wd, step, layer in itertools.product([16, 64, 256], [0.0, 0.1], [0, 20], [0, 1]):
         for metric in ("rel_anisotropy_input", "rel_anisotropy_grad", "bound_re", "bound_im"):
-            value = (1 / width + wd) * (10 if step == 0 else 1)
-            rows.append(dict(run=f"p{width}_wd{wd}", step=step, split="train", probe="rmt", metric=metric, layer="avg",
+            value = (1 / width + wd) * (10 if step == 0 else 1) * (1 + layer)
+            rows.append(dict(run=f"p{width}_wd{wd}", step=step, split="train", probe="rmt", metric=metric, layer=layer,
                              value=value, **{"model.width": width, "optim.weight_decay": wd}))
+            if layer == 1:  # the probe's layer average, which mp.py does not plot
+                rows.append({**rows[-1], "layer": "avg", "value": value * 0.75})
     return rows
 
 
-def test_mp_anisotropy_against_width_at_the_last_step(tmp_path, drawn):
+def test_mp_anisotropy_mean_over_steps_and_layers(tmp_path, drawn):
     assert_images(mp_anisotropy(table(rmt_rows(), tmp_path), tmp_path))
     ax_in, ax_grad = visible_axes(drawn[0])
     assert "model.width" in ax_in.get_xlabel()
     x, y = curve(ax_in, "weight_decay=0.1")
-    assert list(x) == [16, 64, 256] and np.allclose(y, [1 / 16 + 0.1, 1 / 64 + 0.1, 1 / 256 + 0.1])
+    # mp.py: mean over the steps (x10 at step 0, x1 at 20) and the layers (x1, x2): 5.5 x 1.5
+    assert list(x) == [16, 64, 256] and np.allclose(y, [(1 / w + 0.1) * 5.5 * 1.5 for w in (16, 64, 256)])
     one_width = table([r for r in rmt_rows() if r["model.width"] == 16], tmp_path)
     with pytest.raises(Skip, match="several widths"):
         mp_anisotropy(one_width, tmp_path)
 
 
-def test_mp_bound_one_curve_per_width_and_decay(tmp_path, drawn):
+def test_mp_bound_of_layer_one_per_width_and_decay(tmp_path, drawn):
     assert_images(mp_bound(table(rmt_rows(), tmp_path), tmp_path))
     re_ax, im_ax = visible_axes(drawn[0])
     assert re_ax.get_yscale() == "log" and len(re_ax.get_lines()) == 6
     assert "width=16, weight_decay=0" in [l.get_label() for l in re_ax.get_lines()]
+    x, y = curve(re_ax, "width=16, weight_decay=0")
+    assert list(x) == [0, 20] and np.allclose(y, [(1 / 16) * 10 * 2, (1 / 16) * 2])  # layer 1, not the average
+    with pytest.raises(Skip, match="layer 3"):
+        mp_bound(table(rmt_rows(), tmp_path), tmp_path, layer=3)
 
 
 def test_flatness_vs_sparsity_pairs_nearest_steps(tmp_path, drawn):

@@ -95,3 +95,40 @@ def test_cli_finetune_from_a_run_folder(cli, tiny, tmp_path):
     assert out.returncode == 0, out.stderr
     ft = [p for p in (tmp_path / "results").iterdir() if p != src]
     assert json.loads((ft[0] / "init.json").read_text())["source_run"] == str(src)
+
+
+def test_lora_reaches_torchvision_attention_and_trains(compose):
+    """ViT finetuning adapts attention as the paper's LoRA did: peft wraps each nn.MultiheadAttention
+    (packed q/k/v and out_proj); its adapters get gradients and move, its base weights stay frozen."""
+    pytest.importorskip("peft")
+    import torch.nn.functional as F
+    from torch import nn
+
+    from sparsity_exp.data import build_data
+    from sparsity_exp.models import build_model, find_sites
+    from sparsity_exp.modules.finetune import add_lora
+
+    cfg = compose("model=vit", "protocol=sparsity_finetune", "protocol.lora.rank=4")
+    data = build_data(cfg.data)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, data.info, cfg.activation)
+    before = {n: m.in_proj_weight.detach().clone() for n, m in model.named_modules()
+              if isinstance(m, nn.MultiheadAttention)}
+    names = add_lora(model, find_sites(model), cfg.protocol.lora)
+    assert set(before) <= set(names)
+    attn = {n: model.get_submodule(n) for n in before}
+    assert all(hasattr(m, "lora_A") and hasattr(m, "get_base_layer") for m in attn.values())
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    x, y = torch.randn(16, *data.info.input_shape), torch.randint(0, data.info.num_classes, (16,))
+    for step in range(4):  # torchvision zero-initialises the head: gradients reach attention from step 1 on
+        F.cross_entropy(model(x), y).backward()
+        if step == 3:
+            assert all(m.lora_B["default"].weight.grad.abs().max() > 0 for m in attn.values())
+        opt.step()
+        opt.zero_grad()
+    for n, m in attn.items():
+        assert m.lora_B["default"].weight.abs().max() > 0  # the adapter trained (B starts at 0)
+        assert not m.get_base_layer().in_proj_weight.requires_grad
+        # frozen, up to rounding: peft's MultiheadAttention adds the LoRA delta to in_proj_weight for each
+        # forward and subtracts it after, so the base weight moves by float32 rounding only
+        assert torch.allclose(m.get_base_layer().in_proj_weight, before[n], rtol=0, atol=1e-5)

@@ -256,6 +256,30 @@ def test_weight_noise_targets():
         target_linears(dec, "everything")
 
 
+@pytest.mark.parametrize("model_name, targets, placement", [("vit", "key_value", "output"),
+                                                          ("vit_b16", "key_value", "output"),
+                                                          ("t5", "key", "output"), ("t5_base", "key", "output"),
+                                                          ("mlp", "key", "input")])
+def test_model_presets_default_to_what_the_authors_ran(compose, model_name, targets, placement):
+    for noise in ("on", "off"):
+        cfg = compose(f"model={model_name}", f"noise={noise}", "modules=sparsified")
+        assert cfg.noise.targets == targets and cfg.modules.zeroth_bias.placement == placement
+    assert compose(f"model={model_name}", "noise.targets=all").noise.targets == "all"  # still overridable
+
+
+def test_vit_noise_targets_are_the_authors_mlp_filter(compose):
+    """The authors' ViT filter `.mlp.`: every linear inside the MLP block, i.e. K and V."""
+    from sparsity_exp.data import build_data
+    from sparsity_exp.models import build_model
+
+    cfg = compose("model=vit", "noise=on")
+    model = build_model(cfg.model, build_data(cfg.data).info, cfg.activation)
+    sites = find_sites(model)
+    chosen = {id(m) for s in sites for m in target_linears(s, cfg.noise.targets)}
+    in_mlp = {id(m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and ".mlp." in f".{n}."}
+    assert chosen == in_mlp and len(chosen) == 2 * len(sites)
+
+
 def test_weight_noise_sigma_uses_the_lora_effective_weight():
     peft = pytest.importorskip("peft")
     LoraConfig, inject_adapter_in_model = peft.LoraConfig, peft.inject_adapter_in_model

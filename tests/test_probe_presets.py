@@ -10,8 +10,9 @@ from sparsity_exp.run import execute
 CONTRACT = {
     "sparsity": {"activation_sparsity", "derivative_sparsity", "derivative2"},
     "gradients": {"eta_small_1e-9", "eta_small_1e-6", "eta_small_1e-3", "eta_l1", "eta_l2", "key_fro2", "g_norm2",
-                  "gz_norm", "eta_neg_count", "eta_pos_count", "eta_neg_sum", "eta_pos_sum"},
-    "gradient_density": {"density_ratio"},
+                  "gz_norm", "eta_neg_count", "eta_pos_count", "eta_neg_sum", "eta_pos_sum", "value_grad_fro",
+                  "grad_norm_wrt_values"},
+    "gradient_density": {"density_ratio", "below_range", "above_range"},
     "augmented_flatness": {"as_key", "as_value", "coef_l0", "coef_l2", "a2", "l2_term"},
     "hessian": {"trace", "trace_se", "block_trace", "block_trace_se", "lambda_max", "top_abs_eigenvalue", "feature_input_trace", "feature_input_trace_se", "feature_preact_trace",
                 "feature_preact_trace_se"},
@@ -19,7 +20,7 @@ CONTRACT = {
                   "worst_feature_act"},
     "spectrum": {"ratio_minmax", "ratio80", "near_zero_rate"},
     "rmt": {"rel_anisotropy_input", "rel_anisotropy_grad", "alpha_input", "alpha_grad", "bound_re", "bound_im",
-            "t_eff"},
+            "t_eff", "inv_c"},
     "neurons": {"dead_units", "always_on_units", "mean_firing"},
     "diagonality": {"kkT_p1", "kkT_p2", "M_p1", "M_p2", "hadamard_p1", "hadamard_p2"},
 }
@@ -41,6 +42,13 @@ def test_presets_compose_and_build(compose, preset):
         assert names == set(CONTRACT)
     if preset == "default":
         assert {"sparsity", "gradients", "neurons", "spectrum"} <= names and "hessian" not in names
+
+
+@pytest.mark.parametrize("model, expect", [("mlp", [-10.0, 5.0]), ("vit", [-10.0, 5.0]), ("t5", [-40.0, 0.0])])
+def test_gradient_density_range_comes_from_the_model_preset(compose, model, expect):
+    for preset in ("full", "checkpoints"):
+        cfg = compose(f"model={model}", f"probes={preset}")
+        assert list(cfg.probes.gradient_density.log10_range) == expect
 
 
 def test_full_preset_run_writes_the_contract(compose, tiny, tmp_path):

@@ -19,11 +19,12 @@ def _lora_target_names(model: nn.Module, sites, targets: str) -> list[str]:
         return [s.paths[p] for s in sites for p in ("key", "value") if s.paths.get(p)]
     if targets != "all_linear":
         raise ConfigError(f"protocol.lora.targets={targets!r}; choose all_linear or mlp")
-    # every nn.Linear, as the paper's LoRA did, except those inside nn.MultiheadAttention, whose forward
-    # reads the weights directly and would bypass an adapter
-    inside_mha = {f"{n}.{c}" for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)
-                  for c, _ in m.named_modules() if c}
-    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in inside_mha]
+    # every nn.Linear, as the paper's LoRA did, and every nn.MultiheadAttention (torchvision's ViT) as a
+    # whole: its forward reads in_proj_weight and out_proj.weight directly, so peft adapts the module
+    # itself (LoRA on the packed q/k/v projection and on out_proj); the Linears inside it are left to that
+    mha = [n for n, m in model.named_modules() if isinstance(m, nn.MultiheadAttention)]
+    inside_mha = {f"{n}.{c}" for n in mha for c, _ in model.get_submodule(n).named_modules() if c}
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in inside_mha] + mha
 
 
 def add_lora(model: nn.Module, sites, lora_cfg) -> list[str]:

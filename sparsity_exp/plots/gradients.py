@@ -71,6 +71,17 @@ def gradient_density(table: pd.DataFrame, out_dir: Path, hue=None) -> list[Path]
     return save(fig, out_dir, "gradient_density")
 
 
+def _outside(table: pd.DataFrame, run: str, layer: str, step: int) -> str:
+    """', x% below / y% above the range' at ``step`` from the probe's below_range/above_range rows: the
+    mass the histogram (normalised over the entries in range) leaves out; '' without those rows."""
+    rows = table[(table.run == run) & (table.probe == "gradient_density") & (table.step == step)
+                 & (table.layer.astype(str) == str(layer))]
+    got = {m: rows[rows.metric == m].value for m in ("below_range", "above_range")}
+    if any(v.empty for v in got.values()):
+        return ""
+    return f" ({got['below_range'].iloc[0]:.1%} below, {got['above_range'].iloc[0]:.1%} above range)"
+
+
 def gradient_density_histograms(table: pd.DataFrame, out_dir: Path, max_steps: int = 4) -> list[Path]:
     found = runs_with_arrays(table, "gradient_density")
     if not found:
@@ -98,9 +109,9 @@ def gradient_density_histograms(table: pd.DataFrame, out_dir: Path, max_steps: i
                     counts, edges = _coarse(h["active"], h["edges"])
                     ax.stairs(counts / total, edges, color=color, ls="--", label=f"step {step}, active")
             ax.set_yscale("log")
-            ax.set_title(f"layer {layer}", fontsize=9)
+            ax.set_title(f"layer {layer}{_outside(table, run, layer, per_step[-1][0])}", fontsize=9)
             ax.set_xlabel("log10 |g|" if with_edges else "bin of log10 |g| (no edges saved)")
-            ax.set_ylabel("fraction of entries")
+            ax.set_ylabel("fraction of entries in range")
             ax.grid(alpha=0.3)
         axes[-1].legend(fontsize=6)
         fig.suptitle(f"log10 |g| over all entries (solid) and active entries (dashed), {run}", fontsize=9)

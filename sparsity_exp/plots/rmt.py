@@ -1,10 +1,14 @@
-"""Marchenko-Pastur figures of the LN-MLP width sweep (PAPER.md §1.6, §4.5, §2 claim 5).
+"""Marchenko-Pastur figures of the LN-MLP width sweep (PAPER.md §1.6, §4.5, §2 claim 5), aggregated
+as the authors' after_training/mp.py does.
 
-mp_anisotropy  relative anisotropy of the input and gradient covariances (layer average, at each run's
-               last logged step, mean over seeds) against the hidden width p, one line per value of
-               the other varying keys (e.g. weight decay)
-mp_bound       the Theorem-8 upper bound (bound_re, bound_im; layer average) vs step, log y, one curve
-               per run group (width x weight decay)
+mp_anisotropy  "averaged relative anisotropy" of the input and gradient covariances against the hidden
+               width p: per run the mean over every logged step and every layer (mp.py's
+               ``global_statistics.mean(axis=(-1, -2))``), then the mean over seeds; one line per
+               value of the other varying keys (e.g. weight decay)
+mp_bound       the Theorem-8 upper bound (bound_re, bound_im) of ONE layer (``layer``, default 1: mp.py
+               plots ``bound_re[..., 1]``) vs step, log y, one curve per run group (width x weight
+               decay), mean over seeds. The probe's bound uses c = p/(T B) with T the step, as mp.py;
+               it grows ~sqrt(T) at fixed alpha and anisotropy (see probes/rmt.py).
 """
 from __future__ import annotations
 
@@ -34,15 +38,18 @@ def find_width_key(rows: pd.DataFrame, width_key=None) -> str:
 
 
 def mp_anisotropy(table: pd.DataFrame, out_dir: Path, width_key=None, hue=None) -> list[Path]:
-    rows = select(table, list(ANISOTROPY), layer="avg")
+    rows = select(table, list(ANISOTROPY))
+    rows = rows[rows.layer.astype(str) != "avg"]
     if rows.empty:
         raise Skip("no rel_anisotropy_input / rel_anisotropy_grad rows: enable the rmt probe")
     rows, split = pick_split(rows)
     width = find_width_key(rows, width_key)
-    last = rows[rows.step == rows.groupby("run").step.transform("max")]
-    keys = hue_keys(last, hue, exclude={width})
-    groups = ordered_groups(last, keys)
-    metrics = [m for m in ANISOTROPY if (last.metric == m).any()]
+    # mp.py: mean over steps and layers per run (one value per run and metric), then over seeds
+    per_run = rows.groupby(["run", "metric"], as_index=False).agg(
+        {"value": "mean", **{c: "first" for c in rows.columns if c not in ("run", "metric", "value")}})
+    keys = hue_keys(per_run, hue, exclude={width})
+    groups = ordered_groups(per_run, keys)
+    metrics = [m for m in ANISOTROPY if (per_run.metric == m).any()]
     fig, axes = panels(len(metrics), ncols=2, size=(4.2, 3.2))
     palette = colors(len(groups), "tab10" if len(groups) <= 10 else "viridis")
     for ax, metric in zip(axes, metrics):
@@ -54,17 +61,21 @@ def mp_anisotropy(table: pd.DataFrame, out_dir: Path, width_key=None, hue=None) 
         ax.set_ylabel("averaged relative anisotropy")
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize=7)
-    fig.suptitle("relative anisotropy vs width at the last step")
+    fig.suptitle("relative anisotropy vs width (mean over steps and layers, as mp.py)")
     return save(fig, out_dir, "mp_anisotropy")
 
 
-def mp_bound(table: pd.DataFrame, out_dir: Path, hue=None) -> list[Path]:
-    rows = select(table, list(BOUND), layer="avg")
+def mp_bound(table: pd.DataFrame, out_dir: Path, hue=None, layer: int = 1) -> list[Path]:
+    rows = select(table, list(BOUND))
     if rows.empty:
         raise Skip("no bound_re / bound_im rows: enable the rmt probe")
+    present = sorted({str(l) for l in rows.layer} - {"avg"})
+    if str(layer) not in present:
+        raise Skip(f"no bound rows for layer {layer} (mp.py plots layer 1); layers present: {present}")
+    rows = rows[rows.layer.astype(str) == str(layer)]
     rows, split = pick_split(rows)
     metrics = [m for m in BOUND if (rows.metric == m).any()]
     fig, _ = lines_per_group(rows, "metric", metrics, hue_keys(rows, hue), title=lambda m: BOUND[m],
-                             ylabel="upper bound (layer avg)", logy=True, ncols=2)
-    fig.suptitle("Marchenko-Pastur upper bound vs step")
+                             ylabel=f"upper bound (layer {layer})", logy=True, ncols=2)
+    fig.suptitle(f"Marchenko-Pastur upper bound vs step, layer {layer} as mp.py (rises ~sqrt(T) at fixed alpha)")
     return save(fig, out_dir, "mp_bound")

@@ -6,6 +6,8 @@ left out when the task marks them on ``masks``, a ProbeContext; see masking.py):
     x     input of the key layer (the normed block input, x~ in PAPER.md §1)
     h     pre-activation (input of the activation)
     a     activation output
+    v     input of the value layer V (``value_inputs``): a after whatever sits between the activation
+          and V (dropout in ViT and T5 blocks), i.e. what V actually multiplies; None without V
   and, after the backward, the gradients of the loss
     eta   dL/dh   (the 'effective gradient')
     g     dL/da
@@ -35,6 +37,7 @@ class Record:
     x: Optional[torch.Tensor] = None
     h: Optional[torch.Tensor] = None
     a: Optional[torch.Tensor] = None
+    v: Optional[torch.Tensor] = None
     eta: Optional[torch.Tensor] = None
     g: Optional[torch.Tensor] = None
     gz: Optional[torch.Tensor] = None
@@ -49,17 +52,20 @@ def rows_of(t: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
 
 @contextmanager
 def capture(sites, on_record: Callable, grads=(), inputs: bool = False, with_activation: bool = True,
-            masks=None):
+            masks=None, value_inputs: bool = False):
     """Within the block, every forward of every site produces a ``Record``; ``on_record(site, rec)``
     is called when its forward is done (no grads asked) or when all of ``grads`` have arrived.
 
     ``grads``: a subset of ('eta', 'g', 'gz'). ``inputs``: also record the key input x.
-    ``masks``: the probe's ``ProbeContext`` (its ``token_mask``); None = every row counts."""
+    ``masks``: the probe's ``ProbeContext`` (its ``token_mask``); None = every row counts.
+    ``value_inputs``: also record V's input v (needs ``grads``: it arrives after the activation's
+    forward, so only a record delivered after the backward has it)."""
     grads = tuple(grads)
     unknown = set(grads) - set(GRADS)
     if unknown:
         raise ValueError(f"unknown gradient(s) {sorted(unknown)}; choose from {GRADS}")
     pending: dict[int, Record] = {}  # site index -> record of the current forward
+    awaiting_v: dict[int, Record] = {}  # site index -> record whose V input is still to come
     key_inputs: dict[int, torch.Tensor] = {}
 
     def deliver(site, rec, name, grad):
@@ -86,6 +92,8 @@ def capture(sites, on_record: Callable, grads=(), inputs: bool = False, with_act
             if not grads:
                 on_record(site, rec)
                 return
+            if value_inputs and site.value is not None:
+                awaiting_v[site.index] = rec
             if not torch.is_grad_enabled() or not output.requires_grad:
                 return  # no backward will come (evaluation): nothing to deliver
             if "eta" in grads:
@@ -109,8 +117,18 @@ def capture(sites, on_record: Callable, grads=(), inputs: bool = False, with_act
                 output.register_hook(lambda gr: deliver(site, rec, "gz", gr))
         return fn
 
+    def value_input_hook(site):
+        def fn(module, args):
+            rec = awaiting_v.pop(site.index, None)
+            if rec is not None:
+                rec.v = rows_of(args[0], rec.mask)
+        return fn
+
     with ExitStack() as stack:
         for s in sites:
+            if value_inputs and s.value is not None:
+                handle = s.value.register_forward_pre_hook(value_input_hook(s))
+                stack.callback(handle.remove)
             if inputs:
                 handle = s.key.register_forward_pre_hook(key_hook(s))
                 stack.callback(handle.remove)

@@ -3,11 +3,28 @@
 Per MLP site, with per-sample gradients (``per_sample: true``, the paper's definition: the batch-
 mean loss's gradients times the batch size), summed over tokens and averaged over the batch:
   as_key    AS_K = E_sample sum_t ||dl/dh_t||^2 ||x~_t||^2   (sum of per-token ||dl/dK||_F^2)
-  as_value  AS_V = E_sample sum_t ||dl/dz_t||^2 ||a_t||^2    (sum of per-token ||dl/dV||_F^2)
+  as_value  AS_V = E_sample sum_t ||dl/dz_t||^2 ||v_t||^2    (sum of per-token ||dl/dV||_F^2)
   coef_l0   mean over active entries (a > 0 for ReLU) of g_j^2 ||x~_t||^2
-  coef_l2   mean_t ||dl/dz_t||^2;  a2 = mean_t ||a_t||^2;  l2_term = mean_t ||a_t||^2 ||dl/dz_t||^2
+  coef_l2   mean_t ||dl/dz_t||^2;  a2 = mean_t ||v_t||^2;  l2_term = mean_t ||v_t||^2 ||dl/dz_t||^2
+where v is V's actual input: the activation a after the dropout between them in ViT and T5 blocks
+(in training mode dropout zeroes and rescales a; dL/dV is built from v, not a). Without V (the
+value-free block) a2 is mean_t ||a_t||^2.
 For ReLU, AS_K / coef_l0 = E_sample ||a||_0 (nonzeros per sample, summed over tokens) exactly.
 A value-free block has no V: as_value, coef_l2 and l2_term are left out for it.
+
+Scale (absolute values; the ratios AS_K / coef_l0 and AS_V / coef_l2 do not depend on it):
+``per_sample: true`` (default) scales the batch-mean loss's gradients by the rows' batch size (times
+the accumulation factor), so each row carries the gradient of its own sample's loss, the definition
+of PAPER.md §1.3 ("all quantities are per sample"). ``per_sample: false`` keeps the gradients of the
+batch-mean loss, what the authors' hooks record (MlpGradientHook and ActivationMapHook in
+hooks.py read grad_output of the trainer's backward and never rescale); with it AS_K, AS_V,
+coef_l0, coef_l2 and l2_term are the per-sample values / B^2 (a2 unchanged). The body of the
+authors' CoefficientPlugin (imported by scripts/T5/T5.py) is not in the readable copy of their
+repository, so whether it rescales is unknown: their T5 measurement ran one sample per micro-batch
+(T5/augmented_flatness.sh: 256 / 8 GPUs / 32 accumulation steps), where the two conventions agree up
+to the accumulation factor; their ImageNet one ran micro-batches of 128 (imagenet1k/
+augmented_flatness.sh), where they differ by 128^2. Compare absolute values with theirs only
+under the matching setting; the ratios compare under either.
 
 Online: on training batches every ``every`` steps (observe). Standalone / post hoc: ``measure``
 runs ``batches`` training-mode forward/backward passes with no parameter update (lr 0).
@@ -27,6 +44,7 @@ class AugmentedFlatnessProbe(_TrainGradientProbe):
     name = "augmented_flatness"
     grads = ("eta", "g", "gz")
     inputs = True
+    value_inputs = True
     n_stats = 9
 
     def __init__(self, sites, every: int = 0, per_sample: bool = True, batches: int = 1, **kw):
@@ -39,7 +57,8 @@ class AugmentedFlatnessProbe(_TrainGradientProbe):
         eta2 = (rec.eta.double() * k).pow(2).sum(-1)
         g2 = (rec.g.double() * k).pow(2)
         gz2 = (rec.gz.double() * k).pow(2).sum(-1)
-        a2 = rec.a.double().pow(2).sum(-1)
+        v = rec.v if rec.v is not None else rec.a  # V's input (after dropout); a for a value-free block
+        a2 = v.double().pow(2).sum(-1)
         active = ~site.act.flat_region(rec.h)
         dev = x2.device
         self._acc(dev)[site.index] += torch.stack([

@@ -8,11 +8,19 @@
   gz_norm          mean over tokens of ||dL/dz_t|| at the block output
   eta_neg_count / eta_pos_count   mean over tokens of the number of entries with eta < 0 / > 0
   eta_neg_sum / eta_pos_sum       mean over tokens of the sum of those entries
+  value_grad_fro   ||dL/dV||_F of the site's value weight, dL/dV = sum_t dL/dz_t v_t^T over the
+                   observed rows (v = V's input, after dropout): the gradient of V's effective weight
+                   (base + LoRA delta) even where the weight itself is frozen; sites with V only
+  grad_norm_wrt_values  (one model-wide row, layer 'avg' like t_eff) sqrt(sum over sites of value_grad_fro^2): the authors'
+                   'grad norm wrt values' (ActivationObservationPlugin, PAPER.md §1.3 direct probes)
 ``gradient_density``:
   density_ratio    E[g^2 | active] / E[g^2] (active = outside the zero-derivative region, i.e.
                    a > 0 for ReLU); arrays ``gradient_density``: histograms of log10|g| over all
-                   entries and over active ones, computed only at the steps they are saved
-                   (``save_every``; every checkpoint post hoc).
+                   entries and over active ones on ``log10_range`` (the model preset's
+                   ``grad_log10_range``: ViT [-10, 5], T5 [-40, 0] as the authors' figures), computed
+                   only at the steps they are saved (``save_every``; every checkpoint post hoc)
+  below_range / above_range  fraction of all entries with log10|g| below / above that range (exact
+                   zeros count as below): the mass the histograms leave out, every observation
 
 Scale: gradients of the training loss as the step computes it (the batch mean), like the authors'
 hooks; ``per_sample: true`` multiplies them by the batch size, giving per-sample gradients for a
@@ -42,6 +50,7 @@ class _TrainGradientProbe(Probe):
 
     grads: tuple = ("eta", "g", "gz")
     inputs = False
+    value_inputs = False  # also capture V's input (after dropout), see capture.py
     n_stats = 0
 
     def __init__(self, sites, every: int = 0, per_sample: bool = False, **kw):
@@ -70,7 +79,8 @@ class _TrainGradientProbe(Probe):
         if split != "train":
             yield
             return
-        with capture(self.sites, self.on_record, grads=self.grads, inputs=self.inputs, masks=self.ctx):
+        with capture(self.sites, self.on_record, grads=self.grads, inputs=self.inputs, masks=self.ctx,
+                     value_inputs=self.value_inputs):
             yield
 
     def take(self, split: str):
@@ -84,11 +94,13 @@ class _TrainGradientProbe(Probe):
 class GradientsProbe(_TrainGradientProbe):
     name = "gradients"
     inputs = False
+    value_inputs = True  # dL/dV is built from V's input
 
     def __init__(self, sites, every: int = 0, thresholds=(1e-9, 1e-6, 1e-3), **kw):
         self.thresholds = [float(t) for t in thresholds]
         self.n_stats = len(self.thresholds) + len(self._SUMS)
         super().__init__(sites, every, **kw)
+        self._gv = [None] * len(sites)  # per site with V: sum over rows of dL/dz v^T (float64, V's shape)
 
     # per-site sums after the threshold counts; every metric below is one of them over entries or tokens
     _SUMS = ("entries", "tokens", "eta_l1", "eta_l2", "g_norm2", "gz_norm",
@@ -103,6 +115,13 @@ class GradientsProbe(_TrainGradientProbe):
                 mag.sum(), eta.pow(2).sum(), g.pow(2).sum(), gz.norm(dim=-1).sum(),
                 neg.sum(), pos.sum(), (eta * neg).sum(), (eta * pos).sum()]
         self._acc(eta.device)[site.index] += torch.stack([v.double() for v in counts + sums])
+        if rec.v is not None:
+            gv = gz.T @ rec.v.double()
+            self._gv[site.index] = gv if self._gv[site.index] is None else self._gv[site.index] + gv
+
+    def accumulators(self, split: str):
+        # the dL/dV sums are per-rank sums like _stats: summed over ranks before rows
+        return super().accumulators(split) + ([m for m in self._gv if m is not None] if split == "train" else [])
 
     def rows(self, split: str):
         s = self.take(split)
@@ -120,6 +139,12 @@ class GradientsProbe(_TrainGradientProbe):
                                               for site in self.sites])
         for name in self._SUMS[4:]:
             out += layer_rows(split, name, (col[name] / tokens).tolist())
+        gv, self._gv = self._gv, [None] * len(self.sites)
+        fro = {i: float(m.norm()) for i, m in enumerate(gv) if m is not None}
+        if fro:
+            out += [(split, "value_grad_fro", i, v) for i, v in sorted(fro.items())]
+            out.append((split, "value_grad_fro", "avg", sum(fro.values()) / len(fro)))
+            out.append((split, "grad_norm_wrt_values", "avg", sum(v * v for v in fro.values()) ** 0.5))  # model-wide
         return out
 
 
@@ -128,13 +153,15 @@ class GradientDensityProbe(_TrainGradientProbe):
 
     name = "gradient_density"
     grads = ("g",)
-    n_stats = 4  # sum g^2, entries, sum g^2 over active, active entries
+    n_stats = 6  # sum g^2, entries, sum g^2 over active, active entries, entries below / above the range
 
     def __init__(self, sites, every: int = 0, bins: int = 10000, log10_range=(-10.0, 5.0),
                  save_every: int = 0, **kw):
         super().__init__(sites, every, **kw)
         self.bins = int(bins)
         self.lo, self.hi = (float(v) for v in log10_range)
+        if not self.lo < self.hi:
+            raise TypeError(f"log10_range={list(log10_range)} must be [low, high] with low < high")
         self.save_every = int(save_every or 0)
         self._hist = None  # [n_sites, 2, bins]: all entries, active entries
 
@@ -142,9 +169,11 @@ class GradientDensityProbe(_TrainGradientProbe):
         g = rec.g.double() * self.scale(rec)
         active = ~site.act.flat_region(rec.h)
         g2 = g.pow(2)
+        mag = g.abs()
         s = self._acc(g.device)[site.index]
         s += torch.stack([g2.sum(), torch.tensor(float(g.numel()), dtype=torch.float64, device=g.device),
-                          (g2 * active).sum(), active.sum().double()])
+                          (g2 * active).sum(), active.sum().double(),
+                          (mag < 10.0**self.lo).sum().double(), (mag > 10.0**self.hi).sum().double()])
         if not self._save_due():  # histograms cost more than the ratio: only when they will be saved
             return
         if self._hist is None:
@@ -170,6 +199,7 @@ class GradientDensityProbe(_TrainGradientProbe):
         mean_all = s[:, 0] / s[:, 1].clamp(min=1)
         mean_active = s[:, 2] / s[:, 3].clamp(min=1)
         ratio = torch.where(mean_all > 0, mean_active / mean_all, torch.full_like(mean_all, float("nan")))
+        entries = s[:, 1].clamp(min=1)
         if self._save_due() and hist is not None and self.ctx.recorder is not None:
             h = hist.cpu().numpy()
             edges = torch.linspace(self.lo, self.hi, self.bins + 1).numpy()
@@ -178,4 +208,7 @@ class GradientDensityProbe(_TrainGradientProbe):
                 arrays[f"layer_{site.index}_all"] = h[site.index, 0]
                 arrays[f"layer_{site.index}_active"] = h[site.index, 1]
             self.save_arrays(self.name, **arrays)
-        return list(layer_rows(split, "density_ratio", ratio.tolist()))
+        out = list(layer_rows(split, "density_ratio", ratio.tolist()))
+        out += layer_rows(split, "below_range", (s[:, 4] / entries).tolist())
+        out += layer_rows(split, "above_range", (s[:, 5] / entries).tolist())
+        return out
