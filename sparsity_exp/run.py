@@ -154,7 +154,7 @@ def _train(cfg: DictConfig, run_dir: Path, resume_state: dict | None = None) -> 
     optimizer = build_optimizer(cfg.optim, param_groups(model, cfg.optim), device)
     schedule = build_schedule(cfg.optim.schedule, optimizer, total)
     set_backend_flags(t, device)
-    forward_model, eager_model = training_forwards(model, device, t)
+    forward_model, eager_model = training_forwards(model, device, t, probes)  # probes: hooks before compiling
     main = distributed.is_main()
     with Recorder(run_dir, tensorboard=t.get("tensorboard", False)) if main else distributed.NullRecorder() as recorder:
         trainer = Trainer(

@@ -122,8 +122,9 @@ class Trainer:
     keep_checkpoints: int = 0  # newest K kept; 0 = all
     seed: int = 0
     # the training forward/backward runs through forward_model (DDP and/or torch.compile around
-    # model; None = model); steps that probes observe run through eager_model (DDP, not compiled:
-    # hooks on a compiled model's submodules are not reliably called). model stays the bare module.
+    # model; None = model); steps observed by probes that are not compile_safe run through
+    # eager_model (DDP, not compiled: hooks added to a compiled model's submodules are skipped).
+    # model stays the bare module.
     forward_model: object = None
     eager_model: object = None
     precision: str = "fp32"  # fp32 | bf16 (autocast around forwards; parameters and optimizer stay fp32)
@@ -156,7 +157,8 @@ class Trainer:
         log_now = self.step % self.log_every == 0
         due = [p for p in self.probes if p.due(self.step)] if log_now else []
         fast = self.model if self.forward_model is None else self.forward_model
-        net = (fast if self.eager_model is None else self.eager_model) if due else fast
+        eager = [p for p in due if not getattr(p, "compile_safe", False)]  # the rest observe the compiled forward
+        net = (fast if self.eager_model is None else self.eager_model) if eager else fast
         with observing(due, "train"):
             loss, stats = self._forward_backward(batch, net)
         self._watch_loss(loss)
