@@ -60,6 +60,6 @@ def training_forwards(model: torch.nn.Module, device: torch.device, trainer_cfg,
                               f"(got {backend}); set one of them back")
         for p in probes:
             if getattr(p, "compile_safe", False):
-                p.before_compile(device)
+                p.before_compile(device, micro_batches=int(trainer_cfg.get("grad_accum", 1)))
         fast = torch.compile(eager, mode=mode, backend=backend)
     return fast, eager

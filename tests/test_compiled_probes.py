@@ -39,8 +39,12 @@ def _compiled(compose, tiny, tmp_path, *more):
                           *more), tmp_path)
 
 
-def test_observed_step_runs_the_compiled_model_and_counts_like_numpy(compose, tiny, tmp_path):
-    trainer = _compiled(compose, tiny, tmp_path)
+EVERY_STEP = "+probes.sparsity.compiled_stats=every_step"
+
+
+@pytest.mark.parametrize("when", ["log_steps", "every_step"])
+def test_observed_step_runs_the_compiled_model_and_counts_like_numpy(compose, tiny, tmp_path, when):
+    trainer = _compiled(compose, tiny, tmp_path, *([EVERY_STEP] if when == "every_step" else []))
     trainer.recorder = _NoRecorder()
     trainer.eager_model = _NoEagerForward()  # a log step must not need it
     probe = next(p for p in trainer.probes if isinstance(p, SparsityProbe))
@@ -68,15 +72,21 @@ def test_observed_step_runs_the_compiled_model_and_counts_like_numpy(compose, ti
             (h <= 0).mean(), abs=1e-12)
         assert trainer.last[("train", "sparsity", "derivative2", site.index)] == pytest.approx((h > 0).mean(),
                                                                                            abs=1e-12)
-    # a step that does not log leaves the statistics alone (the unarmed graph has no statistics)
     static.fill_(-7.0)
     trainer.train_step(batch)
-    assert (static == -7.0).all()
+    if when == "log_steps":  # a step that does not log leaves the statistics alone (its graph has none)
+        assert (static == -7.0).all()
+    else:  # every step overwrites them with its own batch's counts
+        assert static[:, 3].tolist() == [float(seen[s.index].size) for s in probe.sites]  # entries counted
     assert static.data_ptr() == ptr and probe._static is static  # written in place, never reallocated
 
 
-def test_compiled_run_with_cheap_probes_logs_the_eager_rows(compose, tiny, tmp_path):
-    _compiled_vs_eager(compose, tiny, tmp_path, "aot_eager")
+@pytest.mark.parametrize("when", ["log_steps", "every_step"])
+def test_compiled_run_with_cheap_probes_logs_the_eager_rows(compose, tiny, tmp_path, when):
+    if when == "log_steps":  # two micro-batches: the log step's graph accumulates over both
+        _compiled_vs_eager(compose, tiny, tmp_path, "aot_eager", "trainer.grad_accum=2")
+    else:
+        _compiled_vs_eager(compose, tiny, tmp_path, "aot_eager", EVERY_STEP)
 
 
 @pytest.mark.slow
@@ -87,7 +97,7 @@ def test_inductor_run_with_cheap_probes_logs_the_eager_rows(compose, tiny, tmp_p
 
 
 def _compiled_vs_eager(compose, tiny, tmp_path, backend, *more):
-    cheap = [*tiny, "probes=cheap", "trainer.grad_accum=2"]  # two micro-batches: the log step accumulates
+    cheap = [*tiny, "probes=cheap", *[o for o in more if "grad_accum" in o]]
     execute(compose(*cheap, "trainer.compile=true", f"trainer.compile_backend={backend}", *more), tmp_path / "c")
     execute(compose(*cheap), tmp_path / "e")
     compiled = pd.read_csv(tmp_path / "c" / "metrics.csv")
