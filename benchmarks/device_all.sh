@@ -47,7 +47,7 @@ for m in mlp vit; do
   done
 done
 part compiled_stats_cost_mlp 120 python3 benchmarks/compiled_stats_cost.py --seconds 3 --rounds 2 model=mlp $R
-[[ compiled_ =~ ${ONLY:-.} ]] && python3 - "$OUT" <<'PY'
+compgen -G "$OUT/compiled_*.json" > /dev/null && python3 - "$OUT" <<'PY'
 import json, sys
 from pathlib import Path
 print("=== compiled summary: model, compile, trainer steps/s, bare steps/s, MFU (trainer), host syncs")
