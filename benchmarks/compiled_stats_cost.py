@@ -8,6 +8,8 @@ added). The run is wired as run.py does (its fit replaced by this measurement). 
 time of the graph without statistics and of the one with them, the steady time per training step
 (forward, backward, optimizer step) of each (fastest of --rounds interleaved rounds), and the break
 even: how many steps of computing the statistics always cost as much as the extra compilation.
+The per-step cost of `every_step` is taken as that of the log steps' graph run on every step (the
+same reductions; it overwrites where that one adds).
 """
 from __future__ import annotations
 
@@ -57,7 +59,7 @@ def measure(cfg, seconds: float, rounds: int) -> dict:
         out["compile_plain_s"] = steps(1, False)  # first call: compiles the graph without statistics
         out["compile_stats_s"] = steps(1, True)  # the second graph (a recompile guarded on the flag)
         steps(5, False), steps(5, True)
-        n = max(1, int(seconds / max(1e-4, steps(20, False) / 20)))
+        n = max(20, int(seconds / max(1e-4, steps(20, False) / 20)))
         for _ in range(rounds):
             for name, armed in (("plain", False), ("stats", True)):
                 ms = 1e3 * steps(n, armed) / n
