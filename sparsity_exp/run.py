@@ -120,10 +120,12 @@ def _train(cfg: DictConfig, run_dir: Path, resume_state: dict | None = None) -> 
     optimizer = build_optimizer(cfg.optim, param_groups(run.model, cfg.optim), run.device)
     schedule = build_schedule(cfg.optim.schedule, optimizer, run.total_steps)
     set_backend_flags(t, run.device)
-    forward_model, eager_model = training_forwards(run.model, run.device, t)
+    # after the interventions (probes see the final activations) and before compiling (compile-safe
+    # probes register the hooks the compiler traces)
+    probe_list = build_probes(cfg.probes, run.sites, ProbeContext(sites=run.sites))
+    forward_model, eager_model = training_forwards(run.model, run.device, t, probe_list)
     with Recorder(run_dir, tensorboard=t.get("tensorboard", False)) if main else distributed.NullRecorder() as recorder:
-        # after the interventions: probes see the final activations
-        probes = ProbeSet(build_probes(cfg.probes, run.sites, ProbeContext(sites=run.sites)))
+        probes = ProbeSet(probe_list)
         trainer = Trainer(
             model=run.model, task=run.task, optimizer=optimizer, schedule=schedule, callbacks=run.callbacks,
             train_batches=run.train_batches, test_batches=run.test_batches, probes=probes, recorder=recorder,

@@ -2,9 +2,15 @@
 
 None of them changes what is computed beyond float rounding:
   * TF32 matmuls/convolutions on CUDA (``trainer.tf32``): ~10-bit mantissa products, fp32 sums;
-  * ``torch.compile`` of the training forward (``trainer.compile``): forward hooks on submodules of
-    a compiled model are not reliably called, so the steps that probes observe run the same model
-    eagerly (``Trainer.eager_model``); evaluation and standalone measurements run eagerly too;
+  * ``torch.compile`` of the training forward (``trainer.compile``): hooks added to submodules of a
+    compiled model are skipped, so compile-safe probes (``Probe.compile_safe``: the sparsity probe)
+    register theirs before compilation (``before_compile``) and dynamo traces them into the graph;
+    steps observed by any other probe run the same model eagerly (``Trainer.eager_model``).
+    Evaluation and standalone measurements run eagerly;
+  * ``trainer.compile_mode=reduce-overhead`` (CUDA graphs, for small models whose steps are bound by
+    kernel launches): the compile-safe probes write preallocated statistics in place, and the
+    compiled forward makes no host synchronisation, so both of its graphs (log step / other steps)
+    can be captured;
   * one torch thread per job under the local joblib launcher (``trainer.threads=auto``), so that
     parallel jobs do not fight over the cores; ``trainer.jobs_per_gpu`` jobs share each visible GPU
     (``place_local_job``), so a grid of tiny runs fills a GPU instead of queueing.
@@ -54,13 +60,21 @@ def set_backend_flags(trainer_cfg, device: torch.device) -> None:
         torch.backends.cudnn.allow_tf32 = tf32
 
 
-def training_forwards(model: torch.nn.Module, device: torch.device, trainer_cfg):
+def training_forwards(model: torch.nn.Module, device: torch.device, trainer_cfg, probes=()):
     """(forward_model, eager_model) for the Trainer: DDP around ``model`` under torchrun, and
     torch.compile of that when ``trainer.compile`` is set (``trainer.compile_mode``,
-    ``trainer.compile_backend``)."""
+    ``trainer.compile_backend``). Compile-safe ``probes`` register their hooks first, so that the
+    compiled graph contains them."""
     eager = distributed.wrap_model(model, device)
     fast = eager
     if trainer_cfg.get("compile", False):
-        fast = torch.compile(eager, mode=trainer_cfg.get("compile_mode") or None,
-                             backend=trainer_cfg.get("compile_backend") or "inductor")
+        mode = trainer_cfg.get("compile_mode") or None
+        backend = trainer_cfg.get("compile_backend") or "inductor"
+        if mode is not None and backend != "inductor":
+            raise ConfigError(f"trainer.compile_mode={mode} needs trainer.compile_backend=inductor "
+                              f"(got {backend}); set one of them back")
+        for p in probes:
+            if getattr(p, "compile_safe", False):
+                p.before_compile(device, micro_batches=int(trainer_cfg.get("grad_accum", 1)))
+        fast = torch.compile(eager, mode=mode, backend=backend)
     return fast, eager

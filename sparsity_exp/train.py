@@ -126,8 +126,9 @@ class Trainer:
     keep_checkpoints: int = 0  # newest K kept; 0 = all
     seed: int = 0
     # the training forward/backward runs through forward_model (DDP and/or torch.compile around
-    # model; None = model); steps that probes observe run through eager_model (DDP, not compiled:
-    # hooks on a compiled model's submodules are not reliably called). model stays the bare module.
+    # model; None = model); steps observed by probes that are not compile_safe run through
+    # eager_model (DDP, not compiled: hooks added to a compiled model's submodules are skipped).
+    # model stays the bare module.
     forward_model: object = None
     eager_model: object = None
     precision: str = "fp32"  # fp32 | bf16 (autocast around forwards; parameters and optimizer stay fp32)
@@ -177,8 +178,11 @@ class Trainer:
         step = self.step
         due = self.probes.due(step)
         if due:
+            # compile-safe probes observe the compiled forward itself (hooks traced before compiling);
+            # any other due probe needs the eager modules
+            net = self._observed if any(not p.compile_safe for p in due) else self._fast
             with self.probes.observe(due, "train"):
-                loss, stats = self._forward_backward(batch, self._observed, masked=True)
+                loss, stats = self._forward_backward(batch, net, masked=True)
         else:
             loss, stats = self._forward_backward(batch, self._fast)
         self._losses.append((step, loss))

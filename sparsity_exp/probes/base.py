@@ -102,6 +102,9 @@ class ProbeContext:
 
 class Probe:
     name = "probe"
+    # True: observe('train') works on a torch.compile'd model (its hooks are traced into the graph,
+    # see SparsityProbe.before_compile), so the trainer need not run the observed step eagerly
+    compile_safe = False
 
     def __init__(self, sites: list[MLPSite], every: int = 0, measure_every: int = 0, at_end: bool = False,
                  context: ProbeContext | None = None, **unknown):
