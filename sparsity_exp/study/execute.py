@@ -80,30 +80,32 @@ def find_fashion_mnist(root: Path, stage: Path) -> Path | None:
     return None
 
 
-def choose_dataset(suite: Suite, user: list[str], out: Path) -> tuple[Dataset | None, list[str]]:
-    """The first available entry of ``suite.datasets`` and the user overrides to use with it."""
+def choose_dataset(suite: Suite, user: list[str], out: Path) -> tuple[Dataset | None, list[str], list[str]]:
+    """The first available entry of ``suite.datasets``, the overrides it adds to ``data: auto`` arms, and
+    the user overrides for every arm. ``data.root=`` is the study's to read: it goes to the ``data: auto``
+    arms only (the embedded digits have no root)."""
     root = _data_root(user)
+    rest = [o for o in user if _key(o) != "data.root"]
     for ds in suite.datasets:
         if ds.needs is None:
-            return ds, user
+            return ds, list(ds.overrides), rest
         if ds.needs == "fashion_mnist":
             found = find_fashion_mnist(root, out / "data")
             if found is not None:
-                rest = [o for o in user if _key(o) != "data.root"]
-                return ds, rest + [f"data.root={found.resolve()}"]
+                return ds, [*ds.overrides, f"data.root={found.resolve()}"], rest
             continue
         raise ConfigError(f"{suite.path.name}: dataset {ds.name!r} needs {ds.needs!r}; the study can look for "
                           f"fashion_mnist only")
-    return None, user
+    return None, [], rest
 
 
 # ------------------------------------------------------------------------------ planning and running
 
 def plan_jobs(suite: Suite, user: list[str], out: Path) -> tuple[list[Job], Dataset | None]:
-    dataset, user = choose_dataset(suite, user, out)
+    dataset, data_overrides, user = choose_dataset(suite, user, out)
     jobs = []
     for arm in suite.used_arms():
-        data = dataset.overrides if (arm.data == "auto" and dataset is not None) else []
+        data = data_overrides if arm.data == "auto" else []
         if arm.data == "auto" and dataset is not None:
             arm.data = dataset.name
         for seed in suite.seeds:

@@ -81,7 +81,7 @@ def judge_suite(suite: Suite, jobs: list[execute.Job]) -> tuple[list[Verdict], d
 
 
 def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_intermixed_args(argv)
     started = time.perf_counter()
     try:
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
