@@ -88,7 +88,8 @@ def choose_dataset(suite: Suite, user: list[str], out: Path) -> tuple[Dataset | 
     rest = [o for o in user if _key(o) != "data.root"]
     for ds in suite.datasets:
         if ds.needs is None:
-            return ds, list(ds.overrides), rest
+            given = [o for o in user if _key(o) == "data.root"]
+            return ds, list(ds.overrides) + (given[-1:] if ds.root else []), rest
         if ds.needs == "fashion_mnist":
             found = find_fashion_mnist(root, out / "data")
             if found is not None:

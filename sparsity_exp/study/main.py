@@ -55,8 +55,9 @@ def _rows(folder: Path) -> pd.DataFrame | None:
     run = read_run(folder)
     if not run.frames:
         return None
-    frame = pd.concat(run.frames, ignore_index=True)
-    return frame[frame["source"] == "metrics"] if "source" in frame else frame
+    # metrics.csv and posthoc_metrics.csv (`sparsity-exp probe` over checkpoints) together: a claim's metric
+    # may come from either; where both have a step, the post-hoc row (read last) wins
+    return pd.concat(run.frames, ignore_index=True)
 
 
 def judge_suite(suite: Suite, jobs: list[execute.Job]) -> tuple[list[Verdict], dict]:

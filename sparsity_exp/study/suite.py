@@ -9,6 +9,8 @@ An arm is what one ``sparsity-exp run`` gets, per seed:
 
 ``data: auto`` puts the overrides of the first entry of ``datasets`` that is available in front (the
 full Fashion-MNIST when ``data.root`` holds it, else the embedded digits); the report says which.
+``data.root=`` on the study's command line goes to those arms only (with ``needs: fashion_mnist`` or
+``root: true``), since the embedded datasets have no root.
 
 A claim compares arms in one of three ways (``compare``):
   * ``arms``:  a reference arm (first) and one or more treatment arms; one verdict per treatment;
@@ -118,6 +120,7 @@ class Dataset:
     name: str
     overrides: list[str]
     needs: str | None = None  # a dataset that must be found under data.root (fashion_mnist)
+    root: bool = False        # data.root from the command line applies (a dataset read from disk)
 
 
 @dataclass
@@ -211,7 +214,8 @@ def load_suite(path: Path, seeds: list[int] | None = None) -> Suite:
     seeds = list(seeds if seeds is not None else raw.get("seeds", [0, 1, 2]))
     if len(seeds) < 2:
         raise ConfigError(f"{where}: a study needs at least 2 seeds (3 or more to judge); got {seeds}")
-    datasets = [Dataset(name=d["name"], overrides=[str(o) for o in d.get("overrides", [])], needs=d.get("needs"))
+    datasets = [Dataset(name=d["name"], overrides=[str(o) for o in d.get("overrides", [])], needs=d.get("needs"),
+                        root=bool(d.get("root", False)))
                 for d in raw.get("datasets") or []]
     arms_raw = raw.get("arms") or {}
     arms = {}
