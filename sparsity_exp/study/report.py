@@ -179,7 +179,10 @@ def claim_plot(claim: Claim, sides: list[ArmNumbers], path: Path) -> None:
     ax.set_xlabel("step")
     ax.set_ylabel(claim.metric.label, fontsize=8)
     ax.set_title(f"{claim.id}: {claim.statement}"[:90], fontsize=9)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no completed runs", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -264,9 +264,10 @@ def _claim(spec: dict, arms: dict[str, Arm], where: str) -> Claim:
         name, extra = (entry, None) if isinstance(entry, str) else (entry.get("arm"), entry.get("metric"))
         if name not in arms:
             raise ConfigError(f"{where}: arm {name!r} is not defined under `arms:`; defined: {sorted(arms)}")
-        side = Side(name, _metric(extra, where, base=vars(metric)) if extra else metric)
-        side._metric_differs = side.metric != metric
-        sides.append(side)
+        sides.append(Side(name, _metric(extra, where, base=vars(metric)) if extra else metric))
+    repeated = len({s.arm for s in sides}) < len(sides)  # one arm, two metrics: name both sides by metric
+    for side in sides:
+        side._metric_differs = repeated or side.metric != metric
     want = "two or more" if compare == "arms" else "exactly one"
     if (compare == "arms" and len(sides) < 2) or (compare != "arms" and len(sides) != 1):
         raise ConfigError(f"{where}: compare={compare} takes {want} arms, got {len(sides)}")
