@@ -207,24 +207,34 @@ claims:
 """
 
 
-def test_rerunning_a_finished_study_runs_nothing(tmp_path, cli):
+def test_rerunning_a_finished_study_runs_nothing(tmp_path, monkeypatch, capsys):
+    """The study in-process (the runs themselves go through `sparsity-exp run -m` in a subprocess)."""
+    from sparsity_exp.study.main import cli as study
+
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "tiny.yaml").write_text(TINY_SUITE)
-    first = cli("study", "tiny.yaml", timeout=600)
-    assert first.returncode == 0, first.stderr + first.stdout
-    assert "2 run(s) launched" in first.stdout
+    launches = []
+    real = execute.run_pending
+    monkeypatch.setattr(execute, "run_pending", lambda jobs, *a, **k: launches.append(
+        [j.seed for j in jobs if j.status != "completed"]) or real(jobs, *a, **k))
+    assert study(["tiny.yaml"]) == 0
+    assert "2 run(s) launched" in capsys.readouterr().out and launches == [[0, 1]]
     runs = sorted(p.parent for p in (tmp_path / "study" / "tiny" / "runs").rglob("summary.json"))
     assert len(runs) == 2
-    second = cli("study", "tiny.yaml", timeout=600)
-    assert second.returncode == 0, second.stderr
-    assert "0 run(s) launched" in second.stdout and "2 already completed" in second.stdout
+    assert study(["tiny.yaml"]) == 0
+    out = capsys.readouterr().out
+    assert "0 run(s) launched" in out and "2 already completed" in out and launches[1] == []
     assert sorted(p.parent for p in (tmp_path / "study" / "tiny" / "runs").rglob("summary.json")) == runs
     assert (tmp_path / "study" / "tiny" / "report.md").is_file()
 
 
-def test_study_refuses_the_keys_it_sets(tmp_path, cli):
+def test_study_refuses_the_keys_it_sets(tmp_path, monkeypatch, capsys):
+    from sparsity_exp.study.main import cli as study
+
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "tiny.yaml").write_text(TINY_SUITE)
-    res = cli("study", "tiny.yaml", "seed=3")
-    assert res.returncode == 2 and "error: seed= is set by the study" in res.stderr
+    assert study(["tiny.yaml", "seed=3"]) == 2
+    assert "error: seed= is set by the study" in capsys.readouterr().err
 
 
 def test_debian_fashion_mnist_folder_is_linked(tmp_path):

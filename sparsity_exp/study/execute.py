@@ -137,6 +137,13 @@ def locate(jobs: list[Job], runs: Path) -> None:
         job.status = read_status(job.folder).get("status", "partial") if job.folder else "missing"
 
 
+def _child_env() -> dict:
+    """The runs import the same sparsity_exp as the study (this tree first on the path)."""
+    tree = str(Path(__file__).resolve().parents[2])
+    path = os.environ.get("PYTHONPATH", "")
+    return {**os.environ, "PYTHONPATH": tree + (os.pathsep + path if path else "")}
+
+
 def run_pending(jobs: list[Job], runs: Path, log=print, logfile: Path | None = None) -> int:
     """Launch one ``run -m`` per arm over the seeds it still lacks (its output appended to ``logfile``);
     returns the number of runs launched."""
@@ -153,7 +160,7 @@ def run_pending(jobs: list[Job], runs: Path, log=print, logfile: Path | None = N
                f"hydra.sweep.dir={runs}/multirun/{stamp}_{group[0].arm.name}"]
         log(f"[study] arm {group[0].arm.name}: seeds {seeds} ({len(group)} run(s))\n  " + " ".join(cmd[2:]))
         started = time.perf_counter()
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_child_env())
         if logfile is not None:
             with open(logfile, "a") as f:
                 f.write(f"$ {' '.join(cmd[2:])}\n{proc.stdout}\n")
