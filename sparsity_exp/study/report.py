@@ -152,7 +152,8 @@ def forest_plot(verdicts: list[Verdict], path: Path) -> None:
                         textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8, color="black")
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(range(n))
-    ax.set_yticklabels([f"{v.row} (§2.{v.claim.paper_claim})" for v in reversed(verdicts)], fontsize=8)
+    ax.set_yticklabels([f"{v.row} ({'negative control' if v.claim.control else f'§2.{v.claim.paper_claim}'})"
+                        for v in reversed(verdicts)], fontsize=8)
     ax.set_xscale("symlog", linthresh=0.01)
     ax.set_xlabel("effect / |reference mean| (95% t CI; arrow: predicted direction)")
     handles = [ax.plot([], [], "o-", color=c, label=k)[0] for k, c in COLORS.items()]
