@@ -183,7 +183,7 @@ def judge(treatment, reference, kind: str, direction: str, sesoi: float, sesoi_u
     e.diff_ci = t_interval(t - r) if paired else welch_interval(t, r)
     e.p_t = paired_p(t - r, direction) if paired else welch_p(t, r, direction)
     e.p_perm = permutation_p(t, r, direction, paired=paired)
-    if r.mean() != 0:
+    if abs(r.mean()) > 1e-6:  # a relative change of a (near) zero reference says nothing
         e.rel = float(_rel(t, r))
         e.rel_ci = bootstrap_interval(_rel, (t, r), paired) if kind != "bound" else \
             tuple(float(v) / abs(r.mean()) for v in e.diff_ci)
