@@ -62,10 +62,9 @@ def t_interval(x) -> tuple[float, float]:
     x = np.asarray(x, dtype=float)
     if len(x) < 2:
         return (math.nan, math.nan)
-    sem = stats.sem(x)
-    if sem == 0:
-        return (float(x.mean()), float(x.mean()))
-    lo, hi = stats.t.interval(CONFIDENCE, len(x) - 1, loc=x.mean(), scale=sem)
+    if np.ptp(x) == 0:  # identical values (exactly: a variance of 1e-33 from rounding would mislead scipy)
+        return (float(x[0]), float(x[0]))
+    lo, hi = stats.t.interval(CONFIDENCE, len(x) - 1, loc=x.mean(), scale=stats.sem(x))
     return (float(lo), float(hi))
 
 
@@ -73,7 +72,7 @@ def welch_interval(t, r) -> tuple[float, float]:
     t, r = np.asarray(t, float), np.asarray(r, float)
     if len(t) < 2 or len(r) < 2:
         return (math.nan, math.nan)
-    if np.var(t) == 0 and np.var(r) == 0:
+    if np.ptp(t) == 0 and np.ptp(r) == 0:
         d = float(t.mean() - r.mean())
         return (d, d)
     ci = stats.ttest_ind(t, r, equal_var=False).confidence_interval(CONFIDENCE)
@@ -86,14 +85,14 @@ def _alternative(direction: str) -> str:
 
 def welch_p(t, r, direction: str) -> float:
     t, r = np.asarray(t, float), np.asarray(r, float)
-    if len(t) < 2 or len(r) < 2 or (np.var(t) == 0 and np.var(r) == 0):
+    if len(t) < 2 or len(r) < 2 or (np.ptp(t) == 0 and np.ptp(r) == 0):
         return math.nan
     return float(stats.ttest_ind(t, r, equal_var=False, alternative=_alternative(direction)).pvalue)
 
 
 def paired_p(d, direction: str) -> float:
     d = np.asarray(d, float)
-    if len(d) < 2 or np.var(d) == 0:
+    if len(d) < 2 or np.ptp(d) == 0:
         return math.nan
     return float(stats.ttest_1samp(d, 0.0, alternative=_alternative(direction)).pvalue)
 
