@@ -20,6 +20,10 @@ commands:
   probe RUN_DIR [overrides]
                     measure a run's saved checkpoints with probes, no training (rows into
                     RUN_DIR/posthoc_metrics.csv); e.g. `probe RUN probes=full checkpoints=last`
+  study SUITE [overrides] [--out DIR] [--seeds 0,1,2] [--judge-only]
+                    validation study: every arm x seed of conf/study/SUITE.yaml through `run -m`
+                    (completed runs skipped), then a verdict per claim with effect and 95% CI in
+                    study/SUITE/report.md; `study --help` says more
 """
 
 
@@ -162,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         return _table_command(command, rest)
     if command == "probe":
         return _probe(rest)
+    if command == "study":
+        from .study.main import cli as study_cli
+
+        return study_cli(rest)
     print(f"error: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

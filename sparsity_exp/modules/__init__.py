@@ -113,7 +113,7 @@ def apply_interventions(cfg, model, sites, sample_forward=None) -> list[Callback
         callbacks.append(ZerothBiases(model, sites, placement=zb.get("placement", "input"), clip=zb.get("clip", 0.1),
                                       max_tokens=zb.get("max_tokens"), sample_forward=sample_forward))
     if noise.get("enabled") or protocol == "weight_noise":
-        hooks = WeightNoise(noise.get("rho", 0.1))
+        hooks = WeightNoise(noise.get("rho", 0.1), grad_through_scale=noise.get("grad_through_scale", False))
         for s in sites:
             hooks.install(target_linears(s, noise.get("targets", "key")))
     callbacks.append(ActivationSchedule(sites))

@@ -6,6 +6,9 @@
 the same in distribution as drawing i.i.d. N(0, sigma_W^2) weight noise for every token. The noise is
 drawn without gradient (a perturbation, not a path for the gradient), from the global torch RNG, so
 it follows the run's seed. For a LoRA-adapted linear, W is the effective weight (base + LoRA delta).
+``grad_through_scale=True`` (``noise.grad_through_scale``) keeps eps drawn without gradient but lets
+the gradient flow through the scale sigma_W ||x||: the loss then sees d(noise)/dW and d(noise)/dx,
+a variant a study may compare with the authors' definition (the default, False).
 
 Installed as forward hooks, so the linears, their state-dict keys and the sites stay as they are.
 """
@@ -54,16 +57,17 @@ def target_linears(site, targets: str) -> list[nn.Module]:
 
 
 class WeightNoise:
-    def __init__(self, rho: float = 0.1):
+    def __init__(self, rho: float = 0.1, grad_through_scale: bool = False):
         if rho < 0:
             raise ConfigError(f"noise.rho={rho} must be >= 0")
         self.rho = float(rho)
+        self.grad_through_scale = bool(grad_through_scale)
         self.handles = []
 
     def __call__(self, module: nn.Module, args, out: torch.Tensor):
         if not module.training or self.rho == 0.0:
             return None
-        with torch.no_grad():
+        with torch.set_grad_enabled(self.grad_through_scale and torch.is_grad_enabled()):
             w = effective_weight(module)
             sigma = self.rho * w.norm() / math.sqrt(w.numel())
             noise = torch.randn_like(out) * (sigma * args[0].norm(dim=-1, keepdim=True))

@@ -1,0 +1,8 @@
+"""Validation studies: ``sparsity-exp study SUITE [overrides]`` tests the paper's claims (PAPER.md §2)
+over seeds and says, with an effect size and a confidence interval, whether each one holds here.
+
+  suite.py     conf/study/<suite>.yaml -> arms (override sets) and claims (what to compare, how to judge)
+  execute.py   every arm x seed through ``sparsity-exp run -m`` (trainer.resume=auto: what is done is skipped)
+  stats.py     per-seed values from the metric table -> arm means, effects, CIs, a direction test, verdicts
+  report.py    study/<suite>/report.md, verdicts.csv and the figures
+"""

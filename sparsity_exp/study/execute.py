@@ -1,0 +1,170 @@
+"""Every arm x seed of a suite through ``sparsity-exp run -m`` (the machinery of a grid: launchers,
+``trainer.resume=auto``, failure isolation), and finding each one's run folder afterwards.
+
+Which runs are still needed is decided the way ``trainer.resume=auto`` decides it: the arm's config is
+composed (Hydra's compose API, the same config files and overrides) and the newest run folder under
+the study's ``runs/`` whose config equals it (``resume.find_matching_run``) is its run. Arms whose
+seeds are all completed launch nothing, so rerunning a finished study runs nothing; two arms (or two
+claims) with the same config share their runs.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import conf_dir, register_resolvers
+from ..errors import ConfigError
+from ..resume import find_matching_run, read_status
+from .suite import Arm, Dataset, Suite
+
+# overrides the study sets on every run; a user override of these keys is refused
+STUDY_KEYS = ("results_dir", "seed", "trainer.resume", "hydra.sweep.dir")
+_FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                  "t10k-labels-idx1-ubyte")
+
+
+@dataclass
+class Job:
+    arm: Arm
+    seed: int
+    overrides: list[str]  # everything but results_dir / resume / sweep dir
+    folder: Path | None = None
+    status: str = "missing"
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def check_user_overrides(overrides: list[str]) -> None:
+    for o in overrides:
+        if "=" not in o:
+            raise ConfigError(f"override {o!r} is not key=value; the study takes Hydra overrides such as "
+                              f"trainer.device=cuda or hydra/launcher=local")
+        if _key(o) in STUDY_KEYS:
+            raise ConfigError(f"{_key(o)}= is set by the study for every run (seeds come from the suite, "
+                              f"runs go to <out>/runs); use --seeds and --out instead")
+
+
+# ------------------------------------------------------------------------------ data: auto
+
+def _data_root(user: list[str]) -> Path:
+    given = [o.split("=", 1)[1] for o in user if _key(o) == "data.root"]
+    return Path(given[-1] if given else os.environ.get("SPARSITY_EXP_DATA", "data")).expanduser()
+
+
+def _has_idx(folder: Path) -> bool:
+    return all((folder / n).is_file() or (folder / f"{n}.gz").is_file() for n in _FASHION_FILES)
+
+
+def find_fashion_mnist(root: Path, stage: Path) -> Path | None:
+    """A data.root under which data=fashion_mnist finds its files, or None. torchvision's layout
+    (<root>/FashionMNIST/raw) is used as it is; a folder holding the IDX files themselves (Debian's
+    dataset-fashion-mnist: /usr/share/datasets/fashion-mnist/*.gz, read-only) is linked into
+    ``stage``/FashionMNIST/raw, where the loader may unpack them."""
+    if _has_idx(root / "FashionMNIST" / "raw"):
+        return root
+    if _has_idx(root):
+        raw = stage / "FashionMNIST" / "raw"
+        raw.mkdir(parents=True, exist_ok=True)
+        for name in _FASHION_FILES:
+            for src in (root / name, root / f"{name}.gz"):
+                dst = raw / src.name
+                if src.is_file() and not dst.exists():
+                    dst.symlink_to(src.resolve())
+        return stage
+    return None
+
+
+def choose_dataset(suite: Suite, user: list[str], out: Path) -> tuple[Dataset | None, list[str], list[str]]:
+    """The first available entry of ``suite.datasets``, the overrides it adds to ``data: auto`` arms, and
+    the user overrides for every arm. ``data.root=`` is the study's to read: it goes to the ``data: auto``
+    arms only (the embedded digits have no root)."""
+    root = _data_root(user)
+    rest = [o for o in user if _key(o) != "data.root"]
+    for ds in suite.datasets:
+        if ds.needs is None:
+            given = [o for o in user if _key(o) == "data.root"]
+            return ds, list(ds.overrides) + (given[-1:] if ds.root else []), rest
+        if ds.needs == "fashion_mnist":
+            found = find_fashion_mnist(root, out / "data")
+            if found is not None:
+                return ds, [*ds.overrides, f"data.root={found.resolve()}"], rest
+            continue
+        raise ConfigError(f"{suite.path.name}: dataset {ds.name!r} needs {ds.needs!r}; the study can look for "
+                          f"fashion_mnist only")
+    return None, [], rest
+
+
+# ------------------------------------------------------------------------------ planning and running
+
+def plan_jobs(suite: Suite, user: list[str], out: Path) -> tuple[list[Job], Dataset | None]:
+    dataset, data_overrides, user = choose_dataset(suite, user, out)
+    jobs = []
+    for arm in suite.used_arms():
+        data = data_overrides if arm.data == "auto" else []
+        if arm.data == "auto" and dataset is not None:
+            arm.data = dataset.name
+        for seed in suite.seeds:
+            jobs.append(Job(arm, seed + arm.seed_offset, [*data, *arm.overrides, *user]))
+    return jobs, dataset
+
+
+def compose(overrides: list[str]):
+    """The run config ``sparsity-exp run <overrides>`` would get (without the hydra node)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    register_resolvers()
+    plain = [o for o in overrides if not _key(o).startswith("hydra")]
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+            return hydra_compose("config", overrides=plain)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(f"the overrides {' '.join(plain)} do not compose: {str(exc).splitlines()[0]}") from None
+
+
+def locate(jobs: list[Job], runs: Path) -> None:
+    """Fill each job's folder and status from the run folders under ``runs`` (matched by config)."""
+    for job in jobs:
+        cfg = compose([*job.overrides, f"seed={job.seed}", f"results_dir={runs}", "trainer.resume=auto"])
+        job.folder = find_matching_run(cfg, runs)
+        job.status = read_status(job.folder).get("status", "partial") if job.folder else "missing"
+
+
+def _child_env() -> dict:
+    """The runs import the same sparsity_exp as the study (this tree first on the path)."""
+    tree = str(Path(__file__).resolve().parents[2])
+    path = os.environ.get("PYTHONPATH", "")
+    return {**os.environ, "PYTHONPATH": tree + (os.pathsep + path if path else "")}
+
+
+def run_pending(jobs: list[Job], runs: Path, log=print, logfile: Path | None = None) -> int:
+    """Launch one ``run -m`` per arm over the seeds it still lacks (its output appended to ``logfile``);
+    returns the number of runs launched."""
+    pending: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        if job.status != "completed":
+            pending.setdefault(tuple(job.overrides), []).append(job)
+    launched = 0
+    for overrides, group in pending.items():
+        seeds = ",".join(str(s) for s in dict.fromkeys(j.seed for j in group))
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        cmd = [sys.executable, "-m", "sparsity_exp", "run", "-m", *overrides, f"seed={seeds}",
+               f"results_dir={runs}", "trainer.resume=auto", "trainer.progress=false",
+               f"hydra.sweep.dir={runs}/multirun/{stamp}_{group[0].arm.name}"]
+        log(f"[study] arm {group[0].arm.name}: seeds {seeds} ({len(group)} run(s))\n  " + " ".join(cmd[2:]))
+        started = time.perf_counter()
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_child_env())
+        if logfile is not None:
+            with open(logfile, "a") as f:
+                f.write(f"$ {' '.join(cmd[2:])}\n{proc.stdout}\n")
+        log(f"[study]   exit {proc.returncode} after {time.perf_counter() - started:.0f} s"
+            + (f" (output in {logfile})" if logfile is not None else ""))
+        launched += len(seeds.split(","))
+    return launched

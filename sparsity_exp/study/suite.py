@@ -1,0 +1,280 @@
+"""A study suite (conf/study/<suite>.yaml): named arms (Hydra override sets) and claims.
+
+An arm is what one ``sparsity-exp run`` gets, per seed:
+
+    arms:
+      mlp:            {data: auto, overrides: [model=mlp, optim.lr=0.02]}
+      mlp_noise:      {base: mlp, overrides: [protocol=weight_noise]}   # base's overrides, then its own
+      mlp_reseeded:   {base: mlp, seed_offset: 100}                     # the same config, other seeds
+
+``data: auto`` puts the overrides of the first entry of ``datasets`` that is available in front (the
+full Fashion-MNIST when ``data.root`` holds it, else the embedded digits); the report says which.
+``data.root=`` on the study's command line goes to those arms only (with ``needs: fashion_mnist`` or
+``root: true``), since the embedded datasets have no root.
+
+A claim compares arms in one of three ways (``compare``):
+  * ``arms``:  a reference arm (first) and one or more treatment arms; one verdict per treatment;
+  * ``step0``: one arm's window against its own step 0, seed by seed (emergence: "rises in training");
+  * ``bound``: one arm's window against a constant (``bound``), e.g. "ratio80 stays below 100".
+An entry of ``arms`` is an arm name or ``{arm: NAME, metric: {...}}`` to read another metric of the
+same runs (claim 8 compares two metrics of one run). ``direction`` is the predicted sign of
+(treatment - reference): ``increase`` or ``decrease``; ``sesoi`` the smallest effect of interest, in
+``sesoi_unit``: ``difference``, ``relative`` (difference / reference) or ``nonzero_relative``
+(relative change of 1 - metric: the paper's headline unit for sparsity, where fewer non-zeros is
+the predicted direction of a sparsity increase).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from ..errors import ConfigError
+
+COMPARES = ("arms", "step0", "bound")
+DIRECTIONS = ("increase", "decrease")
+UNITS = ("difference", "relative", "nonzero_relative")
+METRIC_KEYS = ("probe", "metric", "split", "layer", "divide_by")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """Rows of the metric table: probe, metric, split, layer ('avg' or an index); divide_by: another
+    metric of the same probe, split and layer (the value is metric / divide_by, step by step)."""
+
+    probe: str
+    metric: str
+    split: str = "test"
+    layer: str = "avg"
+    divide_by: str | None = None
+
+    @property
+    def label(self) -> str:
+        name = f"{self.metric}/{self.divide_by}" if self.divide_by else self.metric
+        return f"{self.probe}.{name} ({self.split}, layer {self.layer})"
+
+
+@dataclass(frozen=True)
+class Window:
+    """Which evaluations of a run give its value: the last one (k = 1) or the mean of the last k."""
+
+    last: int = 1
+
+    @property
+    def label(self) -> str:
+        return "last evaluation" if self.last == 1 else f"mean of the last {self.last} evaluations"
+
+
+@dataclass
+class Arm:
+    name: str
+    overrides: list[str]
+    seed_offset: int = 0
+    data: str | None = None  # the dataset entry chosen for `data: auto`, for the report
+
+
+@dataclass
+class Side:
+    """One side of a comparison: an arm and the metric read from its runs."""
+
+    arm: str
+    metric: Metric
+
+    @property
+    def label(self) -> str:
+        return self.arm if not self._metric_differs else f"{self.arm}:{self.metric.metric}"
+
+    _metric_differs: bool = False
+
+
+@dataclass
+class Claim:
+    id: str
+    paper_claim: int
+    statement: str
+    compare: str
+    sides: list[Side]
+    metric: Metric
+    window: Window
+    direction: str
+    sesoi: float
+    sesoi_unit: str = "difference"
+    bound: float | None = None
+    control: bool = False
+    note: str = ""
+
+    def comparisons(self) -> list[tuple[str, Side, Side | None]]:
+        """(row id, treatment, reference) per verdict; reference None for step0 and bound claims."""
+        if self.compare != "arms":
+            return [(self.id, self.sides[0], None)]
+        ref = self.sides[0]
+        if len(self.sides) == 2:
+            return [(self.id, self.sides[1], ref)]
+        return [(f"{self.id}.{s.label}", s, ref) for s in self.sides[1:]]
+
+
+@dataclass
+class Dataset:
+    name: str
+    overrides: list[str]
+    needs: str | None = None  # a dataset that must be found under data.root (fashion_mnist)
+    root: bool = False        # data.root from the command line applies (a dataset read from disk)
+
+
+@dataclass
+class Suite:
+    name: str
+    path: Path
+    seeds: list[int]
+    arms: dict[str, Arm]
+    claims: list[Claim]
+    accuracy: Metric
+    datasets: list[Dataset] = field(default_factory=list)
+    header: str = ""
+
+    def used_arms(self) -> list[Arm]:
+        names = []
+        for claim in self.claims:
+            for side in claim.sides:
+                if side.arm not in names:
+                    names.append(side.arm)
+        return [self.arms[n] for n in names]
+
+
+def suite_path(name: str, conf: Path) -> Path:
+    """SUITE is a name under conf/study/ or a path to a YAML file."""
+    given = Path(name)
+    if given.suffix in (".yaml", ".yml") and given.is_file():
+        return given
+    path = conf / "study" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (conf / "study").glob("*.yaml"))
+        raise ConfigError(f"no study suite {name!r}: choose one of {known} (conf/study/) or give a path to a suite YAML")
+    return path
+
+
+def _header(path: Path) -> str:
+    lines = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line[1:].strip() if line.startswith("# ") or line == "#" else line[1:])
+    return "\n".join(lines)
+
+
+def _metric(spec, where: str, base: dict | None = None) -> Metric:
+    spec = {**(base or {}), **dict(spec or {})}
+    unknown = set(spec) - set(METRIC_KEYS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown metric keys {sorted(unknown)}; use {list(METRIC_KEYS)}")
+    for key in ("probe", "metric"):
+        if not spec.get(key):
+            raise ConfigError(f"{where}: the metric needs `{key}` (e.g. probe: sparsity, metric: activation_sparsity)")
+    spec["layer"] = str(spec.get("layer", "avg"))
+    return Metric(**spec)
+
+
+def _window(spec, where: str) -> Window:
+    if spec in (None, "last"):
+        return Window(1)
+    if isinstance(spec, dict) and set(spec) == {"mean_last"} and int(spec["mean_last"]) >= 1:
+        return Window(int(spec["mean_last"]))
+    raise ConfigError(f"{where}: window is `last` or {{mean_last: K}} with K >= 1, not {spec!r}")
+
+
+def _resolve_arm(name: str, raw: dict, seen: tuple = ()) -> tuple[list[str], int, bool]:
+    """(overrides, seed_offset, data auto?) of an arm, its bases' overrides first."""
+    if name not in raw:
+        raise ConfigError(f"arm {name!r} is not defined under `arms:`; defined: {sorted(raw)}")
+    if name in seen:
+        raise ConfigError(f"arms {' -> '.join(seen + (name,))} form a cycle of `base:`")
+    spec = raw[name] or {}
+    if isinstance(spec, list):
+        spec = {"overrides": spec}
+    unknown = set(spec) - {"base", "overrides", "seed_offset", "data"}
+    if unknown:
+        raise ConfigError(f"arm {name!r}: unknown keys {sorted(unknown)}; use base, overrides, seed_offset, data")
+    overrides, offset, auto = [], 0, False
+    if spec.get("base"):
+        overrides, offset, auto = _resolve_arm(spec["base"], raw, seen + (name,))
+    overrides = overrides + [str(o) for o in spec.get("overrides") or []]
+    offset = int(spec.get("seed_offset", offset))
+    auto = auto or spec.get("data") == "auto"
+    return overrides, offset, auto
+
+
+def load_suite(path: Path, seeds: list[int] | None = None) -> Suite:
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    where = path.name
+    unknown = set(raw) - {"seeds", "accuracy", "datasets", "arms", "claims"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown top-level keys {sorted(unknown)}; use seeds, accuracy, datasets, arms, claims")
+    seeds = list(seeds if seeds is not None else raw.get("seeds", [0, 1, 2]))
+    if len(seeds) < 2:
+        raise ConfigError(f"{where}: a study needs at least 2 seeds (3 or more to judge); got {seeds}")
+    datasets = [Dataset(name=d["name"], overrides=[str(o) for o in d.get("overrides", [])], needs=d.get("needs"),
+                        root=bool(d.get("root", False)))
+                for d in raw.get("datasets") or []]
+    arms_raw = raw.get("arms") or {}
+    arms = {}
+    for name in arms_raw:
+        overrides, offset, auto = _resolve_arm(name, arms_raw)
+        arms[name] = Arm(name, overrides, offset, data="auto" if auto else None)
+    if any(a.data == "auto" for a in arms.values()) and not datasets:
+        raise ConfigError(f"{where}: an arm says `data: auto` but the suite lists no `datasets:`")
+    accuracy = _metric(raw.get("accuracy") or {"probe": "eval", "metric": "accuracy", "split": "test"}, f"{where}: accuracy")
+    claims = [_claim(c, arms, f"{where}: claim {i + 1}") for i, c in enumerate(raw.get("claims") or [])]
+    if not claims:
+        raise ConfigError(f"{where}: no claims")
+    ids = [row for c in claims for row, _, _ in c.comparisons()]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"{where}: claim ids repeat: {sorted({i for i in ids if ids.count(i) > 1})}")
+    if not any(c.control for c in claims):
+        raise ConfigError(f"{where}: every suite needs a negative-control claim (control: true) whose arms differ "
+                          f"in nothing that matters")
+    return Suite(name=path.stem, path=path, seeds=seeds, arms=arms, claims=claims, accuracy=accuracy,
+                 datasets=datasets, header=_header(path))
+
+
+def _claim(spec: dict, arms: dict[str, Arm], where: str) -> Claim:
+    spec = copy.deepcopy(spec)
+    where = f"{where} ({spec.get('id', '?')})"
+    for key in ("id", "paper_claim", "statement", "compare", "arms", "metric", "direction", "sesoi"):
+        if key not in spec:
+            raise ConfigError(f"{where}: missing `{key}`")
+    unknown = set(spec) - {"id", "paper_claim", "statement", "compare", "arms", "metric", "window", "direction",
+                           "sesoi", "sesoi_unit", "bound", "control", "note"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
+    compare = spec["compare"]
+    if compare not in COMPARES:
+        raise ConfigError(f"{where}: compare={compare!r}; choose one of {list(COMPARES)}")
+    if spec["direction"] not in DIRECTIONS:
+        raise ConfigError(f"{where}: direction={spec['direction']!r}; choose one of {list(DIRECTIONS)}")
+    unit = spec.get("sesoi_unit", "difference")
+    if unit not in UNITS:
+        raise ConfigError(f"{where}: sesoi_unit={unit!r}; choose one of {list(UNITS)}")
+    if float(spec["sesoi"]) < 0:
+        raise ConfigError(f"{where}: sesoi must be >= 0 (its sign is the direction's)")
+    metric = _metric(spec["metric"], where)
+    sides = []
+    for entry in spec["arms"]:
+        name, extra = (entry, None) if isinstance(entry, str) else (entry.get("arm"), entry.get("metric"))
+        if name not in arms:
+            raise ConfigError(f"{where}: arm {name!r} is not defined under `arms:`; defined: {sorted(arms)}")
+        sides.append(Side(name, _metric(extra, where, base=vars(metric)) if extra else metric))
+    repeated = len({s.arm for s in sides}) < len(sides)  # one arm, two metrics: name both sides by metric
+    for side in sides:
+        side._metric_differs = repeated or side.metric != metric
+    want = "two or more" if compare == "arms" else "exactly one"
+    if (compare == "arms" and len(sides) < 2) or (compare != "arms" and len(sides) != 1):
+        raise ConfigError(f"{where}: compare={compare} takes {want} arms, got {len(sides)}")
+    if compare == "bound" and spec.get("bound") is None:
+        raise ConfigError(f"{where}: compare=bound needs `bound:` (the constant the window is compared with)")
+    return Claim(id=str(spec["id"]), paper_claim=int(spec["paper_claim"]), statement=str(spec["statement"]),
+                 compare=compare, sides=sides, metric=metric, window=_window(spec.get("window"), where),
+                 direction=spec["direction"], sesoi=float(spec["sesoi"]), sesoi_unit=unit,
+                 bound=None if spec.get("bound") is None else float(spec["bound"]),
+                 control=bool(spec.get("control", False)), note=str(spec.get("note", "")))
