@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..config import conf_dir, register_resolvers
 from ..errors import ConfigError
-from ..resume import find_matching_run, read_status
+from ..lifecycle.folders import find_matching_run, read_status
 from .suite import Arm, Dataset, Suite
 
 # overrides the study sets on every run; a user override of these keys is refused
