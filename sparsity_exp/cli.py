@@ -31,6 +31,7 @@ def _run(args: list[str]) -> int:
     from . import distributed, resume
     from .config import conf_dir, register_resolvers, writable_results_dir
     from .errors import UserError
+    from .folder_guard import FolderSnapshot, discard_new, run_dir_argument
     from .preempt import REQUEUE_EXIT_CODE, Preempted
 
     try:
@@ -48,51 +49,80 @@ def _run(args: list[str]) -> int:
     if distributed.init_from_env() and not distributed.is_main():
         args = [*args, "hydra.output_subdir=null"]  # rank 0 alone writes the run folder
     failed: list[str] = []  # sweep jobs that failed, reported at the end
+    finished: list[str] = []  # sweep jobs that completed
+    started: list[bool] = []  # Hydra composed a config and called the task (else: Hydra's own error)
+    before = FolderSnapshot(run_dir_argument(args))  # Hydra rewrites .hydra/ before the run may refuse
 
     @hydra.main(config_path=config_path, config_name="config", version_base="1.3")
     def task(cfg):
         from .run import execute
-
+        from .runlog import tee_to_run_log
         from .speed import set_threads
+        from .train import NonFiniteLoss
 
+        started.append(True)
         hc = HydraConfig.get()
         run_dir = distributed.agree_on_run_dir(Path(hc.runtime.output_dir))
         multirun = hc.mode == RunMode.MULTIRUN
+        fresh = not resume.has_output(run_dir)
         try:
             set_threads(cfg.trainer.get("threads", "auto"), str(hc.launcher.get("_target_", "")))
             target = resume.resolve_run_dir(cfg, run_dir)
             if target != run_dir:  # trainer.resume names another folder: Hydra's fresh one is not needed
                 resume.discard_if_empty(run_dir)
                 run_dir = target
-            return execute(cfg, run_dir)
+                fresh = not resume.has_output(run_dir)
+            with tee_to_run_log(run_dir, distributed.is_main()):
+                summary = execute(cfg, run_dir)
+            finished.append(str(run_dir))
+            return summary
         except Preempted as exc:
             print(f"{exc}. Exit {REQUEUE_EXIT_CODE} (requeue); to continue, rerun the same command with "
                   f"trainer.resume=auto (or hydra.run.dir={run_dir})", file=sys.stderr)
             raise SystemExit(REQUEUE_EXIT_CODE)
         except UserError as exc:
+            if distributed.is_main():
+                if fresh and not isinstance(exc, NonFiniteLoss):  # refused before it started: leave nothing
+                    discard_new(run_dir, before)
+                elif before.covers(run_dir):  # a refused continuation: the folder stays as it was
+                    before.restore()
             print(f"error: {exc}", file=sys.stderr)
             if not multirun:
                 raise SystemExit(2)
-            failed.append(f"{run_dir}: {exc}".splitlines()[0])
+            failed.append(f"job {hc.job.num} ({run_dir.name}): " + str(exc).replace("\n", "\n    "))
         except Exception:
             if not multirun:
                 raise
             # In a sweep one failing job must not stop the others: its folder keeps error.txt.
             print(f"job {hc.job.num} failed, see {run_dir / 'error.txt'}:\n{traceback.format_exc()}",
                   file=sys.stderr)
-            failed.append(f"{run_dir}: see error.txt")
+            failed.append(f"job {hc.job.num} ({run_dir}): see error.txt")
         return None
 
     sys.argv = ["sparsity-exp run", *args]
     try:
         task()
+    except SystemExit as exc:
+        if exc.code == 1 and not started:  # Hydra could not compose the config: bad input, exit 2
+            print("error: the overrides above could not be applied (Hydra's message says which). Check the key "
+                  "and group names with `sparsity-exp run --cfg job` and `sparsity-exp run --help`; a key that "
+                  "is not in the config needs a leading + (e.g. +model.new_key=1)", file=sys.stderr)
+            return 2
+        raise
     finally:
         distributed.shutdown()
     if failed:
-        print(f"\n{len(failed)} job(s) of the sweep failed (summary.json status 'failed', error.txt in each):\n  "
-              + "\n  ".join(failed), file=sys.stderr)
+        print(f"\n{len(failed)} of {len(failed) + len(finished)} job(s) of the sweep failed; folders that held a "
+              f"run keep summary.json (status 'failed') and error.txt:\n  " + "\n  ".join(failed), file=sys.stderr)
         return 1
+    if len(finished) > 1 or (finished and _is_multirun(args)):
+        print(f"\nall {len(finished)} job(s) of the sweep completed; `sparsity-exp collect "
+              f"{Path(finished[0]).parent}` gathers them into one table")
     return 0
+
+
+def _is_multirun(args: list[str]) -> bool:
+    return "-m" in args or "--multirun" in args
 
 
 # launcher preset -> (module its Hydra plugin installs, pip package)

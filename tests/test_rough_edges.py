@@ -1,0 +1,49 @@
+"""Issue 15: refused commands leave the folder alone, Hydra's errors exit 2, sweeps close with a line,
+run.log holds the run's log."""
+import json
+
+import pytest
+
+from .conftest import TINY
+
+
+def _files(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_refused_continuation_leaves_hydra_files_and_log_alone(cli, tmp_path):
+    run = tmp_path / "run"
+    done = cli("run", *TINY, f"hydra.run.dir={run}")
+    assert done.returncode == 0, done.stderr
+    before = _files(run)
+    for refused in (["optim.lr=0.5"], ["trainer.resume=false"], ["optim.lr=-1"]):
+        out = cli("run", *TINY, *refused, f"hydra.run.dir={run}")
+        assert out.returncode == 2 and "error:" in out.stderr, out.stderr
+        assert _files(run) == before, refused  # .hydra/overrides.yaml, config.yaml, run.log unchanged
+
+
+def test_hydra_errors_exit_2_with_an_error_line(cli):
+    for args in (["model.no_such_key=1"], ["no_such_group=x"], ["optim.lr=[unclosed"]):
+        out = cli("run", *TINY, *args)
+        assert out.returncode == 2, (args, out.returncode, out.stderr)
+        assert "error:" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_refused_at_validation_leaves_no_run_folder(cli, tmp_path):
+    out = cli("run", *TINY, "optim.lr=-1", "model.depth=0")
+    assert out.returncode == 2 and "optim.lr=-1" in out.stderr and "model.depth=0" in out.stderr
+    assert not list((tmp_path / "results").glob("*")) if (tmp_path / "results").exists() else True
+
+
+def test_sweep_of_successes_ends_with_a_closing_line(cli, tmp_path):
+    out = cli("run", "-m", *TINY, "trainer.steps=5", "seed=0,1")
+    assert out.returncode == 0, out.stderr
+    assert "all 2 job(s) of the sweep completed" in out.stdout.strip().splitlines()[-1]
+
+
+def test_run_log_holds_the_runs_output(cli, tmp_path):
+    run = tmp_path / "run"
+    out = cli("run", *TINY, f"hydra.run.dir={run}")
+    assert out.returncode == 0, out.stderr
+    log = (run / "run.log").read_text()
+    assert f"run folder: {run}" in log and "test  loss" in log
