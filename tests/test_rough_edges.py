@@ -47,3 +47,8 @@ def test_run_log_holds_the_runs_output(cli, tmp_path):
     assert out.returncode == 0, out.stderr
     log = (run / "run.log").read_text()
     assert f"run folder: {run}" in log and "test  loss" in log
+
+
+def test_run_help_mentions_the_launchers(cli):
+    out = cli("run", "--help")
+    assert out.returncode == 0 and "hydra/launcher=local" in out.stdout and "hydra/launcher=slurm" in out.stdout
