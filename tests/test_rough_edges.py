@@ -52,3 +52,11 @@ def test_run_log_holds_the_runs_output(cli, tmp_path):
 def test_run_help_mentions_the_launchers(cli):
     out = cli("run", "--help")
     assert out.returncode == 0 and "hydra/launcher=local" in out.stdout and "hydra/launcher=slurm" in out.stdout
+
+
+def test_batch_larger_than_the_training_set_is_a_config_error(compose, tmp_path):
+    from sparsity_exp.errors import ConfigError
+    from sparsity_exp.run import execute
+
+    with pytest.raises(ConfigError, match=r"trainer.batch_size=5000 is larger than the training set \(\d+ examples\)"):
+        execute(compose(*TINY, "trainer.batch_size=5000"), tmp_path / "r")
