@@ -143,7 +143,17 @@ def _steps_or_epochs(flat: dict) -> list[str]:
     return []
 
 
-CHECKS = [_steps_or_epochs]
+def _finite_numbers(flat: dict) -> list[str]:
+    """A nan or inf anywhere in the config (keys without a rule too) is a typo, not a setting: said as
+    such here, instead of surfacing later as a non-finite loss."""
+    def ruled(key):
+        return key in RULES or any("*" in pat and fnmatchcase(key, pat) for pat in RULES)
+
+    return [f"{key}={value!r}: must be a finite number" for key, value in flat.items()
+            if isinstance(value, float) and not math.isfinite(value) and not ruled(key)]
+
+
+CHECKS = [_steps_or_epochs, _finite_numbers]
 
 
 def add_rules(rules: dict[str, Rule]) -> None:

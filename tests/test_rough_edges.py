@@ -60,3 +60,20 @@ def test_batch_larger_than_the_training_set_is_a_config_error(compose, tmp_path)
 
     with pytest.raises(ConfigError, match=r"trainer.batch_size=5000 is larger than the training set \(\d+ examples\)"):
         execute(compose(*TINY, "trainer.batch_size=5000"), tmp_path / "r")
+
+
+def test_every_bad_activation_field_and_non_finite_value_is_listed_at_once(compose):
+    import sparsity_exp.activations  # noqa: F401  registers the activation rules
+    from sparsity_exp.validate import problems
+
+    found = problems(compose(*TINY, "activation=shifted", "activation.inner=cubic", "activation.half_width=-1",
+                             "activation.shift_x=nan", "+model.init_gain=inf"))
+    keys = sorted(p.split("=")[0] for p in found)
+    assert keys == ["activation.half_width", "activation.inner", "activation.shift_x", "model.init_gain"], found
+    assert "model.init_gain=inf: must be a finite number" in found
+
+
+def test_non_finite_config_value_is_not_reported_as_a_non_finite_loss(cli):
+    out = cli("run", *TINY, "activation=shifted", "activation.shift_y=inf")
+    assert out.returncode == 2 and "activation.shift_y=inf" in out.stderr and "non-finite" not in out.stderr
+    assert "optim.lr" not in out.stderr
