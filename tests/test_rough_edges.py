@@ -77,3 +77,29 @@ def test_non_finite_config_value_is_not_reported_as_a_non_finite_loss(cli):
     out = cli("run", *TINY, "activation=shifted", "activation.shift_y=inf")
     assert out.returncode == 2 and "activation.shift_y=inf" in out.stderr and "non-finite" not in out.stderr
     assert "optim.lr" not in out.stderr
+
+
+def _fake_run(folder, status, config=None, rows=True):
+    import yaml
+
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps({"status": status}))
+    if config is not None:
+        (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    if rows:
+        (folder / "metrics.csv").write_text("step,epoch,split,probe,metric,layer,value\n0,0.0,train,train,loss,avg,2.3\n")
+
+
+def test_collect_keeps_ints_and_leaves_out_runs_that_never_started(tmp_path):
+    from sparsity_exp.collect import collect
+
+    _fake_run(tmp_path / "a", "completed", {"model": {"depth": 4, "width": 32}, "optim": {"lr": 0.1}})
+    _fake_run(tmp_path / "b", "completed", {"model": {"depth": 6, "width": 32}, "optim": {"lr": 0.1}})
+    _fake_run(tmp_path / "refused", "failed", rows=False)  # an old folder of a job refused at validation
+    col = collect([tmp_path])
+    assert col.keys == ["model.depth"] and list(col.runs.run) == ["a", "b"]
+    assert col.table["model.depth"].dtype.kind == "i" and list(col.runs["model.depth"]) == [4, 6]
+    assert [p.name for p in col.left_out] == ["refused"]
+    every = collect([tmp_path], include_unstarted=True)
+    assert every.keys == ["model.depth"] and len(every.runs) == 3
+    assert str(every.runs["model.depth"].dtype) == "Int64"
