@@ -5,8 +5,9 @@ Hydra multirun). Its rows (``metrics.csv``, and ``posthoc_metrics.csv`` when pre
 the column ``source``) are joined with the config keys whose value differs between the runs
 (the resolved ``config.yaml`` flattened to dotted keys), plus the run's id, folder and status.
 
-Status comes from ``summary.json``: completed, failed, running, interrupted. A folder without a
-readable ``summary.json`` is ``partial``. No run is dropped silently: every one is counted on
+Status comes from ``summary.json``: completed, failed, running, interrupted; a ``running`` one
+whose process is gone is ``dead`` (or ``stale`` on another host after 30 min without a write;
+``liveness.py``). A folder without a readable ``summary.json`` is ``partial``. No run is dropped silently: every one is counted on
 stdout, and the companion table ``<out>_runs.csv`` lists every run, rows or not.
 
 A crash mid-write can leave the last line of a metrics file incomplete; such a line (and any line
@@ -28,11 +29,12 @@ import pandas as pd
 import yaml
 
 from .errors import UserError
+from .liveness import running_state
 from .record import COLUMNS, METRICS_FILE
 
 POSTHOC_FILE = "posthoc_metrics.csv"
 SOURCES = {"metrics": METRICS_FILE, "posthoc": POSTHOC_FILE}
-STATUSES = ("completed", "failed", "running", "interrupted", "partial")
+STATUSES = ("completed", "failed", "running", "dead", "stale", "interrupted", "partial")
 # Columns of the collected table that are not config keys; every other column is a varying config key.
 RUN_COLUMNS = ("run", "status", "source")
 BASE_COLUMNS = RUN_COLUMNS + COLUMNS + ("run_dir",)
@@ -179,6 +181,8 @@ def read_run(folder: Path) -> Run:
             summary = json.loads(summary_path.read_text())
             run.status = str(summary.get("status") or "partial")
             run.error = str(summary.get("error") or "")
+            if run.status == "running":  # still alive, or killed without a chance to say so?
+                run.status = running_state(folder, summary)
         except (ValueError, OSError, AttributeError):
             run.notes.append("summary.json is unreadable")
     if run.status == "failed" and not run.error and (folder / "error.txt").is_file():

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import distributed, resume
+from . import distributed, liveness, resume
 from .batches import make_batches, to_device
 from .data import build_data
 from .errors import ConfigError, UserError
@@ -93,7 +93,7 @@ def _execute(cfg: DictConfig, run_dir: Path) -> dict:
         if (run_dir / "error.txt").exists():  # the last attempt's error, kept under a name of its own
             (run_dir / "error.txt").replace(run_dir / f"error.before_step{plan.state['step']:08d}.txt")
     previous = (run_dir / "summary.json").read_bytes() if resumed else None
-    write_json(run_dir / "summary.json", {"status": "running", **resumed})
+    write_json(run_dir / "summary.json", {"status": "running", **resumed, **liveness.identity()})
     try:
         trainer = _train(cfg, run_dir, plan.state)
     except (resume.CheckpointError, RecorderError):

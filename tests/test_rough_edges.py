@@ -103,3 +103,43 @@ def test_collect_keeps_ints_and_leaves_out_runs_that_never_started(tmp_path):
     every = collect([tmp_path], include_unstarted=True)
     assert every.keys == ["model.depth"] and len(every.runs) == 3
     assert str(every.runs["model.depth"].dtype) == "Int64"
+
+
+@pytest.mark.slow
+def test_a_sigkilled_run_is_dead_in_collect_and_auto_resume_continues_it(cli, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from sparsity_exp.collect import collect
+
+    from .conftest import ROOT
+
+    args = [*TINY, "trainer.steps=4000", "trainer.checkpoint_every=20", "trainer.log_every=5", "model.width=16"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
+    proc = subprocess.Popen([sys.executable, "-m", "sparsity_exp", "run", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((tmp_path / "results").glob("*/checkpoints/step_00000020.pt")):
+        time.sleep(0.05)
+    assert collect([tmp_path / "results"]).runs.status.tolist() == ["running"], (proc.poll(), list((tmp_path / "results").glob("*/*")))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    summary = json.loads(next((tmp_path / "results").glob("*/summary.json")).read_text())
+    assert summary["status"] == "running" and summary["pid"] == proc.pid and summary["host"]
+    assert collect([tmp_path / "results"]).runs.status.tolist() == ["dead"]
+    out = cli("run", *args, "trainer.resume=auto")
+    assert out.returncode == 0 and "continuing" in out.stderr, out.stderr
+    assert collect([tmp_path / "results"]).runs.status.tolist() == ["completed"]
+
+
+def test_stale_on_another_host(tmp_path):
+    from sparsity_exp.liveness import running_state
+
+    (tmp_path / "metrics.csv").write_text("x\n")
+    os_mtime = (tmp_path / "metrics.csv").stat().st_mtime
+    summary = {"status": "running", "host": "elsewhere", "pid": 1}
+    assert running_state(tmp_path, summary, stale_after_s=60, now=os_mtime + 10) == "running"
+    assert running_state(tmp_path, summary, stale_after_s=60, now=os_mtime + 61) == "stale"
