@@ -143,3 +143,62 @@ def test_stale_on_another_host(tmp_path):
     summary = {"status": "running", "host": "elsewhere", "pid": 1}
     assert running_state(tmp_path, summary, stale_after_s=60, now=os_mtime + 10) == "running"
     assert running_state(tmp_path, summary, stale_after_s=60, now=os_mtime + 61) == "stale"
+
+
+def _stopped_run(compose, folder, monkeypatch, at=17, sleep=0.0):
+    """A run stopped by a real SIGTERM after step ``at`` (checkpoints every 5 steps)."""
+    import os
+    import signal
+    import time
+
+    from sparsity_exp.preempt import Preempted
+    from sparsity_exp.run import execute
+    from sparsity_exp.train import Trainer
+
+    original = Trainer.train_step
+
+    def train_step(self, batch):
+        original(self, batch)
+        time.sleep(sleep)
+        if self.step == at:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    with pytest.raises(Preempted):
+        execute(compose(*TINY, "trainer.checkpoint_every=5"), folder)
+    monkeypatch.setattr(Trainer, "train_step", original)
+    return compose(*TINY, "trainer.checkpoint_every=5")
+
+
+def test_leftover_temporaries_are_removed_when_the_run_continues(compose, tmp_path, monkeypatch):
+    from sparsity_exp.run import execute
+
+    cfg = _stopped_run(compose, tmp_path, monkeypatch)
+    junk = [tmp_path / "checkpoints" / ".step_abc123.tmp", tmp_path / ".summary.json.x1.tmp",
+            tmp_path / "arrays" / "tmpq1w2.npz"]
+    for path in junk:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"\0" * 1000)  # a write cut short by SIGKILL
+    execute(cfg, tmp_path)
+    assert not any(p.exists() for p in junk)
+
+
+def test_completed_run_missing_its_quicklook_gets_it(compose, tmp_path):
+    from sparsity_exp.run import execute
+
+    cfg = compose(*TINY)
+    execute(cfg, tmp_path)
+    (tmp_path / "quicklook.png").unlink()  # killed after the last checkpoint, before the figure
+    execute(cfg, tmp_path)
+    assert (tmp_path / "quicklook.png").stat().st_size > 0
+
+
+def test_wall_time_sums_the_segments_of_a_resumed_run(compose, tmp_path, monkeypatch):
+    from sparsity_exp.run import execute
+
+    cfg = _stopped_run(compose, tmp_path, monkeypatch, at=17, sleep=0.1)  # >= 1.7 s until the checkpoint at the stop
+    summary = execute(cfg, tmp_path)
+    ledger = json.loads((tmp_path / "segments.json").read_text())
+    assert len(ledger) == 2 and ledger[1]["resumed_from_step"] == summary["resumed_from_step"] == 17
+    first = ledger[1]["checkpoint_written_at"] - ledger[0]["started_at"]
+    assert first >= 1.7 and summary["wall_time_s"] > first  # the first segment plus the second
