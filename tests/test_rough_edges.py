@@ -202,3 +202,41 @@ def test_wall_time_sums_the_segments_of_a_resumed_run(compose, tmp_path, monkeyp
     assert len(ledger) == 2 and ledger[1]["resumed_from_step"] == summary["resumed_from_step"] == 17
     first = ledger[1]["checkpoint_written_at"] - ledger[0]["started_at"]
     assert first >= 1.7 and summary["wall_time_s"] > first  # the first segment plus the second
+
+
+class _Images(__import__("torch").utils.data.Dataset):
+    """A map-style dataset (not a TensorDataset), so make_batches builds a DataLoader."""
+
+    def __init__(self, n=23):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        import torch
+
+        return torch.tensor([float(i)]), i % 3
+
+
+@pytest.mark.parametrize("kind", ["repeated_augmentation", "distributed"])
+def test_sampler_position_is_restored_exactly(kind):
+    import torch
+
+    from sparsity_exp.batches import make_batches
+    from sparsity_exp.state import BatchStream
+
+    def stream():
+        kw = dict(repeats=2) if kind == "repeated_augmentation" else dict(rank=1, world_size=2)
+        return BatchStream(make_batches(_Images(), 4, shuffle=True, drop_last=True, seed=5,
+                                        device=torch.device("cpu"), **kw))
+
+    for stop in (7, 10, 11):  # mid-epoch and at an epoch boundary, after more than one epoch
+        first = stream()
+        for _ in range(stop):
+            next(first)
+        state = first.state_dict()
+        expected = [next(first)[0].flatten().tolist() for _ in range(12)]
+        second = stream()
+        second.load_state_dict(state)
+        assert [next(second)[0].flatten().tolist() for _ in range(12)] == expected, (kind, stop)
