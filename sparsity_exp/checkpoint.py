@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from .record import as_created
+
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"step_(\d{8})\.pt$")
 
@@ -25,6 +27,7 @@ def save_checkpoint(run_dir: Path, step: int, state: dict, path: Path | None = N
     path = Path(path) if path is not None else checkpoint_path(run_dir, step)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".step_", suffix=".tmp")
+    as_created(fd)  # the mode of every other file in the run folder, not mkstemp's 0600
     os.close(fd)
     try:
         torch.save({"step": step, **state}, tmp)

@@ -30,7 +30,7 @@ import yaml
 
 from .errors import UserError
 from .liveness import running_state
-from .record import COLUMNS, METRICS_FILE
+from .record import COLUMNS, METRICS_FILE, as_created
 
 POSTHOC_FILE = "posthoc_metrics.csv"
 SOURCES = {"metrics": METRICS_FILE, "posthoc": POSTHOC_FILE}
@@ -302,6 +302,7 @@ def collect(paths, include_unstarted: bool = False) -> Collection:
 
 def _atomic(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    as_created(fd)
     os.close(fd)
     try:
         write(tmp)

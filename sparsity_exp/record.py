@@ -3,6 +3,7 @@ arrays. A crash loses at most the rows since the last flush; no file is left hal
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import tempfile
@@ -16,11 +17,30 @@ COLUMNS = ("step", "epoch", "split", "probe", "metric", "layer", "value")
 METRICS_FILE = "metrics.csv"
 
 
+@functools.lru_cache(maxsize=1)
+def _umask() -> int:
+    """Read once: os.umask can only be read by setting it, which is not safe while threads create files."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def as_created(fd_or_path) -> None:
+    """Give a ``mkstemp`` file (created 0600) the mode ``open()`` gives a new file (0666 minus the
+    umask), so every file of a run folder has one mode."""
+    mode = 0o666 & ~_umask()
+    if isinstance(fd_or_path, int):
+        os.fchmod(fd_or_path, mode)
+    else:
+        os.chmod(fd_or_path, mode)
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write to a temporary file beside ``path``, then rename: readers see the old or the new file."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        as_created(fd)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -126,6 +146,7 @@ class Recorder:
         folder.mkdir(exist_ok=True)
         path = folder / f"{self.array_prefix}{name}_step{step:08d}.npz"
         fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npz")
+        as_created(fd)
         os.close(fd)
         np.savez_compressed(tmp, **{k: np.asarray(v) for k, v in arrays.items()})
         os.replace(tmp, path)

@@ -240,3 +240,15 @@ def test_sampler_position_is_restored_exactly(kind):
         second = stream()
         second.load_state_dict(state)
         assert [next(second)[0].flatten().tolist() for _ in range(12)] == expected, (kind, stop)
+
+
+def test_every_file_of_a_run_folder_has_one_mode(compose, tmp_path):
+    import stat
+
+    from sparsity_exp.run import execute
+
+    execute(compose(*TINY, "trainer.checkpoint_every=10", "probes=full", "trainer.steps=10"), tmp_path)
+    modes = {p.relative_to(tmp_path).as_posix(): stat.S_IMODE(p.stat().st_mode)
+             for p in tmp_path.rglob("*") if p.is_file()}
+    assert any(name.startswith("checkpoints/") for name in modes) and "summary.json" in modes
+    assert len(set(modes.values())) == 1, modes
