@@ -130,6 +130,7 @@ class Trainer:
     grad_accum: int = 1  # each batch runs as this many micro-batches, gradients summed
     step: int = 0
     last: dict = field(default_factory=dict)  # last logged values, for the bar and the summary
+    last_at: dict = field(default_factory=dict)  # the step each of them is from
     batches: object = None  # the endless training stream (state.BatchStream), made by fit
     resumed: bool = False  # True once a checkpoint was loaded: the step-0 evaluation is in metrics.csv
     stop: StopRequest = field(default_factory=StopRequest)  # set by SIGTERM/SIGUSR1 during fit
@@ -147,6 +148,7 @@ class Trainer:
         self.recorder.add(self.step, self.epoch, probe, rows)
         for split, metric, layer, value in rows:
             self.last[(split, probe, metric, layer)] = value
+            self.last_at[(split, probe, metric, layer)] = self.step
 
     def train_step(self, batch) -> None:
         if not self.model.training:  # evaluate/measure switch the whole model to eval; walking the
@@ -174,6 +176,8 @@ class Trainer:
             for cb in self.callbacks:
                 for probe, *row in cb.log_rows(self):
                     self._write(probe, [tuple(row)])
+        elif self.step == self.total_steps - 1:
+            self._remember_final_train(loss, stats)
         for cb in self.callbacks:
             cb.after_backward(self)
         if self.grad_clip > 0:
@@ -184,6 +188,15 @@ class Trainer:
         self.step += 1
         for cb in self.callbacks:
             cb.after_step(self)
+
+    def _remember_final_train(self, loss, stats) -> None:
+        """The last step's training loss and accuracy for the summary, when it is not a log step
+        (kept in ``last`` only: metrics.csv keeps its log cadence)."""
+        loss_sum, correct, count = sum_over_ranks(
+            [loss.detach().double() * stats["count"], stats["correct"], stats["count"]], self.device)
+        for metric, value in (("loss", loss_sum / count), ("accuracy", correct / count)):
+            self.last[("train", "train", metric, "avg")] = value
+            self.last_at[("train", "train", metric, "avg")] = self.step
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
@@ -329,6 +342,8 @@ class Trainer:
                            (("test", "eval", "accuracy", "avg"), "test_acc"),
                            (("train", "sparsity", "activation_sparsity", "avg"), "sparsity")):
             if key in self.last:
+                if label == "test_acc":  # measured every eval_every steps: say at which step
+                    label = f"test_acc@{self.last_at[key]}" if key in self.last_at else label
                 out[label] = f"{self.last[key]:.3f}"
         return out
 

@@ -252,3 +252,25 @@ def test_every_file_of_a_run_folder_has_one_mode(compose, tmp_path):
              for p in tmp_path.rglob("*") if p.is_file()}
     assert any(name.startswith("checkpoints/") for name in modes) and "summary.json" in modes
     assert len(set(modes.values())) == 1, modes
+
+
+def test_summary_reports_the_last_steps_training_loss_and_the_bar_says_when_test_acc_was_measured(
+        compose, tmp_path, monkeypatch):
+    from sparsity_exp.run import execute
+    from sparsity_exp.train import Trainer
+
+    seen = {}
+    original = Trainer._forward_backward
+
+    def spy(self, batch, net=None):
+        loss, stats = original(self, batch, net)
+        seen[self.step] = (float(loss), float(stats["correct"]) / float(stats["count"]))
+        return loss, stats
+
+    monkeypatch.setattr(Trainer, "_forward_backward", spy)
+    bars = []
+    monkeypatch.setattr(Trainer, "_postfix", lambda self, f=Trainer._postfix: bars.append(f(self)) or bars[-1])
+    summary = execute(compose(*TINY, "trainer.steps=23"), tmp_path)  # logs at 0, 10, 20; last step 22
+    assert summary["train"]["loss"] == pytest.approx(seen[22][0], rel=1e-6)
+    assert summary["train"]["accuracy"] == pytest.approx(seen[22][1])
+    assert any("test_acc@0" in b for b in bars) and "test_acc@20" in bars[-2] and "test_acc@23" in bars[-1]
