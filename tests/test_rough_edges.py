@@ -274,3 +274,65 @@ def test_summary_reports_the_last_steps_training_loss_and_the_bar_says_when_test
     assert summary["train"]["loss"] == pytest.approx(seen[22][0], rel=1e-6)
     assert summary["train"]["accuracy"] == pytest.approx(seen[22][1])
     assert any("test_acc@0" in b for b in bars) and "test_acc@20" in bars[-2] and "test_acc@23" in bars[-1]
+
+
+def test_names_drop_whole_items_never_digits():
+    import re
+
+    from sparsity_exp.config import run_name
+    from sparsity_exp.plots.common import slug
+
+    overrides = ("model.depth=6,model.width=512,optim.lr=0.05,optim.weight_decay=0.0001,trainer.batch_size=128,"
+                 "trainer.steps=2000")
+    name = run_name(overrides)
+    summary = name.split("_", 1)[1].rsplit("_", 1)[0]
+    assert len(summary) <= 60 and re.search(r"\+\d+$", summary)
+    for item in summary.split(",")[:-1]:
+        assert item in overrides.split(",")  # every item shown is whole
+    assert run_name("trainer.steps=2000").split("_")[1] == "trainer.steps=2000"
+    run = "multirun/20260101-000000/0_" + overrides + "_ab12cd"
+    short = slug(run)
+    assert len(short) <= 80 and short.endswith("_ab12cd") and "trainer.steps=20" not in short.replace("2000", "")
+    for item in short[: -len("_ab12cd")].split(",")[1:-1]:
+        assert item in overrides.split(",")
+
+
+def _sparsity_table(tmp_path, names=("relu", "shifted")):
+    import pandas as pd
+
+    rows = []
+    for run, act in zip(("a", "b"), names):
+        for metric in ("activation_sparsity", "derivative_sparsity", "derivative2"):
+            for layer in ("0", "avg"):
+                for step in (0, 10):
+                    rows.append(dict(run=run, status="completed", source="metrics", step=step, epoch=0.0,
+                                     split="train", probe="sparsity", metric=metric, layer=layer, value=0.5,
+                                     **{"activation.name": act, "noise.enabled": act == "shifted"},
+                                     run_dir=str(tmp_path / run)))
+    return pd.DataFrame(rows)
+
+
+def test_figure_legends_use_full_keys_once_per_figure(tmp_path, monkeypatch):
+    from sparsity_exp.plots import common, sparsity
+
+    figures = []
+    monkeypatch.setattr(common, "save", lambda fig, out, name: figures.append(fig) or [])
+    monkeypatch.setattr(sparsity, "save", lambda fig, out, name: figures.append(fig) or [])
+    sparsity.sparsity_vs_step(_sparsity_table(tmp_path), tmp_path, hue=["noise.enabled"])
+    fig = figures[0]
+    assert all(ax.get_legend() is None for ax in fig.axes)  # no legend inside one panel ...
+    (legend,) = fig.legends  # ... one for the figure
+    assert sorted(t.get_text() for t in legend.get_texts()) == ["noise.enabled=False", "noise.enabled=True"]
+
+
+def test_flat_region_only_for_shifted_runs(tmp_path, monkeypatch):
+    from sparsity_exp.plots import sparsity
+    from sparsity_exp.plots.common import Skip
+
+    figures = []
+    monkeypatch.setattr(sparsity, "save", lambda fig, out, name: figures.append(fig) or [])
+    with pytest.raises(Skip, match="shifted activation"):
+        sparsity.flat_region(_sparsity_table(tmp_path, ("relu", "gelu")), tmp_path)
+    sparsity.flat_region(_sparsity_table(tmp_path), tmp_path)
+    titles = [ax.get_title() for ax in figures[0].axes if ax.get_title()]
+    assert titles and all("relu" not in t for t in titles)  # run a (relu) is not drawn
