@@ -336,3 +336,15 @@ def test_flat_region_only_for_shifted_runs(tmp_path, monkeypatch):
     sparsity.flat_region(_sparsity_table(tmp_path), tmp_path)
     titles = [ax.get_title() for ax in figures[0].axes if ax.get_title()]
     assert titles and all("relu" not in t for t in titles)  # run a (relu) is not drawn
+
+
+def test_shifted_activation_trains_on_the_default_model(compose, tmp_path):
+    """The README's `sparsity-exp run activation=shifted`: the paper's §4.1 gradient clip comes with
+    the activation (it diverged at step 12 unclipped); other defaults keep grad_clip 0."""
+    from sparsity_exp.run import execute
+
+    cfg = compose("activation=shifted", "trainer.steps=60", "trainer.progress=false")
+    assert cfg.trainer.grad_clip == 1.0 and compose().trainer.grad_clip == 0.0
+    assert compose("activation=shifted", "trainer.grad_clip=0").trainer.grad_clip == 0.0
+    summary = execute(cfg, tmp_path)
+    assert summary["status"] == "completed" and summary["train"]["loss"] < 1.0
