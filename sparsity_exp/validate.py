@@ -87,7 +87,7 @@ def fraction(**kw) -> Rule:
 
 RULES: dict[str, Rule] = {
     "seed": count(),
-    "results_dir": Rule("str"),
+    "results_dir": Rule("str", pattern=r".+", text="a folder path"),
     # trainer
     "trainer.steps": Rule("int"),  # >= 1 unless epochs is set: see CHECKS
     "trainer.epochs": Rule("number", low=0, low_open=True, nullable=True),
@@ -153,7 +153,16 @@ def _finite_numbers(flat: dict) -> list[str]:
             if isinstance(value, float) and not math.isfinite(value) and not ruled(key)]
 
 
-CHECKS = [_steps_or_epochs, _finite_numbers]
+def _run_label(flat: dict) -> list[str]:
+    """``name`` becomes part of the run folder's name: no path separators, a file-name's length."""
+    name = flat.get("name")
+    if name is None or re.fullmatch(r"[A-Za-z0-9=,.+_-]{1,60}", str(name)):
+        return []
+    return [f"name={name!r}: must be a label of up to 60 letters, digits or = , . + _ - "
+            f"(it becomes part of the run folder's name)"]
+
+
+CHECKS = [_steps_or_epochs, _finite_numbers, _run_label]
 
 
 def add_rules(rules: dict[str, Rule]) -> None:
