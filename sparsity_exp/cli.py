@@ -12,9 +12,10 @@ commands:
   run [overrides]   train and probe one configuration (Hydra overrides, e.g. model.depth=6 optim.lr=0.1);
                     `run -m a=1,2 b=x,y` runs the grid; `run --help` lists the config groups;
                     `run --cfg job` prints the composed config without running
-  collect PATH... [--out FILE]
+  collect PATH... [--out FILE] [--all]
                     every run folder under PATH... into one tidy table (CSV, and Parquet when pyarrow is
-                    installed) joined with the config keys that vary; counts runs per status
+                    installed) joined with the config keys that vary; counts runs per status (a killed
+                    run is `dead`); --all also lists folders of jobs refused at start
   figures PATH... [--out DIR] [--only NAME,...]
                     every figure whose data exist, from run folders or a collected table (PNG and PDF)
   probe RUN_DIR [overrides]
@@ -66,6 +67,7 @@ def _run(args: list[str]) -> int:
         multirun = hc.mode == RunMode.MULTIRUN
         fresh = not resume.has_output(run_dir)
         try:
+            _resolvable(cfg)
             set_threads(cfg.trainer.get("threads", "auto"), str(hc.launcher.get("_target_", "")))
             target = resume.resolve_run_dir(cfg, run_dir)
             if target != run_dir:  # trainer.resume names another folder: Hydra's fresh one is not needed
@@ -109,6 +111,14 @@ def _run(args: list[str]) -> int:
                   "is not in the config needs a leading + (e.g. +model.new_key=1)", file=sys.stderr)
             return 2
         raise
+    except Exception as exc:  # raised while Hydra set the job up (e.g. an interpolation in an override)
+        if started:
+            raise
+        detail = (str(exc).strip().splitlines() or [""])[0]
+        print(f"error: the config could not be set up from these overrides ({type(exc).__name__}: {detail}); "
+              f"check the overrides (a ${{...}} that names no key, a value that needs quotes); "
+              f"`sparsity-exp run --cfg job` prints the composed config", file=sys.stderr)
+        return 2
     finally:
         distributed.shutdown()
     if failed:
@@ -119,6 +129,21 @@ def _run(args: list[str]) -> int:
         print(f"\nall {len(finished)} job(s) of the sweep completed; `sparsity-exp collect "
               f"{Path(finished[0]).parent}` gathers them into one table")
     return 0
+
+
+def _resolvable(cfg) -> None:
+    """An interpolation that cannot be resolved (``optim.lr=${nope}``) is bad input, said before the run."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .errors import ConfigError
+
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as exc:
+        detail = str(exc).strip().splitlines()[0]
+        raise ConfigError(f"the config cannot be resolved: {detail} (full key: {getattr(exc, 'full_key', '?')}); "
+                          f"fix the ${{...}} interpolation, or quote a value meant literally") from None
 
 
 def _is_multirun(args: list[str]) -> bool:
@@ -158,13 +183,17 @@ def _table_command(command: str, args: list[str]) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # --out under a file, an unreadable folder: the OS's word and the path
+        print(f"error: {exc.filename or ''}: {exc.strerror or exc}; check the paths given (--out must be a file "
+              f"or folder you can write, PATH... folders you can read)", file=sys.stderr)
+        return 2
 
 
 def _probe(args: list[str]) -> int:
     from .errors import UserError
 
     if not args or args[0].startswith("-"):
-        print("usage: sparsity-exp probe RUN_DIR [probes=<preset>] [checkpoints=all|last|S1,S2] [batches=N] "
+        print("error: probe needs a run folder first\nusage: sparsity-exp probe RUN_DIR [probes=<preset>] [checkpoints=all|last|S1,S2] [batches=N] "
               "[key=value ...]", file=sys.stderr)
         return 2
     try:
