@@ -264,7 +264,7 @@ def test_summary_reports_the_last_steps_training_loss_and_the_bar_says_when_test
 
     def spy(self, batch, net=None):
         loss, stats = original(self, batch, net)
-        seen[self.step] = (float(loss), float(stats["correct"]) / float(stats["count"]))
+        seen[self.step] = (float(loss.detach()), float(stats["correct"]) / float(stats["count"]))
         return loss, stats
 
     monkeypatch.setattr(Trainer, "_forward_backward", spy)
@@ -348,3 +348,16 @@ def test_shifted_activation_trains_on_the_default_model(compose, tmp_path):
     assert compose("activation=shifted", "trainer.grad_clip=0").trainer.grad_clip == 0.0
     summary = execute(cfg, tmp_path)
     assert summary["status"] == "completed" and summary["train"]["loss"] < 1.0
+
+
+def test_folder_with_an_unreadable_config_is_refused(compose, tmp_path, monkeypatch):
+    from sparsity_exp.errors import ConfigError
+    from sparsity_exp.run import execute
+
+    cfg = _stopped_run(compose, tmp_path, monkeypatch)
+    (tmp_path / "config.yaml").write_text("model: [unclosed\n")
+    before = _files(tmp_path)
+    with pytest.raises(ConfigError, match="config.yaml cannot be read"):
+        execute(cfg, tmp_path)
+    assert {k: v for k, v in _files(tmp_path).items() if k != ".lock"} == \
+        {k: v for k, v in before.items() if k != ".lock"}
