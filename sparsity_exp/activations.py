@@ -219,11 +219,29 @@ ACTIVATIONS: dict[str, Callable[..., SiteActivation]] = {
 }
 
 
+def _register_rules() -> None:
+    """The activation fields, checked with every other config value before anything is built, so one
+    error lists every bad field at once (the constructors' own checks stay for direct use)."""
+    from .validate import Rule, add_rules
+
+    finite = Rule("number")
+    add_rules({"activation.name": Rule("str", choices=tuple(ACTIVATIONS)),
+               "activation.shift_x": finite, "activation.shift_y": finite,
+               "activation.half_width": Rule("number", low=0),
+               "activation.inner": Rule("str", choices=tuple(_INNER)),
+               "activation.steps": Rule("int", low=0),
+               "activation.grad_clip": Rule("number", low=0)})
+
+
+_register_rules()
+
+
 def build_activation(cfg) -> SiteActivation:
     """Build the activation named by ``cfg.name`` with the remaining fields as arguments."""
     from .errors import ConfigError
 
-    kwargs = {k: v for k, v in dict(cfg).items() if k != "name"}
+    # grad_clip is the activation's recommended trainer.grad_clip (conf/trainer), not an argument
+    kwargs = {k: v for k, v in dict(cfg).items() if k not in ("name", "grad_clip")}
     name = cfg["name"]
     if name not in ACTIVATIONS:
         raise ConfigError(f"activation.name={name!r} is unknown; choose one of {sorted(ACTIVATIONS)}")

@@ -76,6 +76,9 @@ class RepeatedAugmentationSampler(Sampler):
 def make_batches(ds: Dataset, batch_size: int, shuffle: bool, drop_last: bool, seed: int,
                  device: torch.device, num_workers: int = 0, repeats: int = 1, rank: int = 0, world_size: int = 1):
     generator = torch.Generator().manual_seed(seed)
+    if drop_last and len(ds) < batch_size:  # training: not one full batch per epoch
+        raise ConfigError(f"trainer.batch_size={batch_size} is larger than the training set ({len(ds)} examples), "
+                          f"so not one full batch can be drawn; set trainer.batch_size to at most {len(ds)}")
     if world_size > 1 and not drop_last:
         # evaluation: every world_size-th example, no padding, no example counted twice
         local = max(1, -(-batch_size // world_size))
@@ -87,8 +90,6 @@ def make_batches(ds: Dataset, batch_size: int, shuffle: bool, drop_last: bool, s
                           persistent_workers=num_workers > 0)
     if isinstance(ds, TensorDataset) and repeats == 1:
         return DeviceTensorBatches(ds, batch_size, shuffle, drop_last, generator, device, rank, world_size)
-    if len(ds) < batch_size and drop_last:
-        drop_last = False
     if world_size > 1:
         if repeats > 1:
             raise ConfigError("repeated augmentation (data.repeated_augmentation > 1) is not supported under torchrun yet; "

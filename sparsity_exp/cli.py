@@ -12,9 +12,10 @@ commands:
   run [overrides]   train and probe one configuration (Hydra overrides, e.g. model.depth=6 optim.lr=0.1);
                     `run -m a=1,2 b=x,y` runs the grid; `run --help` lists the config groups;
                     `run --cfg job` prints the composed config without running
-  collect PATH... [--out FILE]
+  collect PATH... [--out FILE] [--all]
                     every run folder under PATH... into one tidy table (CSV, and Parquet when pyarrow is
-                    installed) joined with the config keys that vary; counts runs per status
+                    installed) joined with the config keys that vary; counts runs per status (a killed
+                    run is `dead`); --all also lists folders of jobs refused at start
   figures PATH... [--out DIR] [--only NAME,...]
                     every figure whose data exist, from run folders or a collected table (PNG and PDF)
   probe RUN_DIR [overrides]
@@ -37,6 +38,7 @@ def _run(args: list[str]) -> int:
     from .config import conf_dir, register_resolvers, writable_results_dir
     from .errors import UserError
     from .lifecycle.preempt import REQUEUE_EXIT_CODE, Preempted
+    from .lifecycle.folder_guard import FolderSnapshot, discard_new, run_dir_argument
 
     try:
         config_path = str(conf_dir())
@@ -53,17 +55,24 @@ def _run(args: list[str]) -> int:
     if distributed.init_from_env() and not distributed.is_main():
         args = [*args, "hydra.output_subdir=null"]  # rank 0 alone writes the run folder
     failed: list[str] = []  # sweep jobs that failed, reported at the end
+    finished: list[str] = []  # sweep jobs that completed
+    started: list[bool] = []  # Hydra composed a config and called the task (else: Hydra's own error)
+    before = FolderSnapshot(run_dir_argument(args))  # Hydra rewrites .hydra/ before the run may refuse
 
     @hydra.main(config_path=config_path, config_name="config", version_base="1.3")
     def task(cfg):
         from .run import execute
-
+        from .runlog import tee_to_run_log
         from .speed import place_local_job, set_threads
+        from .train import NonFiniteLoss
 
+        started.append(True)
         hc = HydraConfig.get()
         run_dir = distributed.agree_on_run_dir(Path(hc.runtime.output_dir))
         multirun = hc.mode == RunMode.MULTIRUN
+        fresh = not folders.has_output(run_dir)
         try:
+            _resolvable(cfg)
             launcher = str(hc.launcher.get("_target_", ""))
             set_threads(cfg.trainer.get("threads", "auto"), launcher)
             place_local_job(str(cfg.trainer.get("device", "auto")), launcher, hc.job.get("num") or 0)
@@ -71,35 +80,81 @@ def _run(args: list[str]) -> int:
             if target != run_dir:  # trainer.resume names another folder: Hydra's fresh one is not needed
                 folders.discard_if_empty(run_dir)
                 run_dir = target
-            return execute(cfg, run_dir)
+                fresh = not folders.has_output(run_dir)
+            with tee_to_run_log(run_dir, distributed.is_main()):
+                summary = execute(cfg, run_dir)
+            finished.append(str(run_dir))
+            return summary
         except Preempted as exc:
             print(f"{exc}. Exit {REQUEUE_EXIT_CODE} (requeue); to continue, rerun the same command with "
                   f"trainer.resume=auto (or hydra.run.dir={run_dir})", file=sys.stderr)
             raise SystemExit(REQUEUE_EXIT_CODE)
         except UserError as exc:
+            if distributed.is_main():
+                if fresh and not isinstance(exc, NonFiniteLoss):  # refused before it started: leave nothing
+                    discard_new(run_dir, before)
+                elif before.covers(run_dir):  # a refused continuation: the folder stays as it was
+                    before.restore()
             print(f"error: {exc}", file=sys.stderr)
             if not multirun:
                 raise SystemExit(2)
-            failed.append(f"{run_dir}: {exc}".splitlines()[0])
+            failed.append(f"job {hc.job.num} ({run_dir.name}): " + str(exc).replace("\n", "\n    "))
         except Exception:
             if not multirun:
                 raise
             # In a sweep one failing job must not stop the others: its folder keeps error.txt.
             print(f"job {hc.job.num} failed, see {run_dir / 'error.txt'}:\n{traceback.format_exc()}",
                   file=sys.stderr)
-            failed.append(f"{run_dir}: see error.txt")
+            failed.append(f"job {hc.job.num} ({run_dir}): see error.txt")
         return None
 
     sys.argv = ["sparsity-exp run", *args]
     try:
         task()
+    except SystemExit as exc:
+        if exc.code == 1 and not started:  # Hydra could not compose the config: bad input, exit 2
+            print("error: the overrides above could not be applied (Hydra's message says which). Check the key "
+                  "and group names with `sparsity-exp run --cfg job` and `sparsity-exp run --help`; a key that "
+                  "is not in the config needs a leading + (e.g. +model.new_key=1)", file=sys.stderr)
+            return 2
+        raise
+    except Exception as exc:  # raised while Hydra set the job up (e.g. an interpolation in an override)
+        if started:
+            raise
+        detail = (str(exc).strip().splitlines() or [""])[0]
+        print(f"error: the config could not be set up from these overrides ({type(exc).__name__}: {detail}); "
+              f"check the overrides (a ${{...}} that names no key, a value that needs quotes); "
+              f"`sparsity-exp run --cfg job` prints the composed config", file=sys.stderr)
+        return 2
     finally:
         distributed.shutdown()
     if failed:
-        print(f"\n{len(failed)} job(s) of the sweep failed (summary.json status 'failed', error.txt in each):\n  "
-              + "\n  ".join(failed), file=sys.stderr)
+        print(f"\n{len(failed)} of {len(failed) + len(finished)} job(s) of the sweep failed; folders that held a "
+              f"run keep summary.json (status 'failed') and error.txt:\n  " + "\n  ".join(failed), file=sys.stderr)
         return 1
+    if len(finished) > 1 or (finished and _is_multirun(args)):
+        print(f"\nall {len(finished)} job(s) of the sweep completed; `sparsity-exp collect "
+              f"{Path(finished[0]).parent}` gathers them into one table")
     return 0
+
+
+def _resolvable(cfg) -> None:
+    """An interpolation that cannot be resolved (``optim.lr=${nope}``) is bad input, said before the run."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from .errors import ConfigError
+
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as exc:
+        detail = str(exc).strip().splitlines()[0]
+        raise ConfigError(f"the config cannot be resolved: {detail} (full key: {getattr(exc, 'full_key', '?')}); "
+                          f"fix the ${{...}} interpolation, or quote a value meant literally") from None
+
+
+def _is_multirun(args: list[str]) -> bool:
+    return "-m" in args or "--multirun" in args
 
 
 # launcher preset -> (module its Hydra plugin installs, pip package)
@@ -135,13 +190,17 @@ def _table_command(command: str, args: list[str]) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # --out under a file, an unreadable folder: the OS's word and the path
+        print(f"error: {exc.filename or ''}: {exc.strerror or exc}; check the paths given (--out must be a file "
+              f"or folder you can write, PATH... folders you can read)", file=sys.stderr)
+        return 2
 
 
 def _probe(args: list[str]) -> int:
     from .errors import UserError
 
     if not args or args[0].startswith("-"):
-        print("usage: sparsity-exp probe RUN_DIR [probes=<preset>] [checkpoints=all|last|S1,S2] [batches=N] "
+        print("error: probe needs a run folder first\nusage: sparsity-exp probe RUN_DIR [probes=<preset>] [checkpoints=all|last|S1,S2] [batches=N] "
               "[key=value ...]", file=sys.stderr)
         return 2
     try:

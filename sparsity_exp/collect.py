@@ -5,8 +5,9 @@ Hydra multirun). Its rows (``metrics.csv``, and ``posthoc_metrics.csv`` when pre
 the column ``source``) are joined with the config keys whose value differs between the runs
 (the resolved ``config.yaml`` flattened to dotted keys), plus the run's id, folder and status.
 
-Status comes from ``summary.json``: completed, failed, running, interrupted. A folder without a
-readable ``summary.json`` is ``partial``. No run is dropped silently: every one is counted on
+Status comes from ``summary.json``: completed, failed, running, interrupted; a ``running`` one
+whose process is gone is ``dead`` (or ``stale`` on another host after 30 min without a write;
+``liveness.py``). A folder without a readable ``summary.json`` is ``partial``. No run is dropped silently: every one is counted on
 stdout, and the companion table ``<out>_runs.csv`` lists every run, rows or not.
 
 A crash mid-write can leave the last line of a metrics file incomplete; such a line (and any line
@@ -29,9 +30,10 @@ import yaml
 from .errors import UserError
 from .lifecycle.atomic import atomic_path
 from .record import COLUMNS, METRICS_FILE, POSTHOC_FILE
+from .lifecycle.liveness import running_state
 
 SOURCES = {"metrics": METRICS_FILE, "posthoc": POSTHOC_FILE}
-STATUSES = ("completed", "failed", "running", "interrupted", "partial")
+STATUSES = ("completed", "failed", "running", "dead", "stale", "interrupted", "partial")
 # Columns of the collected table that are not config keys; every other column is a varying config key.
 RUN_COLUMNS = ("run", "status", "source")
 BASE_COLUMNS = RUN_COLUMNS + COLUMNS + ("run_dir",)
@@ -178,6 +180,8 @@ def read_run(folder: Path) -> Run:
             summary = json.loads(summary_path.read_text())
             run.status = str(summary.get("status") or "partial")
             run.error = str(summary.get("error") or "")
+            if run.status == "running":  # still alive, or killed without a chance to say so?
+                run.status = running_state(folder, summary)
         except (ValueError, OSError, AttributeError):
             run.notes.append("summary.json is unreadable")
     if run.status == "failed" and not run.error and (folder / "error.txt").is_file():
@@ -210,7 +214,9 @@ def read_run(folder: Path) -> Run:
 
 
 def varying_keys(configs: list[dict]) -> list[str]:
-    """Dotted config keys whose value differs between the runs (a key missing in some runs varies)."""
+    """Dotted config keys whose value differs between the runs (a key missing in some runs varies).
+    A run without a readable config (nothing to compare) does not make every key vary."""
+    configs = [c for c in configs if c]
     keys = sorted(set().union(*configs)) if configs else []
     out = []
     for key in keys:
@@ -226,8 +232,10 @@ def _config_column(values: list) -> pd.Series:
     if present and all(isinstance(v, bool) for v in present):
         return pd.Series(values, dtype="boolean")
     if present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
-        return pd.Series([np.nan if v is None else v for v in values], dtype="float64" if any(
-            isinstance(v, float) for v in present) or len(present) < len(values) else "int64")
+        if any(isinstance(v, float) for v in present):
+            return pd.Series([np.nan if v is None else v for v in values], dtype="float64")
+        # integers stay integers (model.depth 4, not 4.0); a run without the key gets <NA>
+        return pd.Series(values, dtype="int64" if len(present) == len(values) else "Int64")
     return pd.Series([None if v is None else str(v) for v in values], dtype=object).astype("string")
 
 
@@ -237,13 +245,24 @@ class Collection:
     runs: pd.DataFrame  # one row per run folder, with or without rows
     keys: list  # the varying config keys (column names in both tables)
     notes: list  # (run id, note)
+    left_out: list = field(default_factory=list)  # folders of runs that never started (see never_started)
 
 
-def collect(paths) -> Collection:
+def never_started(run: Run) -> bool:
+    """A job refused at validation by an older version (status failed, no config.yaml, no rows, no
+    checkpoint; now such a job leaves no folder). They are no runs; ``collect --all`` lists them anyway.
+    A run that failed after its config was written stays in, with its error."""
+    return (run.status == "failed" and not run.frames and not run.config
+            and not (run.path / "config.yaml").exists() and not (run.path / "checkpoints").is_dir())
+
+
+def collect(paths, include_unstarted: bool = False) -> Collection:
     folders = find_runs(paths)
     runs = [read_run(f) for f in folders]
     for run, rid in zip(runs, run_ids(folders)):
         run.id = rid
+    left_out = [] if include_unstarted else [r.path for r in runs if never_started(r)]
+    runs = [r for r in runs if r.path not in left_out]
     keys = varying_keys([r.config for r in runs])
     column_of = {k: (f"config.{k}" if k in BASE_COLUMNS or k in ("error", "rows") else k) for k in keys}
     config_cols = {column_of[k]: _config_column([r.config.get(k) for r in runs]) for k in keys}
@@ -274,7 +293,7 @@ def collect(paths) -> Collection:
                               **{c: s.iloc[0:0] for c, s in config_cols.items()}, "run_dir": pd.Series(dtype=str)})
     table = table[list(RUN_COLUMNS + COLUMNS) + list(config_cols) + ["run_dir"]]
     notes = [(r.id, n) for r in runs for n in r.notes]
-    return Collection(table=table, runs=index, keys=list(config_cols), notes=notes)
+    return Collection(table=table, runs=index, keys=list(config_cols), notes=notes, left_out=left_out)
 
 
 # ------------------------------------------------------------------------------------------ writing
@@ -357,6 +376,9 @@ def report(col: Collection, file=None) -> None:
             print(f"  {r.status:11s} {r.run} ({r.rows} rows){detail}", file=file)
     for rid, note in col.notes:
         print(f"  note: {rid}: {note}", file=file)
+    if col.left_out:
+        print(f"  left out {len(col.left_out)} folder(s) of runs that never started (refused at start: status failed, "
+              f"no config.yaml, no rows); --all lists them", file=file)
 
 
 def main(argv: list[str]) -> int:
@@ -366,8 +388,10 @@ def main(argv: list[str]) -> int:
                     "pyarrow is installed) plus <out>_runs.csv with one line per run.")
     parser.add_argument("paths", nargs="+", metavar="PATH", help="run folders or folders holding them")
     parser.add_argument("--out", default="collected.csv", help="output CSV (default: collected.csv)")
+    parser.add_argument("--all", action="store_true",
+                        help="also list folders of runs that never started (refused at start, no rows)")
     args = parser.parse_args(argv)
-    col = collect(args.paths)
+    col = collect(args.paths, include_unstarted=args.all)
     written = write_collection(col, Path(args.out))
     report(col)
     print("wrote " + ", ".join(map(str, written)))

@@ -10,6 +10,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from .errors import ConfigError
+from .naming import shorten_items
 
 
 def conf_dir() -> Path:
@@ -33,9 +34,12 @@ def run_name(overrides: str, label=None) -> str:
     token = os.environ.get("SPARSITY_EXP_RUN_TOKEN")
     now, pid = (int(token.split("-")[0]), token.split("-")[1]) if token else (time.time_ns(), os.getpid())
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now / 1e9))
-    summary = re.sub(r"[^A-Za-z0-9=,.+_-]+", "-", str(overrides or "defaults"))[:60].strip("-,")
+    # whole key=value items only: a cut value would name another run (steps=2 for steps=2000)
+    summary = shorten_items(re.sub(r"[^A-Za-z0-9=,.+_-]+", "-", str(overrides or "defaults")), 60).strip("-,")
     digest = hashlib.sha1(f"{overrides}|{now}|{pid}".encode()).hexdigest()[:6]
-    parts = [stamp] + ([str(label)] if label not in (None, "", "None") else []) + [summary, digest]
+    # name= goes into a path: no separators, not past the file-name limit (validation refuses such names)
+    label = re.sub(r"[^A-Za-z0-9=,.+_-]+", "-", str(label))[:60] if label not in (None, "", "None") else None
+    parts = [stamp] + ([label] if label else []) + [summary, digest]
     return "_".join(parts)
 
 

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import distributed
 from .assemble import assemble, make_task, resolve_device, seed_everything  # noqa: F401 (public names)
+from .lifecycle import leftovers, liveness, segments
 from .errors import ConfigError, UserError
 from .lifecycle import folders
 from .lifecycle.atomic import write_atomic, write_json
@@ -60,7 +61,9 @@ def _execute(cfg: DictConfig, run_dir: Path) -> dict:
         if fresh:  # a folder of its own records why the job did not start; another run's folder is left alone
             _mark_failed(run_dir, exc)
         raise
+    leftovers.remove_stale_temporaries(run_dir)  # we hold the lock: nobody else is writing them
     if plan.completed is not None:
+        leftovers.ensure_quicklook(run_dir)  # killed after its last checkpoint, before the figure
         print(f"{run_dir} already holds the completed run of this config; nothing to do.")
         print_summary(plan.completed, file=sys.stdout)
         return plan.completed
@@ -73,16 +76,20 @@ def _execute(cfg: DictConfig, run_dir: Path) -> dict:
         if (run_dir / "error.txt").exists():  # the last attempt's error, kept under a name of its own
             (run_dir / "error.txt").replace(run_dir / f"error.before_step{plan.state['step']:08d}.txt")
     previous = (run_dir / "summary.json").read_bytes() if resumed else None
-    write_json(run_dir / "summary.json", {"status": "running", **resumed})
+    ledger = segments.snapshot(run_dir)
+    segments.start_segment(run_dir, plan.checkpoint if resumed else None, resumed.get("resumed_from_step"))
+    write_json(run_dir / "summary.json", {"status": "running", **resumed, **liveness.identity()})
     try:
         trainer = _train(cfg, run_dir, plan.state)
     except (CheckpointError, RecorderError):
         write_atomic(run_dir / "summary.json", previous)  # nothing was trained: the folder stays as it was
+        segments.restore(run_dir, ledger)
         raise
     except UserError as exc:
         if previous is not None and not isinstance(exc, NonFiniteLoss):
             # bad input while continuing a run (device, dataset): the run's own record stays as it was
             write_atomic(run_dir / "summary.json", previous)
+            segments.restore(run_dir, ledger)
             raise
         _mark_failed(run_dir, exc)
         raise
@@ -95,10 +102,11 @@ def _execute(cfg: DictConfig, run_dir: Path) -> dict:
     except BaseException as exc:
         _mark_failed(run_dir, exc)
         raise
-    summary = {**_summary(cfg, trainer, run_dir, time.perf_counter() - started), **resumed}
-    write_json(run_dir / "summary.json", summary)
+    summary = {**_summary(cfg, trainer, run_dir, segments.total_wall_time(run_dir, time.perf_counter() - started)),
+               **resumed}
     metrics = pd.read_csv(run_dir / METRICS_FILE)
-    sparsity_per_layer(metrics, run_dir / "quicklook.png")
+    sparsity_per_layer(metrics, run_dir / "quicklook.png")  # before 'completed': a kill here is resumed
+    write_json(run_dir / "summary.json", summary)
     print_summary(summary, file=sys.stdout)
     return summary
 

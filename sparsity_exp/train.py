@@ -162,6 +162,11 @@ class Trainer:
         """Last logged values, (split, probe, metric, layer) -> value, for the bar and the summary."""
         return self.probes.last
 
+    @property
+    def last_at(self) -> dict:
+        """The step each value of ``last`` is from (the bar labels a test accuracy with its step)."""
+        return self.probes.last_at
+
     def _at(self, step: int) -> None:
         self.step = self.probes.context.step = step
 
@@ -190,6 +195,8 @@ class Trainer:
             self._first_bad_step()
         if step % self.log_every == 0:
             self._log_train(loss, stats)
+        elif step == self.total_steps - 1:  # the summary's training loss/accuracy are the last step's
+            self._remember_final_train(loss, stats)
         for cb in self.callbacks:
             cb.after_backward(self)
         if self.grad_clip > 0:
@@ -214,6 +221,15 @@ class Trainer:
         for cb in self.callbacks:
             for probe, *row in cb.log_rows(self):
                 self._write(probe, [tuple(row)])
+
+    def _remember_final_train(self, loss, stats) -> None:
+        """The last step's training loss and accuracy for the summary, when it is not a log step
+        (kept in ``last`` only: metrics.csv keeps its log cadence)."""
+        loss_sum, correct, count = sum_over_ranks(
+            [loss.detach().double() * stats["count"], stats["correct"], stats["count"]], self.device)
+        for metric, value in (("loss", loss_sum / count), ("accuracy", correct / count)):
+            self.last[("train", "train", metric, "avg")] = value
+            self.last_at[("train", "train", metric, "avg")] = self.step
 
     def autocast(self):
         if not self._bf16:  # entering a disabled autocast still costs a few microseconds per forward
@@ -366,6 +382,8 @@ class Trainer:
                            (("test", "eval", "accuracy", "avg"), "test_acc"),
                            (("train", "sparsity", "activation_sparsity", "avg"), "sparsity")):
             if key in self.last:
+                if label == "test_acc":  # measured every eval_every steps: say at which step
+                    label = f"test_acc@{self.last_at[key]}" if key in self.last_at else label
                 out[label] = f"{self.last[key]:.3f}"
         return out
 

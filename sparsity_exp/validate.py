@@ -94,7 +94,7 @@ def fraction(**kw) -> Rule:
 
 RULES: dict[str, Rule] = {
     "seed": count(),
-    "results_dir": Rule("str"),
+    "results_dir": Rule("str", pattern=r".+", text="a folder path"),
     # trainer
     "trainer.steps": Rule("int"),  # >= 1 unless epochs is set: see CHECKS
     "trainer.epochs": Rule("number", low=0, low_open=True, nullable=True),
@@ -160,7 +160,26 @@ def _known_probes(flat: dict) -> list[str]:
     return [f"probes.{n}=...: must be a known probe, one of {', '.join(sorted(PROBES))}" for n in names]
 
 
-CHECKS = [_steps_or_epochs, _known_probes]
+def _finite_numbers(flat: dict) -> list[str]:
+    """A nan or inf anywhere in the config (keys without a rule too) is a typo, not a setting: said as
+    such here, instead of surfacing later as a non-finite loss."""
+    def ruled(key):
+        return key in RULES or any("*" in pat and fnmatchcase(key, pat) for pat in RULES)
+
+    return [f"{key}={value!r}: must be a finite number" for key, value in flat.items()
+            if isinstance(value, float) and not math.isfinite(value) and not ruled(key)]
+
+
+def _run_label(flat: dict) -> list[str]:
+    """``name`` becomes part of the run folder's name: no path separators, a file-name's length."""
+    name = flat.get("name")
+    if name is None or re.fullmatch(r"[A-Za-z0-9=,.+_-]{1,60}", str(name)):
+        return []
+    return [f"name={name!r}: must be a label of up to 60 letters, digits or = , . + _ - "
+            f"(it becomes part of the run folder's name)"]
+
+
+CHECKS = [_steps_or_epochs, _known_probes, _finite_numbers, _run_label]
 
 
 def add_rules(rules: dict[str, Rule]) -> None:

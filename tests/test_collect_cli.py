@@ -41,10 +41,11 @@ def test_collect_and_figures_end_to_end(cli, two_runs, tmp_path):
 
     out = cli("figures", "tables/all.csv", "--out", "figs")
     assert out.returncode == 0, out.stderr
-    for name in ("sparsity_train", "sparsity_test", "flat_region"):
+    for name in ("sparsity_train", "sparsity_test"):
         for ext in ("png", "pdf"):
             assert (tmp_path / "figs" / f"{name}.{ext}").stat().st_size > 5_000
     assert "made    sparsity:" in out.stdout
+    assert "skipped flat_region: no run uses the shifted activation" in out.stdout  # ReLU runs (issue 15)
     assert "made    spectrum_histograms:" in out.stdout  # the default preset saves K K^T spectra
     assert "skipped mp_anisotropy:" in out.stdout
 

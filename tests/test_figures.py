@@ -82,9 +82,9 @@ def test_sparsity_vs_step_one_curve_per_group_mean_over_seeds(tmp_path, drawn):
     axes = visible_axes(train)
     assert [ax.get_title() for ax in axes] == ["layer 0", "layer 1", "average over layers"]
     for ax in axes:  # one line per activation, a min-max band over the two seeds each
-        assert sorted(l.get_label() for l in ax.get_lines()) == ["name=jsrelu", "name=relu"]
+        assert sorted(l.get_label() for l in ax.get_lines()) == ["activation.name=jsrelu", "activation.name=relu"]
         assert sum(isinstance(c, PolyCollection) for c in ax.collections) == 2
-    x, y = curve(axes[1], "name=relu")
+    x, y = curve(axes[1], "activation.name=relu")
     assert list(x) == [0, 10, 20] and np.allclose(y, [0.3 + 0.1 + 0.01 + s / 100 for s in (0, 10, 20)])
     assert "training batches" in train.get_suptitle() and "test set" in drawn[1].get_suptitle()
 
@@ -98,8 +98,9 @@ def test_flat_region_one_column_per_shift(tmp_path, drawn):
     paths = flat_region(table(rows, tmp_path), tmp_path)
     assert_images(paths)
     axes = np.array(visible_axes(drawn[0])).reshape(3, 4)
-    assert [ax.get_title() for ax in axes[0]] == ["s_x=-1.6, s_y=-1.6", "s_x=-1.6, s_y=1.6", "s_x=1.6, s_y=-1.6",
-                                                  "s_x=1.6, s_y=1.6"]
+    assert [ax.get_title() for ax in axes[0]] == ["activation.s_x=-1.6, activation.s_y=-1.6", "activation.s_x=-1.6, activation.s_y=1.6",
+                                                  "activation.s_x=1.6, activation.s_y=-1.6",
+                                                  "activation.s_x=1.6, activation.s_y=1.6"]
     assert [axes[r][0].get_ylabel() for r in range(3)] == ["fraction in flat region", "fraction of outputs = s_y",
                                                           "mean σ'(h)²"]
     assert sorted(l.get_label() for l in axes[0][0].get_lines()) == ["average", "layer 0", "layer 1"]
@@ -243,7 +244,7 @@ def test_mp_anisotropy_mean_over_steps_and_layers(tmp_path, drawn):
     assert_images(mp_anisotropy(table(rmt_rows(), tmp_path), tmp_path))
     ax_in, ax_grad = visible_axes(drawn[0])
     assert "model.width" in ax_in.get_xlabel()
-    x, y = curve(ax_in, "weight_decay=0.1")
+    x, y = curve(ax_in, "optim.weight_decay=0.1")
     # mp.py: mean over the steps (x10 at step 0, x1 at 20) and the layers (x1, x2): 5.5 x 1.5
     assert list(x) == [16, 64, 256] and np.allclose(y, [(1 / w + 0.1) * 5.5 * 1.5 for w in (16, 64, 256)])
     one_width = table([r for r in rmt_rows() if r["model.width"] == 16], tmp_path)
@@ -255,8 +256,8 @@ def test_mp_bound_of_layer_one_per_width_and_decay(tmp_path, drawn):
     assert_images(mp_bound(table(rmt_rows(), tmp_path), tmp_path))
     re_ax, im_ax = visible_axes(drawn[0])
     assert re_ax.get_yscale() == "log" and len(re_ax.get_lines()) == 6
-    assert "width=16, weight_decay=0" in [l.get_label() for l in re_ax.get_lines()]
-    x, y = curve(re_ax, "width=16, weight_decay=0")
+    assert "model.width=16, optim.weight_decay=0" in [l.get_label() for l in re_ax.get_lines()]
+    x, y = curve(re_ax, "model.width=16, optim.weight_decay=0")
     assert list(x) == [0, 20] and np.allclose(y, [(1 / 16) * 10 * 2, (1 / 16) * 2])  # layer 1, not the average
     with pytest.raises(Skip, match="layer 3"):
         mp_bound(table(rmt_rows(), tmp_path), tmp_path, layer=3)
@@ -275,7 +276,7 @@ def test_flatness_vs_sparsity_pairs_nearest_steps(tmp_path, drawn):
     points = {tuple(np.round(off, 6)) for c in trace_ax.collections for off in c.get_offsets()}
     # run a (lr 0.1): hessian at step 45 pairs with the sparsity logged at step 40
     assert points == {(0.0, 1.0), (0.4, 46.0), (1.0, 101.0), (0.05, 1.0), (0.45, 46.0), (1.05, 101.0)}
-    assert sorted(t.get_text() for t in sharp_ax.get_legend().get_texts()) == ["lr=0.01", "lr=0.1"]
+    assert sorted(t.get_text() for t in sharp_ax.get_legend().get_texts()) == ["optim.lr=0.01", "optim.lr=0.1"]
 
 
 def test_missing_data_is_skipped_with_a_reason(tmp_path):

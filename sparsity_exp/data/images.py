@@ -2,8 +2,6 @@
 MNIST / Fashion-MNIST read from a local root (no download unless ``data.download=true``)."""
 from __future__ import annotations
 
-import gzip
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +9,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from ..errors import DatasetNotFound
-from . import DataBundle, DataInfo
+from . import DataBundle, DataInfo, idx
 
 
 def digits(cfg) -> DataBundle:
@@ -35,32 +33,15 @@ def digits(cfg) -> DataBundle:
     )
 
 
-_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-
-
-def _ensure_idx(raw: Path) -> None:
-    """torchvision reads the uncompressed IDX files; unpack ``.gz`` copies placed there by hand."""
-    for name in _IDX_FILES:
-        gz = raw / f"{name}.gz"
-        if not (raw / name).exists() and gz.exists():
-            with gzip.open(gz, "rb") as src, open(raw / name, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-
-
 def _mnist_like(cfg, cls, folder: str, pretty: str) -> DataBundle:
     from torchvision import transforms as T
 
     root = Path(cfg.root).expanduser()
-    raw = root / folder / "raw"
-    if raw.is_dir():
-        _ensure_idx(raw)
-    missing = [n for n in _IDX_FILES if not (raw / n).exists()]
-    if missing and not cfg.download:
-        raise DatasetNotFound(
-            f"{pretty} not found: expected the IDX files {', '.join(missing)} (or their .gz) in {raw}. "
-            f"Copy them there, point data.root at the folder that holds '{folder}/raw', "
-            f"or add data.download=true on a machine with internet access."
-        )
+    files = idx.find_files(root, folder)  # raw or .gz, read in place (a read-only root works)
+    if files is not None:
+        cls = idx.local_dataset_class(cls, files)
+    elif not cfg.download:
+        raise DatasetNotFound(idx.missing_message(root, folder, pretty))
     pad = (cfg.image_size - 28) // 2
     test_tf = T.Compose([T.Pad(pad), T.ToTensor()]) if pad > 0 else T.ToTensor()
     if cfg.augment:

@@ -97,6 +97,10 @@ def plan(cfg, run_dir: Path) -> Plan:
         raise ConfigError(f"{run_dir} already holds a run (status {status}) and trainer.resume=false; pick a new "
                           f"folder (leave hydra.run.dir out), or drop trainer.resume=false to continue it")
     old = _read_config(run_dir)
+    if old is None and (run_dir / "config.yaml").exists():  # the run's config cannot be compared: refuse
+        raise ConfigError(f"{run_dir / 'config.yaml'} cannot be read, so this config cannot be checked against "
+                          f"the run's; restore the file (its .hydra/config.yaml holds the composed config), or "
+                          f"start a new run in a new folder")
     if old is not None:
         diff = config_differences(old, cfg)
         if diff:

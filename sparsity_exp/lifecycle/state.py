@@ -39,6 +39,17 @@ def set_rng_state(state: dict) -> None:
             torch.cuda.set_rng_state(s, i)
 
 
+def _shuffle_generator(batches):
+    """The generator that orders the loader's epochs: the loader's own, or (when a sampler such as
+    the repeated-augmentation sampler draws the order) the sampler's."""
+    own = getattr(batches, "generator", None)
+    if own is not None:
+        return own
+    sampler = getattr(batches, "sampler", None)
+    return getattr(sampler, "generator", None) if isinstance(getattr(sampler, "generator", None), torch.Generator) \
+        else None
+
+
 class BatchStream:
     """Endless training batches (epoch after epoch) that remember where they are.
 
@@ -51,7 +62,7 @@ class BatchStream:
 
     def __init__(self, batches):
         self.batches = batches
-        self.generator = getattr(batches, "generator", None)
+        self.generator = _shuffle_generator(batches)
         self._it = None
         self.taken = 0  # batches taken from the current epoch
         self._epoch_start = None  # generator state before this epoch's iterator was made
@@ -86,10 +97,16 @@ class BatchStream:
             "taken": self.taken if self._it is not None else 0,
             "epoch_start": self._epoch_start if self._it is not None else None,
             "generator": self.generator.get_state() if self.generator is not None else None,
+            # a loader that counts its epochs (DistributedSampler.set_epoch): the count for the next pass
+            "loader_epoch": getattr(self.batches, "epoch", None),
         }
 
     def load_state_dict(self, state: dict) -> None:
         self._it = None
+        epoch = state.get("loader_epoch")
+        if epoch is not None and hasattr(self.batches, "epoch"):
+            # replaying the current epoch passes through iter() once more, which counts it again
+            self.batches.epoch = epoch - 1 if state["taken"] else epoch
         if state["taken"]:
             if self.generator is not None and state["epoch_start"] is not None:
                 self.generator.set_state(state["epoch_start"])

@@ -15,6 +15,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure  # no pyplot: any backend, no display needed
 
 from ..collect import BASE_COLUMNS
+from ..naming import shorten_items
 
 # Config keys that never make two runs scientifically different: not used to group runs.
 BOOKKEEPING = {"results_dir", "name", "trainer.progress", "trainer.device", "trainer.num_workers"}
@@ -45,9 +46,9 @@ def hue_keys(rows: pd.DataFrame, hue=None, exclude=()) -> list[str]:
 
 
 def _short(keys: list[str]) -> dict:
-    """Last dotted component of each key, unless two keys share it."""
-    last = [k.split(".")[-1] for k in keys]
-    return {k: (s if last.count(s) == 1 else k) for k, s in zip(keys, last)}
+    """The legend name of each key: the full dotted key (``noise.enabled``, not ``enabled``, which
+    says nothing of what is enabled)."""
+    return {k: k for k in keys}
 
 
 def _fmt(v) -> str:
@@ -141,8 +142,15 @@ def grid(nrows: int, ncols: int, size=(3.6, 2.8)):
     return fig, fig.subplots(nrows, ncols, squeeze=False)
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9=.,_-]+", "_", str(text)).strip("_")[:80] or "run"
+def slug(text: str, limit: int = 80) -> str:
+    """A file-name part from a run id: at most ``limit`` characters, shortened by dropping whole
+    key=value items (never digits of a value); a folder's trailing hash is kept, so names stay distinct."""
+    text = re.sub(r"[^A-Za-z0-9=.,+_-]+", "_", str(text)).strip("_") or "run"
+    if len(text) <= limit:
+        return text
+    tail = re.search(r"_[0-9a-f]{6}$", text)
+    body, tail = (text[: tail.start()], tail.group()) if tail else (text, "")
+    return shorten_items(body, limit - len(tail)) + tail
 
 
 def save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
@@ -174,8 +182,20 @@ def lines_per_group(rows: pd.DataFrame, panel_col: str, panel_values, keys, titl
         if logy:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    axes[-1].legend(fontsize=7)
+    figure_legend(fig, axes)
     return fig, axes
+
+
+def figure_legend(fig: Figure, axes, ncols: int = 3) -> None:
+    """One legend for the whole figure, below the panels (a legend inside one panel hides its curves
+    and looks as if it were that panel's alone)."""
+    entries = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    if entries:
+        fig.legend(list(entries.values()), list(entries), loc="outside lower center", fontsize=7,
+                   ncols=max(1, min(ncols, len(entries))))
 
 
 def lines_per_layer(rows: pd.DataFrame, metrics: list[str], keys, ylabels: dict, logy=(), ylims=None,
@@ -200,6 +220,5 @@ def lines_per_layer(rows: pd.DataFrame, metrics: list[str], keys, ylabels: dict,
             if ylims and metric in ylims:
                 ax.set_ylim(*ylims[metric])
             ax.grid(alpha=0.3)
-            if c == len(groups) - 1 and r == 0:
-                ax.legend(fontsize=7, ncol=2 if len(layers) > 6 else 1)
+    figure_legend(fig, [a for row in axes for a in row], ncols=min(len(layers) + 1, 6))
     return fig, axes

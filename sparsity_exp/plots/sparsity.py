@@ -45,10 +45,39 @@ def sparsity_vs_step(table: pd.DataFrame, out_dir: Path, metric: str = "activati
     return written
 
 
+def shifted_runs(table: pd.DataFrame) -> list[str]:
+    """Runs whose activation is the shifted one: from the ``activation.name`` column when it varies,
+    else from each run's config.yaml, else (a table without its folders) from ``rest_fraction`` rows,
+    which only an activation resting at s_y != 0 logs."""
+    runs = list(dict.fromkeys(table.run))
+    if "activation.name" in table.columns:
+        names = table.groupby("run")["activation.name"].first()
+        return [r for r in runs if names.get(r) == "shifted"]
+    found = []
+    folders = table.groupby("run")["run_dir"].first() if "run_dir" in table.columns else {}
+    resting = set(table.run[table.metric == "rest_fraction"])
+    for run in runs:
+        config = Path(str(folders.get(run, ""))) / "config.yaml"
+        if config.is_file():
+            import yaml
+
+            name = ((yaml.safe_load(config.read_text()) or {}).get("activation") or {}).get("name")
+            if name == "shifted":
+                found.append(run)
+        elif run in resting:
+            found.append(run)
+    return found
+
+
 def flat_region(table: pd.DataFrame, out_dir: Path, hue=None, split=None) -> list[Path]:
     rows = select(table, ["derivative_sparsity", "rest_fraction", "derivative2"])
     if not (rows.metric == "derivative_sparsity").any():
         raise Skip("no derivative_sparsity rows: the runs did not use the sparsity probe (probes=default)")
+    shifted = shifted_runs(table)
+    if not shifted:
+        raise Skip("no run uses the shifted activation (activation=shifted): the flat region of ReLU-like "
+                   "activations is h <= 0, which the sparsity figures already show")
+    rows = rows[rows.run.isin(shifted)]
     rows, split = (rows[rows.split == split], split) if split else pick_split(rows)
     keys = hue_keys(rows, hue)
     keys = sorted(keys, key=lambda k: not SHIFT_KEY.search(k))  # (s_x, s_y) first: panels read in order

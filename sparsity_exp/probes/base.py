@@ -198,7 +198,8 @@ class ProbeSet:
             p.ctx = context
         if not context.sites and self.probes:
             context.sites = list(self.probes[0].sites)
-        self.last: dict = {}
+        self.last: dict = {}  # (split, probe, metric, layer) -> the last value written
+        self.last_at: dict = {}  # the same keys -> the step it was written at
         self._train = [p for p in self.probes if p.every > 0]  # observe training batches
         self._measure = [p for p in self.probes if has_measure(p)]
         self._pending: list = []  # observed on training batches, rows not written yet
@@ -230,6 +231,7 @@ class ProbeSet:
             ctx.recorder.add(ctx.step, ctx.epoch, name, rows)
         for split, metric, layer, value in rows:
             self.last[(split, name, metric, layer)] = value
+            self.last_at[(split, name, metric, layer)] = ctx.step
 
     def _rows(self, probe, split: str) -> list:
         from ..distributed import probe_rows  # sums the device accumulators over ranks first

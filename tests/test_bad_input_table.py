@@ -1,0 +1,70 @@
+"""One row per class of bad input: the CLI arguments (and the files they point at), the `error:`
+text expected, exit 2, no traceback. benchmarks/bad_inputs.py runs a larger battery of the same."""
+import pytest
+
+from tests.idx import write_mnist_like
+
+from .conftest import TINY
+
+
+def _truncated_idx(tmp_path):
+    write_mnist_like(tmp_path / "d", "MNIST")
+    raw = tmp_path / "d" / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    raw.write_bytes(raw.read_bytes()[:-50])
+    return [f"data.root={tmp_path / 'd'}", "data=mnist"]
+
+
+def _truncated_gz(tmp_path):
+    write_mnist_like(tmp_path / "d", "MNIST", gz=True)
+    gz = tmp_path / "d" / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz"
+    gz.write_bytes(gz.read_bytes()[:40])
+    return [f"data.root={tmp_path / 'd'}", "data=mnist"]
+
+
+def _a_file(tmp_path):
+    (tmp_path / "f").write_text("x")
+    return tmp_path / "f"
+
+
+ROWS = [
+    # class, run arguments (or a function of tmp_path giving them), expected error text
+    ("value out of range", ["optim.lr=-1"], "optim.lr=-1: must be a number > 0"),
+    ("wrong type", ["trainer.steps=abc"], "trainer.steps='abc': must be an integer"),
+    ("non-finite value", ["+model.init_gain=nan"], "model.init_gain=nan: must be a finite number"),
+    ("unknown choice in a field", ["activation.name=foo"], "activation.name='foo': must be one of"),
+    ("batch larger than the data", ["trainer.batch_size=100000"], "larger than the training set"),
+    ("Hydra: unknown key", ["model.nope=1"], "could not be applied"),
+    ("Hydra: unknown group option", ["model=nope"], "could not be applied"),
+    ("Hydra: bad interpolation", ["optim.lr=${nope}"], "Interpolation key 'nope' not found"),
+    ("path in a name", ["name=../../x"], "name='../../x': must be a label"),
+    ("results under a file", lambda t: [f"results_dir={_a_file(t)}/r"], "is a file, not a folder"),
+    ("missing dataset", lambda t: ["data=mnist", f"data.root={t / 'none'}"], "MNIST not found"),
+    ("truncated raw IDX", _truncated_idx, "is truncated or padded"),
+    ("truncated .gz", _truncated_gz, "is damaged"),
+    ("resume from a non-run", lambda t: [f"trainer.resume={t}"], "is not a run folder"),
+]
+
+
+@pytest.mark.parametrize("kind,args,says", ROWS, ids=[r[0] for r in ROWS])
+def test_bad_run_input_is_a_clear_error(cli, tmp_path, kind, args, says):
+    args = args(tmp_path) if callable(args) else args
+    out = cli("run", *TINY, *args)
+    assert out.returncode == 2, (out.returncode, out.stderr[-800:])
+    assert "error:" in out.stderr and says in out.stderr and "Traceback" not in out.stderr, out.stderr[-800:]
+    results = tmp_path / "results"
+    assert not results.exists() or not any(results.iterdir())  # refused before it started: no run folder
+
+
+@pytest.mark.parametrize("kind,args,says", [
+    ("collect: missing path", lambda t: ["collect", str(t / "none")], "does not exist"),
+    ("collect: --out under a file", lambda t: ["collect", str(t), "--out", f"{_a_file(t)}/x.csv"], "--out must be"),
+    ("figures: unknown figure", lambda t: ["figures", str(t), "--only", "nope"], "error:"),
+    ("probe: no run folder", lambda t: ["probe"], "probe needs a run folder"),
+    ("unknown command", lambda t: ["frobnicate"], "unknown command"),
+], ids=lambda v: v if isinstance(v, str) and ":" in v else None)
+def test_bad_subcommand_input_is_a_clear_error(cli, tmp_path, kind, args, says):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "summary.json").write_text('{"status": "completed"}')
+    out = cli(*args(tmp_path))
+    assert out.returncode == 2 and "error:" in out.stderr and says in out.stderr, out.stderr[-800:]
+    assert "Traceback" not in out.stderr
