@@ -132,7 +132,7 @@ class GELU(SiteActivation):
         return cdf + h * pdf
 
 
-_INNER = {"squared_relu": (_squared_relu, _squared_relu_derivative), "jsrelu": (jsrelu, _jsrelu_derivative)}
+INNER = {"squared_relu": (_squared_relu, _squared_relu_derivative), "jsrelu": (jsrelu, _jsrelu_derivative)}
 
 
 class Shifted(SiteActivation):
@@ -150,13 +150,13 @@ class Shifted(SiteActivation):
         super().__init__()
         from .errors import ConfigError
 
-        if inner not in _INNER:
-            raise ConfigError(f"activation.inner={inner!r} is unknown; choose one of {sorted(_INNER)}")
+        if inner not in INNER:
+            raise ConfigError(f"activation.inner={inner!r} is unknown; choose one of {sorted(INNER)}")
         if half_width < 0:
             raise ConfigError(f"activation.half_width={half_width} must be >= 0")
         self.shift_x, self.shift_y, self.half_width, self.inner = float(shift_x), float(shift_y), float(half_width), inner
         self.rest_value = self.shift_y
-        self._phi, self._dphi = _INNER[inner]
+        self._phi, self._dphi = INNER[inner]
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         u = h - self.shift_x
@@ -217,23 +217,6 @@ ACTIVATIONS: dict[str, Callable[..., SiteActivation]] = {
     "shifted": Shifted,
     "mixed": Mixed,
 }
-
-
-def _register_rules() -> None:
-    """The activation fields, checked with every other config value before anything is built, so one
-    error lists every bad field at once (the constructors' own checks stay for direct use)."""
-    from .validate import Rule, add_rules
-
-    finite = Rule("number")
-    add_rules({"activation.name": Rule("str", choices=tuple(ACTIVATIONS)),
-               "activation.shift_x": finite, "activation.shift_y": finite,
-               "activation.half_width": Rule("number", low=0),
-               "activation.inner": Rule("str", choices=tuple(_INNER)),
-               "activation.steps": Rule("int", low=0),
-               "activation.grad_clip": Rule("number", low=0)})
-
-
-_register_rules()
 
 
 def build_activation(cfg) -> SiteActivation:

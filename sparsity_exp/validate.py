@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from .activations import ACTIVATIONS
+from .activations import ACTIVATIONS, INNER
 from .assemble import DEVICE_PATTERN
 from .data import DATASETS
 from .errors import ConfigError
@@ -121,6 +121,14 @@ RULES: dict[str, Rule] = {
     "optim.schedule.name": Rule("str", choices=SCHEDULES),
     "model.name": Rule("str", choices=tuple(sorted(MODELS))),
     "activation.name": Rule("str", choices=tuple(sorted(ACTIVATIONS))),
+    # the activation's own fields, checked with every other value so one error lists them all (the
+    # constructors' checks stay for direct use)
+    "activation.shift_x": Rule("number"),
+    "activation.shift_y": Rule("number"),
+    "activation.half_width": Rule("number", low=0),
+    "activation.inner": Rule("str", choices=tuple(INNER)),
+    "activation.steps": Rule("int", low=0),
+    "activation.grad_clip": Rule("number", low=0),
     "data.name": Rule("str", choices=tuple(sorted(DATASETS))),
     "optim.schedule.warmup_steps": count(),
     "optim.schedule.warmup_start": fraction(),

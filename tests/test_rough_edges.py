@@ -262,8 +262,8 @@ def test_summary_reports_the_last_steps_training_loss_and_the_bar_says_when_test
     seen = {}
     original = Trainer._forward_backward
 
-    def spy(self, batch, net=None):
-        loss, stats = original(self, batch, net)
+    def spy(self, batch, net=None, **kw):
+        loss, stats = original(self, batch, net, **kw)
         seen[self.step] = (float(loss.detach()), float(stats["correct"]) / float(stats["count"]))
         return loss, stats
 
