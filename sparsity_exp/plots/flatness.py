@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .common import Skip, colors, hue_keys, lines_per_group, ordered_groups, panels, pick_split, save, select
+from .common import (Skip, colors, figure_legend, hue_keys, lines_per_group, ordered_groups, panels,
+                     pick_split, save, select)
 
 AUGMENTED = {"as_key": "AS_K", "coef_l0": "L0 coefficient", "as_value": "AS_V", "coef_l2": "L2 coefficient"}
 RATIO = "as_key/coef_l0"
@@ -119,6 +120,6 @@ def flatness_vs_sparsity(table: pd.DataFrame, out_dir: Path, hue=None, sparsity_
         ax.grid(alpha=0.3)
     if not points:
         raise Skip("the runs with hessian/sharpness rows have no activation_sparsity rows")
-    axes[-1].legend(fontsize=7)
+    figure_legend(fig, axes)  # one legend for every panel
     fig.suptitle("flatness and sharpness against activation sparsity (one point per run and step)")
     return save(fig, out_dir, "flatness_vs_sparsity")

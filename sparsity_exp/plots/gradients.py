@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .common import Skip, colors, hue_keys, layer_order, lines_per_layer, panels, pick_split, save, select, slug
+from .common import (Skip, colors, figure_legend, hue_keys, layer_order, lines_per_layer, panels, pick_split,
+                     save, select, slug)
 from .spectrum import runs_with_arrays
 
 
@@ -113,7 +114,7 @@ def gradient_density_histograms(table: pd.DataFrame, out_dir: Path, max_steps: i
             ax.set_xlabel("log10 |g|" if with_edges else "bin of log10 |g| (no edges saved)")
             ax.set_ylabel("fraction of entries in range")
             ax.grid(alpha=0.3)
-        axes[-1].legend(fontsize=6)
+        figure_legend(fig, axes)  # one legend for every panel
         fig.suptitle(f"log10 |g| over all entries (solid) and active entries (dashed), {run}", fontsize=9)
         written += save(fig, out_dir, f"gradient_density_hist_{slug(run)}")
     if not written:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .common import (Skip, colors, config_columns, hue_keys, lines_per_group, ordered_groups, panels, pick_split,
-                     save, select)
+from .common import (Skip, colors, config_columns, figure_legend, hue_keys, lines_per_group, ordered_groups,
+                     panels, pick_split, save, select)
 
 ANISOTROPY = {"rel_anisotropy_input": "inputs (LayerNorm outputs)", "rel_anisotropy_grad": "gradients"}
 BOUND = {"bound_re": "bound, real part", "bound_im": "bound, imaginary part"}
@@ -60,7 +60,7 @@ def mp_anisotropy(table: pd.DataFrame, out_dir: Path, width_key=None, hue=None) 
         ax.set_xlabel(f"hidden width p ({width})")
         ax.set_ylabel("averaged relative anisotropy")
         ax.grid(alpha=0.3)
-    axes[-1].legend(fontsize=7)
+    figure_legend(fig, axes)  # one legend for every panel
     fig.suptitle("relative anisotropy vs width (mean over steps and layers, as mp.py)")
     return save(fig, out_dir, "mp_anisotropy")
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .common import Skip, colors, hue_keys, layer_order, lines_per_layer, panels, pick_split, save, select, slug
+from .common import (Skip, colors, figure_legend, hue_keys, layer_order, lines_per_layer, panels, pick_split,
+                     save, select, slug)
 
 NONZERO = 0.1  # the notebook's "non-zero": lambda > 0.1, i.e. log10 lambda > -1
 
@@ -103,8 +104,8 @@ def spectrum_histograms(table: pd.DataFrame, out_dir: Path, max_steps: int = 6) 
             ax.set_xlabel("log10 eigenvalue of KKᵀ (non-zero only)")
             ax.set_ylabel("count")
             ax.grid(alpha=0.3)
-        axes[-1].legend(fontsize=7, title="red: 80% interval, last step", title_fontsize=6)
-        fig.suptitle(f"KKᵀ eigenvalues, {run}", fontsize=9)
+        figure_legend(fig, axes)  # one legend for every panel
+        fig.suptitle(f"KKᵀ eigenvalues, {run} (red: 80% interval, last step)", fontsize=9)
         written += save(fig, out_dir, f"spectrum_hist_{slug(run)}")
     if not written:
         raise Skip("the spectrum arrays hold no layer_<i> keys")
