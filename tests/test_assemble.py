@@ -69,3 +69,20 @@ def test_arrows_point_down():
     for path in (PACKAGE / "modules").glob("*.py"):
         bad = {m for m in _imports(path) if m.lstrip(".") in ("models", "record", "lifecycle.checkpoint", "assemble")}
         assert not bad, (path.name, bad)
+
+
+def test_keys_added_since_a_run_was_written_do_not_block_continuing_it():
+    """A run folder written before a key existed can be continued when the new config holds that key
+    at the value that computes what the run did; any other value, or a changed key, still differs."""
+    from sparsity_exp.lifecycle.folders import config_differences
+
+    old = {"noise": {"rho": 0.1, "targets": "key"}, "model": {"width": 64}}
+    new = {"noise": {"rho": 0.1, "targets": "key", "grad_through_scale": False},
+           "model": {"width": 64, "noise_targets": "key"}}
+    assert config_differences(old, new) == []
+    changed = {**new, "noise": {**new["noise"], "grad_through_scale": True}}
+    assert config_differences(old, changed) == ["noise.grad_through_scale: <absent> -> True"]
+    other = {**new, "model": {"width": 128, "noise_targets": "key"}}
+    assert config_differences(old, other) == ["model.width: 64 -> 128"]
+    # a key unknown to the table is still a difference when it appears
+    assert config_differences(old, {**new, "seed": 1}) == ["seed: <absent> -> 1"]

@@ -31,6 +31,18 @@ IGNORED = ("trainer.resume", "trainer.device", "trainer.progress", "trainer.num_
            "trainer.checkpoint_every", "trainer.keep_checkpoints", "trainer.jobs_per_gpu", "results_dir", "name", "data.root",
            "data.download")
 LOCK_FILE = ".lock"
+# Keys added after runs were already written, with the value that computes what the run did before
+# the key existed (ANY: the key only feeds other keys, which are compared themselves). A run folder
+# written before the key existed is no different for it, so it can still be continued (resume, a
+# rerun study) after an upgrade. A new key that changes what is computed must not be listed here.
+ANY = object()
+ADDED_KEYS = {
+    "noise.grad_through_scale": False,     # the authors' noise, drawn without gradient
+    "model.noise_targets": ANY,            # feeds noise.targets
+    "model.zeroth_bias_placement": ANY,    # feeds modules.zeroth_bias.placement
+    "model.grad_log10_range": ANY,         # feeds the gradient_density probe's range
+    "activation.grad_clip": ANY,           # feeds trainer.grad_clip
+}
 
 
 # ---------------------------------------------------------------- which folder, which checkpoint
@@ -54,7 +66,16 @@ def config_differences(old, new) -> list[str]:
     """``key: old -> new`` for every key (outside ``IGNORED``) on which two configs differ."""
     a, b = flat(old), flat(new)
     keys = sorted(k for k in set(a) | set(b) if not any(k == i or k.startswith(i + ".") for i in IGNORED))
-    return [f"{k}: {a.get(k, '<absent>')} -> {b.get(k, '<absent>')}" for k in keys if a.get(k) != b.get(k)]
+    return [f"{k}: {a.get(k, '<absent>')} -> {b.get(k, '<absent>')}" for k in keys
+            if a.get(k) != b.get(k) and not _added_since(k, a, b)]
+
+
+def _added_since(key: str, old: dict, new: dict) -> bool:
+    """``key`` is absent from the older config and the newer one holds it at its before-the-key value."""
+    if key in old or key not in ADDED_KEYS:
+        return False
+    before = ADDED_KEYS[key]
+    return before is ANY or new[key] == before
 
 
 def _read_config(run_dir: Path):
