@@ -13,7 +13,6 @@ point of it (without a GPU the launcher runs one job per core and this measures 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import subprocess

@@ -3,8 +3,6 @@ arrays. A crash loses at most the rows since the last flush; no file is left hal
 from __future__ import annotations
 
 import csv
-import functools
-import json
 import os
 from pathlib import Path
 

@@ -12,7 +12,6 @@ after the backward (before the optimizer step) and after the step.
 """
 from __future__ import annotations
 
-import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 

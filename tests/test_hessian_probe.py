@@ -9,29 +9,19 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from sparsity_exp.activations import ReLU
 from sparsity_exp.models import find_sites
-from sparsity_exp.models.mlp import LNMLP
 from sparsity_exp.probes import build_probes
-from sparsity_exp.probes.base import ProbeContext
 from sparsity_exp.probes.standalone import local_generator
-from sparsity_exp.train import ClassificationTask
+
+from .tiny import probe_context, tiny_batch, tiny_mlp
 
 
 def _tiny(seed):
-    torch.manual_seed(seed)
-    return LNMLP(in_features=3, num_classes=2, make_act=ReLU, width=4, depth=2, d_ff=5, value=True,
-                 norm_affine=True).double()
+    return tiny_mlp(seed, depth=2)
 
 
-def _batch(n=12, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 3, generator=g, dtype=torch.float64), torch.randint(0, 2, (n,), generator=g)
-
-
-def _ctx(model, batches, seed=0, step=0):
-    return ProbeContext(model=model, sites=find_sites(model), task=ClassificationTask(), train_batches=batches,
-                        test_batches=batches, device=torch.device("cpu"), step=step, seed=seed, recorder=None)
+_batch = tiny_batch
+_ctx = probe_context
 
 
 def _rows(rows):

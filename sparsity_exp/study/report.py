@@ -12,7 +12,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .stats import CONTRADICTED, NOT_SHOWN, SUPPORTED, Effect, t_interval
-from .suite import Claim, Side, Suite
+from .suite import Claim, Suite
 
 COLORS = {SUPPORTED: "tab:green", CONTRADICTED: "tab:red", NOT_SHOWN: "tab:gray"}
 
