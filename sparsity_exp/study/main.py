@@ -22,7 +22,7 @@ USAGE = "sparsity-exp study SUITE [overrides] [--out DIR] [--seeds 0,1,2] [--jud
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sparsity-exp study", usage=USAGE, description=(
         "Run every arm x seed of a validation suite (conf/study/SUITE.yaml) through `run -m` with "
-        "trainer.resume=auto (completed runs are skipped), then judge each claim: effect, 95%% CI, "
+        "trainer.resume=auto (completed runs are skipped), then judge each claim: effect, 95% CI, "
         "verdict supported / contradicted / not shown. Writes DIR/report.md, verdicts.csv and figures."))
     p.add_argument("suite", help="a suite under conf/study/ (cpu, gpu, paper) or a path to a suite YAML")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for every run (trainer.device=cuda, "
