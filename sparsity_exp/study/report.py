@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .stats import CONTRADICTED, NOT_SHOWN, SUPPORTED, Effect, t_interval
+from .stats import CONTRADICTED, NO_DATA, NOT_SHOWN, SUPPORTED, Effect, t_interval
 from .suite import Claim, Suite
 
-COLORS = {SUPPORTED: "tab:green", CONTRADICTED: "tab:red", NOT_SHOWN: "tab:gray"}
+COLORS = {SUPPORTED: "tab:green", CONTRADICTED: "tab:red", NOT_SHOWN: "tab:gray", NO_DATA: "tab:olive"}
 
 
 @dataclass
@@ -127,7 +127,7 @@ def verdict_table(verdicts: list[Verdict]) -> str:
 
 
 def control_failures(verdicts: list[Verdict]) -> list[str]:
-    return [v.row for v in verdicts if v.claim.control and v.effect.verdict != NOT_SHOWN]
+    return [v.row for v in verdicts if v.claim.control and v.effect.verdict not in (NOT_SHOWN, NO_DATA)]
 
 
 # ------------------------------------------------------------------------------ figures
@@ -208,7 +208,8 @@ def write_report(out: Path, suite: Suite, verdicts: list[Verdict], sides: dict, 
               "the same runs at step 0, or a constant bound); the CI is a 95% t interval (Welch for two arms, "
               "paired over seeds against step 0, one-sample against a bound). `supported`: the CI lies on the "
               "predicted side of zero and the effect exceeds the smallest effect of interest; `contradicted`: "
-              "the CI lies on the other side; `not shown`: neither. Relative changes carry a percentile "
+              "the CI lies on the other side; `not shown`: neither; `no data`: fewer than two seeds with a value "
+              "(runs missing or failed), so the claim was not tested. Relative changes carry a percentile "
               "bootstrap CI over seeds in verdicts.csv (coarse with 3 seeds). The permutation p-value is exact "
               "(all relabellings); with 3 vs 3 seeds it cannot go below 0.05.", "",
               "![forest plot](forest.png)", ""]

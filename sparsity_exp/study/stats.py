@@ -29,6 +29,7 @@ from .suite import Metric, Window
 
 CONFIDENCE = 0.95
 SUPPORTED, CONTRADICTED, NOT_SHOWN = "supported", "contradicted", "not shown"
+NO_DATA = "no data"  # too few seeds with a value: the claim was not tested (runs missing or failed)
 
 
 # ------------------------------------------------------------------------------ values from rows
@@ -175,7 +176,8 @@ def judge(treatment, reference, kind: str, direction: str, sesoi: float, sesoi_u
         t, r = t[~np.isnan(t)], r[~np.isnan(r)]
     e = Effect(t, r, kind, direction, sesoi, sesoi_unit)
     if len(t) < min_seeds or len(r) < min_seeds:
-        e.reason = f"too few seeds with values ({len(t)} vs {len(r)}; need {min_seeds})"
+        e.verdict = NO_DATA
+        e.reason = f"too few seeds with values ({len(t)} vs {len(r)}; need {min_seeds}): run the study (not --judge-only) or see the failed runs"
         return e
     paired = kind != "arms"
     e.diff = float(t.mean() - r.mean())
