@@ -111,7 +111,8 @@ class GradientsProbe(_TrainGradientProbe):
         eta, g, gz = rec.eta.double() * k, rec.g.double() * k, rec.gz.double() * k
         mag, neg, pos = eta.abs(), eta < 0, eta > 0
         counts = [(mag < p).sum() for p in self.thresholds]
-        sums = [torch.tensor(float(eta.numel()), device=eta.device), torch.tensor(float(eta.shape[0]), device=eta.device),
+        # counts filled on the device (new_full), not copied from the host: no transfer per observation
+        sums = [eta.new_full((), float(eta.numel())), eta.new_full((), float(eta.shape[0])),
                 mag.sum(), eta.pow(2).sum(), g.pow(2).sum(), gz.norm(dim=-1).sum(),
                 neg.sum(), pos.sum(), (eta * neg).sum(), (eta * pos).sum()]
         self._acc(eta.device)[site.index] += torch.stack([v.double() for v in counts + sums])
@@ -171,7 +172,7 @@ class GradientDensityProbe(_TrainGradientProbe):
         g2 = g.pow(2)
         mag = g.abs()
         s = self._acc(g.device)[site.index]
-        s += torch.stack([g2.sum(), torch.tensor(float(g.numel()), dtype=torch.float64, device=g.device),
+        s += torch.stack([g2.sum(), g2.new_full((), float(g.numel()), dtype=torch.float64),
                           (g2 * active).sum(), active.sum().double(),
                           (mag < 10.0**self.lo).sum().double(), (mag > 10.0**self.hi).sum().double()])
         if not self._save_due():  # histograms cost more than the ratio: only when they will be saved
