@@ -9,7 +9,8 @@ Prints
 
     OMP_NUM_THREADS=1 python benchmarks/probe_cost.py [--repeats 3] [--steps 1500] [override ...]
 
-Timings on a shared machine are noisy: the run ratios take the fastest of --repeats runs.
+Timings on a shared machine are noisy: the presets' runs alternate, and the ratios take the fastest
+of --repeats runs of each.
 """
 from __future__ import annotations
 
@@ -135,9 +136,12 @@ def main():
 
     walls, cpus = {}, {}
     if not args.skip_runs:
-        for preset in PRESETS:
-            runs = [run_wall(preset, args.overrides) for _ in range(args.repeats)]
-            walls[preset], cpus[preset] = min(r[0] for r in runs), min(r[1] for r in runs)
+        runs = {preset: [] for preset in PRESETS}
+        for _ in range(args.repeats):  # interleaved, so a slow spell of the machine hits every preset
+            for preset in PRESETS:
+                runs[preset].append(run_wall(preset, args.overrides))
+        for preset, got in runs.items():
+            walls[preset], cpus[preset] = min(r[0] for r in got), min(r[1] for r in got)
     costs, cfg = per_probe(args.overrides)
     steps, log_every, eval_every = cfg.trainer.steps, cfg.trainer.log_every, cfg.trainer.eval_every
     evals = steps // eval_every + 2

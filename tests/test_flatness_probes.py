@@ -5,13 +5,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch.func import functional_call
 
 from sparsity_exp.models import find_sites
 from sparsity_exp.probes import build_probes
-from sparsity_exp.train import ClassificationTask
 
-from .tiny import probe_context, tiny_batch, tiny_mlp
+from .tiny import exact_hessian, probe_context, tiny_batch, tiny_mlp
 
 
 def _tiny(seed=0, value=True):
@@ -20,23 +18,6 @@ def _tiny(seed=0, value=True):
 
 _batch = tiny_batch
 _ctx = probe_context
-
-
-def exact_hessian(model, batch):
-    names = [n for n, _ in model.named_parameters()]
-    shapes = [p.shape for _, p in model.named_parameters()]
-    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    task = ClassificationTask()
-
-    def loss_of(theta):
-        params, i = {}, 0
-        for n, s in zip(names, shapes):
-            k = math.prod(s)
-            params[n] = theta[i:i + k].reshape(s)
-            i += k
-        return torch.nn.functional.cross_entropy(functional_call(model, params, (batch[0],)), batch[1])
-
-    return torch.autograd.functional.hessian(loss_of, flat).numpy()
 
 
 def _train(model, batch, steps=300):

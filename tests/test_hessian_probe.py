@@ -7,13 +7,12 @@ from contextlib import ExitStack
 import numpy as np
 import pytest
 import torch
-from torch.func import functional_call
 
 from sparsity_exp.models import find_sites
 from sparsity_exp.probes import build_probes
 from sparsity_exp.probes.standalone import local_generator
 
-from .tiny import probe_context, tiny_batch, tiny_mlp
+from .tiny import exact_hessian, probe_context, tiny_batch, tiny_mlp
 
 
 def _tiny(seed):
@@ -33,21 +32,7 @@ def _measure(model, batch, **settings):
     return _rows(probe.measure(_ctx(model, [batch])))
 
 
-def _exact(model, batch, names):
-    """Exact Hessian of the mean cross-entropy w.r.t. the named parameters (in ``names`` order)."""
-    params = dict(model.named_parameters())
-    shapes = [params[n].shape for n in names]
-    flat = torch.cat([params[n].detach().reshape(-1) for n in names])
-
-    def loss_of(theta):
-        sub, i = {}, 0
-        for n, s in zip(names, shapes):
-            k = math.prod(s)
-            sub[n] = theta[i:i + k].reshape(s)
-            i += k
-        return torch.nn.functional.cross_entropy(functional_call(model, sub, (batch[0],)), batch[1])
-
-    return torch.autograd.functional.hessian(loss_of, flat).numpy()
+_exact = exact_hessian
 
 
 def _mlp_names(model):
