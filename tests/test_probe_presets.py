@@ -4,26 +4,13 @@ import pandas as pd
 import pytest
 
 from sparsity_exp.models import find_sites
-from sparsity_exp.probes import build_probes
+from sparsity_exp.probes import PROBES, build_probes
 from sparsity_exp.run import execute
 
-CONTRACT = {
-    "sparsity": {"activation_sparsity", "derivative_sparsity", "derivative2"},
-    "gradients": {"eta_small_1e-9", "eta_small_1e-6", "eta_small_1e-3", "eta_l1", "eta_l2", "key_fro2", "g_norm2",
-                  "gz_norm", "eta_neg_count", "eta_pos_count", "eta_neg_sum", "eta_pos_sum", "value_grad_fro",
-                  "grad_norm_wrt_values"},
-    "gradient_density": {"density_ratio", "below_range", "above_range"},
-    "augmented_flatness": {"as_key", "as_value", "coef_l0", "coef_l2", "a2", "l2_term"},
-    "hessian": {"trace", "trace_se", "block_trace", "block_trace_se", "lambda_max", "top_abs_eigenvalue", "feature_input_trace", "feature_input_trace_se", "feature_preact_trace",
-                "feature_preact_trace_se"},
-    "sharpness": {"avg_param", "worst_param", "avg_feature_input", "worst_feature_input", "avg_feature_act",
-                  "worst_feature_act"},
-    "spectrum": {"ratio_minmax", "ratio80", "near_zero_rate"},
-    "rmt": {"rel_anisotropy_input", "rel_anisotropy_grad", "alpha_input", "alpha_grad", "bound_re", "bound_im",
-            "t_eff", "inv_c"},
-    "neurons": {"dead_units", "always_on_units", "mean_firing"},
-    "diagonality": {"kkT_p1", "kkT_p2", "M_p1", "M_p2", "hadamard_p1", "hadamard_p2"},
-}
+# The contract: every registered probe and the metric names it declares (Probe.metrics). A new probe
+# enters it by being in PROBES; nothing here names a probe.
+CONTRACT = {name: set(cls.metrics) for name, cls in PROBES.items()}
+POSTHOC = {name for name, cls in PROBES.items() if cls.posthoc}
 FAST = ["probes.hessian.samples=2", "probes.hessian.iterations=3", "probes.sharpness.samples=2",
         "probes.sharpness.steps=2"]
 
@@ -52,7 +39,8 @@ def test_gradient_density_range_comes_from_the_model_preset(compose, model, expe
 
 
 def test_full_preset_run_writes_the_contract(compose, tiny, tmp_path):
-    cfg = compose(*tiny, "model.value=true", "model.d_ff=48", "probes=full", *FAST)
+    # V present (model.value) and a flat region off zero (activation=shifted): every declared metric is due
+    cfg = compose(*tiny, "model.value=true", "model.d_ff=48", "activation=shifted", "probes=full", *FAST)
     execute(cfg, tmp_path)
     m = pd.read_csv(tmp_path / "metrics.csv")
     for probe, metrics in CONTRACT.items():
@@ -104,7 +92,7 @@ def test_posthoc_probe_command(cli, compose, tiny, tmp_path):
     assert (run / "metrics.csv").read_bytes() == before
     post = pd.read_csv(run / "posthoc_metrics.csv")
     assert sorted(set(post.step)) == [15, 30]
-    assert set(CONTRACT) - {"rmt"} == set(post.probe)
+    assert POSTHOC == set(post.probe) and "rmt" not in POSTHOC
     # the lr-0 protocol measures the checkpoint's own weights (the spectrum matches them)
     k = load_checkpoint(run / "checkpoints" / "step_00000030.pt")["model"]["blocks.1.key.weight"].double()
     lam = np.load(run / "arrays" / "posthoc_spectrum_step00000030.npz")["layer_1"]
@@ -150,3 +138,14 @@ def test_posthoc_rebuilds_a_run_with_interventions(compose, tmp_path):
                   & (final.step == 20)]
     # the same weights on the same test set: the same test sparsity as the run logged at its end
     assert sorted(sparsity.value) == pytest.approx(sorted(final.value))
+
+
+def test_every_probe_declares_its_metrics_and_posthoc():
+    """The declarations the contract is derived from: a name matching its registry key, its metric
+    names (non-empty, no repeats), and a boolean post-hoc flag (rmt the only probe without)."""
+    for name, cls in PROBES.items():
+        assert cls.name == name
+        assert cls.metrics and len(set(cls.metrics)) == len(cls.metrics), name
+        assert all(isinstance(m, str) and m for m in cls.metrics), name
+        assert isinstance(cls.posthoc, bool), name
+    assert {n for n, c in PROBES.items() if not c.posthoc} == {"rmt"}

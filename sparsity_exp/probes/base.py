@@ -101,7 +101,20 @@ class ProbeContext:
 
 
 class Probe:
+    """A probe declares on its class what the project reads without running it:
+
+    ``name``     its key in ``PROBES`` and under ``probes:`` in the config;
+    ``metrics``  every metric name its rows can carry with its default settings; a few appear only
+                 where the run has what they measure (V's metrics on a value-free block,
+                 ``rest_fraction`` with a shifted activation). ``rows()`` and ``measure()`` write no
+                 other name: the tests' contract is derived from this declaration;
+    ``posthoc``  whether ``sparsity-exp probe`` can measure saved checkpoints with it (False for a
+                 probe that needs the training trajectory, like ``rmt``'s running covariances).
+    """
+
     name = "probe"
+    metrics: tuple[str, ...] = ()
+    posthoc: bool = True
     # True: observe('train') works on a torch.compile'd model (its hooks are traced into the graph,
     # see SparsityProbe.before_compile), so the trainer need not run the observed step eagerly
     compile_safe = False

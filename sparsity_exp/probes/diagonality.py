@@ -49,6 +49,7 @@ def per_token_masses(x: torch.Tensor, kp: torch.Tensor | None = None) -> tuple[t
 
 class DiagonalityProbe(Probe):
     name = "diagonality"
+    metrics = ("kkT_p1", "kkT_p2", "M_p1", "M_p2", "hadamard_p1", "hadamard_p2")
 
     def __init__(self, sites, every: int = 0, powers=(1, 2), aggregation: str = "per_token", **kw):
         super().__init__(sites, every, **kw)

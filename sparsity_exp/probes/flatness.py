@@ -42,6 +42,7 @@ _AS_K, _AS_V, _L0_NUM, _ACTIVE, _GZ2, _A2, _L2, _ROWS, _SAMPLES = range(9)
 
 class AugmentedFlatnessProbe(_TrainGradientProbe):
     name = "augmented_flatness"
+    metrics = ("as_key", "as_value", "coef_l0", "coef_l2", "a2", "l2_term")
     grads = ("eta", "g", "gz")
     inputs = True
     value_inputs = True

@@ -93,6 +93,9 @@ class _TrainGradientProbe(Probe):
 
 class GradientsProbe(_TrainGradientProbe):
     name = "gradients"
+    metrics = ("eta_small_1e-9", "eta_small_1e-6", "eta_small_1e-3", "eta_l1", "eta_l2", "key_fro2", "g_norm2",
+               "gz_norm", "eta_neg_count", "eta_pos_count", "eta_neg_sum", "eta_pos_sum", "value_grad_fro",
+               "grad_norm_wrt_values")
     inputs = False
     value_inputs = True  # dL/dV is built from V's input
 
@@ -153,6 +156,7 @@ class GradientDensityProbe(_TrainGradientProbe):
     """E[g^2 | active] / E[g^2] per layer, and histograms of log10|g| (PAPER.md §1.2)."""
 
     name = "gradient_density"
+    metrics = ("density_ratio", "below_range", "above_range")
     grads = ("g",)
     n_stats = 6  # sum g^2, entries, sum g^2 over active, active entries, entries below / above the range
 

@@ -287,6 +287,8 @@ class FeatureOffsets:
 
 class HessianProbe(Probe):
     name = "hessian"
+    metrics = ("trace", "trace_se", "block_trace", "block_trace_se", "lambda_max", "top_abs_eigenvalue",
+               "feature_input_trace", "feature_input_trace_se", "feature_preact_trace", "feature_preact_trace_se")
 
     def __init__(self, sites, batches: int = 1, samples: int = 20, iterations: int = 50, tol: float = 1e-3,
                  krylov: int = 6, params: str = "mlp", features: bool = True, feature_samples: int | None = None,

@@ -21,6 +21,7 @@ from .hooks import forward_hooks
 
 class NeuronsProbe(Probe):
     name = "neurons"
+    metrics = ("dead_units", "always_on_units", "mean_firing")
 
     def __init__(self, sites, every: int = 0, train: bool = False, dead_at_most: float = 0.0,
                  always_on_at_least: float = 1.0, **kw):

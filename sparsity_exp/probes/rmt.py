@@ -66,6 +66,8 @@ def mp_bound(p: int, steps: float, batch: int, alpha: float, anisotropy: float, 
 
 class RMTProbe(Probe):
     name = "rmt"
+    metrics = ("rel_anisotropy_input", "rel_anisotropy_grad", "alpha_input", "alpha_grad", "bound_re", "bound_im",
+               "t_eff", "inv_c")
     posthoc = False  # the running covariances need the whole training trajectory
 
     def __init__(self, sites, every: int = 0, thr: float = 1e-3, v: float = 1e-2, cap_t_eff: bool = False, **kw):

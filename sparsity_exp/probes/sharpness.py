@@ -73,6 +73,8 @@ class _FeatureHooks:
 
 class SharpnessProbe(Probe):
     name = "sharpness"
+    metrics = ("avg_param", "worst_param", "avg_feature_input", "worst_feature_input", "avg_feature_act",
+               "worst_feature_act")
 
     def __init__(self, sites, rho: float = 0.05, rho_feature: float | None = None, batches: int = 1,
                  samples: int = 10, steps: int = 5, step_size: float = 0.5, params: bool = True,

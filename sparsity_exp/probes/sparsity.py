@@ -40,6 +40,7 @@ _ZEROS, _FLAT, _DERIV2, _COUNT, _REST = range(5)
 
 class SparsityProbe(Probe):
     name = "sparsity"
+    metrics = ("activation_sparsity", "derivative_sparsity", "derivative2", "rest_fraction")
     compile_safe = True  # train batches are observed inside the compiled forward (before_compile)
 
     def __init__(self, sites, every: int = 0, test: bool = True, compiled_stats: str = "log_steps", **kw):

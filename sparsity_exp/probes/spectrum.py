@@ -65,6 +65,7 @@ def ratio80(lam: np.ndarray, nonzero_above: float, bins: int, mass: float) -> fl
 
 class SpectrumProbe(Probe):
     name = "spectrum"
+    metrics = ("ratio_minmax", "ratio80", "near_zero_rate")
 
     def __init__(self, sites, ratio_threshold: float = 0.1, nonzero_above: float = 0.1, bins: int = 100,
                  mass: float = 0.8, save: bool = True, **kw):
