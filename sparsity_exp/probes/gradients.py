@@ -35,12 +35,14 @@ loss that averages per-sample losses over the batch.
 """
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from ..distributed import world_size
+from ..lifecycle.atomic import atomic_path
 
 from .base import Probe, layer_rows
 from .capture import capture
@@ -94,14 +96,12 @@ class _TrainGradientProbe(Probe):
     def record_settings(self, **settings) -> None:
         """The conventions behind this probe's numbers (scale, active set, ratio mode), once per
         process, to ``arrays/[posthoc_]<name>_settings.json`` of the run folder, so a figure can label
-        its axes with them (plots.gradients.probe_settings reads it); nothing without a recorder."""
+        its axes with them (plots.gradients.probe_settings reads it); nothing without a recorder. The
+        file holds the latest process's settings: a second post-hoc pass with other settings
+        replaces it, while its rows are appended to the same posthoc_metrics.csv."""
         recorder = self.ctx.recorder
         if recorder is None or getattr(self, "_settings_recorded", False):
             return
-        import json
-
-        from ..lifecycle.atomic import atomic_path
-
         folder = recorder.run_dir / "arrays"
         folder.mkdir(exist_ok=True)
         with atomic_path(folder / f"{recorder.array_prefix}{self.name}_settings.json") as tmp:
