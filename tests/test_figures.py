@@ -200,13 +200,13 @@ def test_augmented_flatness_axes_say_the_scale_and_active_set(tmp_path, drawn):
     t = table(rows, tmp_path)
     augmented_flatness(t[t.run == "a"], tmp_path)
     axes = visible_axes(drawn[-1])
-    assert axes[0].get_ylabel().endswith("authors' (batch-mean gradients) scale")
+    assert axes[0].get_ylabel() == "value (layer average)\nauthors' scale (batch mean)"
     assert axes[-1].get_title() == "AS_K / L0 coefficient (= ‖v‖₀ for ReLU)"
     assert drawn[-1]._suptitle.get_text().endswith("active entries: V's input > 0 (after dropout)")
     augmented_flatness(t[t.run == "b"], tmp_path)  # an older run: per_sample: true in its config
-    assert visible_axes(drawn[-1])[0].get_ylabel().endswith("per-sample (x B² on AS and coefficients) scale")
+    assert visible_axes(drawn[-1])[0].get_ylabel().endswith("per-sample scale (×B²)")
     augmented_flatness(t, tmp_path)
-    assert "mixed: authors' (batch-mean gradients) / per-sample" in visible_axes(drawn[-1])[0].get_ylabel()
+    assert visible_axes(drawn[-1])[0].get_ylabel().endswith("mixed: authors' scale (batch mean) / per-sample scale (×B²)")
 
 
 def test_gradient_density_axis_says_the_ratio_mode(tmp_path, drawn):
@@ -218,7 +218,7 @@ def test_gradient_density_axis_says_the_ratio_mode(tmp_path, drawn):
     (tmp_path / "r" / "arrays" / "gradient_density_settings.json").write_text(json.dumps({"ratio_mode": "binned"}))
     gradient_density(table(rows, tmp_path), tmp_path)
     (ax,) = visible_axes(drawn[-1])
-    assert ax.get_ylabel() == "E[g² | a>0] / E[g²]\n(binned, in-range histogram bins (the authors'))"
+    assert ax.get_ylabel() == "E[g² | a>0] / E[g²]\n(binned in range (authors'))"
 
 
 def write_density_arrays(run, steps=(0, 100)):

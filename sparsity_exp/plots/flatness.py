@@ -40,7 +40,7 @@ FLATNESS = {
 }
 
 
-SCALE_NAMES = {"authors": "authors' (batch-mean gradients)", "per_sample": "per-sample (x B² on AS and coefficients)"}
+SCALE_NAMES = {"authors": "authors' scale (batch mean)", "per_sample": "per-sample scale (×B²)"}
 ACTIVE_NAMES = {"value_input": "V's input > 0 (after dropout)", "pre_dropout": "σ'(h) ≠ 0 (before dropout)"}
 ACTIVE_L0 = {ACTIVE_NAMES["value_input"]: "‖v‖₀", ACTIVE_NAMES["pre_dropout"]: "‖a‖₀"}
 
@@ -92,7 +92,7 @@ def augmented_flatness(table: pd.DataFrame, out_dir: Path, hue=None) -> list[Pat
     label = {**AUGMENTED, RATIO: "AS_K / L0 coefficient (= " + (ACTIVE_L0.get(active, "‖a‖₀") if active else "‖a‖₀")
              + " for ReLU)"}
     fig, axes = lines_per_group(avg, "metric", present, keys, title=lambda m: label[m],
-                                ylabel="value (average over layers)\n" + (f"{scale} scale" if scale else "scale unknown"),
+                                ylabel="value (layer average)\n" + (scale or "scale unknown"),
                                 logy=True, ncols=3)
     fig.suptitle("augmented flatness, " + ("training batches" if split == "train" else f"split {split}")
                  + (f"; active entries: {active}" if active else ""))

@@ -100,7 +100,7 @@ def settings_text(found: list[dict], key: str, names: dict) -> str | None:
     return text[0] if len(text) == 1 else "mixed: " + " / ".join(text)
 
 
-RATIO_MODE_NAMES = {"exact": "exact, every entry", "binned": "binned, in-range histogram bins (the authors')"}
+RATIO_MODE_NAMES = {"exact": "exact, every entry", "binned": "binned in range (authors')"}
 
 
 def gradient_density(table: pd.DataFrame, out_dir: Path, hue=None) -> list[Path]:
