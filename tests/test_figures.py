@@ -184,6 +184,43 @@ def test_augmented_flatness_ratio_and_sources(tmp_path, drawn):
     assert list(x) == [0, 50, 100] and np.allclose(y, (k / c).mean(axis=1))
 
 
+def test_augmented_flatness_axes_say_the_scale_and_active_set(tmp_path, drawn):
+    """The y axis names the scale and the title the active set, from the settings file the probe
+    writes beside its rows, else (online rows of older runs) from the run's config.yaml."""
+    import json
+
+    rows = [dict(run=run, step=step, split="train", probe="augmented_flatness", metric=m, layer=layer, value=1.0 + step,
+                 source="posthoc" if run == "a" else "metrics")
+            for run in ("a", "b") for step in (0, 50) for m in ("as_key", "coef_l0") for layer in (0, "avg")]
+    (tmp_path / "a" / "arrays").mkdir(parents=True)
+    (tmp_path / "a" / "arrays" / "posthoc_augmented_flatness_settings.json").write_text(
+        json.dumps({"scale": "authors", "active_set": "value_input"}))
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "config.yaml").write_text("probes:\n  augmented_flatness:\n    every: 10\n    per_sample: true\n")
+    t = table(rows, tmp_path)
+    augmented_flatness(t[t.run == "a"], tmp_path)
+    axes = visible_axes(drawn[-1])
+    assert axes[0].get_ylabel() == "value (layer average)\nauthors' scale (batch mean)"
+    assert axes[-1].get_title() == "AS_K / L0 coefficient (= ‖v‖₀ for ReLU)"
+    assert drawn[-1]._suptitle.get_text().endswith("active entries: V's input > 0 (after dropout)")
+    augmented_flatness(t[t.run == "b"], tmp_path)  # an older run: per_sample: true in its config
+    assert visible_axes(drawn[-1])[0].get_ylabel().endswith("per-sample scale (×B²)")
+    augmented_flatness(t, tmp_path)
+    assert visible_axes(drawn[-1])[0].get_ylabel().endswith("mixed: authors' scale (batch mean) / per-sample scale (×B²)")
+
+
+def test_gradient_density_axis_says_the_ratio_mode(tmp_path, drawn):
+    import json
+
+    rows = [dict(run="r", step=s, split="train", probe="gradient_density", metric="density_ratio", layer=l,
+                 value=1.0) for s in (0, 100) for l in (0, "avg")]
+    (tmp_path / "r" / "arrays").mkdir(parents=True)
+    (tmp_path / "r" / "arrays" / "gradient_density_settings.json").write_text(json.dumps({"ratio_mode": "binned"}))
+    gradient_density(table(rows, tmp_path), tmp_path)
+    (ax,) = visible_axes(drawn[-1])
+    assert ax.get_ylabel() == "E[g² | a>0] / E[g²]\n(binned in range (authors'))"
+
+
 def write_density_arrays(run, steps=(0, 100)):
     edges = np.linspace(-10, 5, 1001)
     rng = np.random.default_rng(3)

@@ -97,38 +97,105 @@ def test_cli_finetune_from_a_run_folder(cli, tiny, tmp_path):
     assert json.loads((ft[0] / "init.json").read_text())["source_run"] == str(src)
 
 
-def test_lora_reaches_torchvision_attention_and_trains(compose):
-    """ViT finetuning adapts attention as the paper's LoRA did: peft wraps each nn.MultiheadAttention
-    (packed q/k/v and out_proj); its adapters get gradients and move, its base weights stay frozen."""
-    pytest.importorskip("peft")
-    import torch.nn.functional as F
-    from torch import nn
-
+def _vit_with_lora(compose, rank=4, *extra):
     from sparsity_exp.data import build_data
     from sparsity_exp.models import build_model, find_sites
     from sparsity_exp.modules.finetune import add_lora
 
-    cfg = compose("model=vit", "protocol=sparsity_finetune", "protocol.lora.rank=4")
+    cfg = compose("model=vit", "protocol=sparsity_finetune", f"protocol.lora.rank={rank}", *extra)
     data = build_data(cfg.data)
     torch.manual_seed(0)
     model = build_model(cfg.model, data.info, cfg.activation)
     before = {n: m.in_proj_weight.detach().clone() for n, m in model.named_modules()
-              if isinstance(m, nn.MultiheadAttention)}
+              if isinstance(m, torch.nn.MultiheadAttention)}
     names = add_lora(model, find_sites(model), cfg.protocol.lora)
+    return model, data, before, names
+
+
+def test_lora_reaches_torchvision_attention_and_trains(compose):
+    """ViT finetuning adapts attention as the paper's LoRA did (loralib MergedLinear on q/k/v): each
+    nn.MultiheadAttention's packed in_proj_weight and out_proj get low-rank adapters; they get
+    gradients and move, the base weights stay frozen, exactly."""
+    pytest.importorskip("peft")
+    import torch.nn.functional as F
+    from torch.nn.utils import parametrize
+
+    model, data, before, names = _vit_with_lora(compose)
     assert set(before) <= set(names)
     attn = {n: model.get_submodule(n) for n in before}
-    assert all(hasattr(m, "lora_A") and hasattr(m, "get_base_layer") for m in attn.values())
+    assert all(parametrize.is_parametrized(m, "in_proj_weight") and parametrize.is_parametrized(m.out_proj, "weight")
+               for m in attn.values())
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     x, y = torch.randn(16, *data.info.input_shape), torch.randint(0, data.info.num_classes, (16,))
     for step in range(4):  # torchvision zero-initialises the head: gradients reach attention from step 1 on
         F.cross_entropy(model(x), y).backward()
         if step == 3:
-            assert all(m.lora_B["default"].weight.grad.abs().max() > 0 for m in attn.values())
+            assert all(m.parametrizations.in_proj_weight[0].lora_B.grad.abs().max() > 0 for m in attn.values())
         opt.step()
         opt.zero_grad()
     for n, m in attn.items():
-        assert m.lora_B["default"].weight.abs().max() > 0  # the adapter trained (B starts at 0)
-        assert not m.get_base_layer().in_proj_weight.requires_grad
-        # frozen, up to rounding: peft's MultiheadAttention adds the LoRA delta to in_proj_weight for each
-        # forward and subtracts it after, so the base weight moves by float32 rounding only
-        assert torch.allclose(m.get_base_layer().in_proj_weight, before[n], rtol=0, atol=1e-5)
+        lora = m.parametrizations.in_proj_weight
+        assert lora[0].lora_B.abs().max() > 0  # the adapter trained (B starts at 0)
+        assert not lora.original.requires_grad
+        assert torch.equal(lora.original, before[n])  # the base is never written: frozen exactly
+
+
+def test_attention_lora_is_rank_r_per_q_k_v_with_hand_counted_parameters(compose):
+    """Rank r on each of q, k, v (as loralib's MergedLinear(enable_lora=[True, True, True])): the
+    effective update of the packed in_proj_weight has rank <= r per block and up to 3r overall; the
+    parameter counts are the hand-computed ones; the merged model computes the same function."""
+    pytest.importorskip("peft")
+    from sparsity_exp.modules.finetune import merge_attention_lora
+
+    r = 3
+    model, data, before, _ = _vit_with_lora(compose, r)
+    d = model.hidden_dim
+    for n, base in before.items():
+        m = model.get_submodule(n)
+        lora = m.parametrizations.in_proj_weight[0]
+        with torch.no_grad():  # random B (it starts at 0) so the ranks are the generic ones
+            lora.lora_B.normal_()
+            m.out_proj.parametrizations.weight[0].lora_B.normal_()
+        delta = (m.in_proj_weight - base).detach().double()
+        assert delta.shape == (3 * d, d)
+        rank = lambda t: int(torch.linalg.matrix_rank(t, rtol=1e-4))  # float32 rounding of W + delta - W
+        for q_k_v in delta.split(d):  # q, k, v blocks of the packed weight
+            assert rank(q_k_v) == r
+        assert rank(delta) == 3 * r  # peft's single adapter would give r here
+        # 3 x r x (d_in + d_out / 3) for the packed q/k/v (d_in = d, d_out = 3d), r (d + d) for out_proj
+        assert lora.lora_A.numel() + lora.lora_B.numel() == 3 * r * (d + 3 * d // 3) == 6 * r * d
+        out = m.out_proj.parametrizations.weight[0]
+        assert out.lora_A.numel() + out.lora_B.numel() == 2 * r * d
+        assert rank((m.out_proj.weight - m.out_proj.parametrizations.weight.original).detach().double()) == r
+    model.eval()
+    x = torch.randn(4, *data.info.input_shape)
+    with torch.no_grad():
+        unmerged = model(x)
+        merge_attention_lora(model)
+        merged = model(x)
+    assert not any(hasattr(m, "parametrizations") for m in model.modules() if isinstance(m, torch.nn.MultiheadAttention))
+    assert torch.allclose(merged, unmerged, rtol=0, atol=1e-5)
+    with pytest.raises(ConfigError, match="protocol.lora.dropout=0"):
+        _vit_with_lora(compose, 2, "protocol.lora.dropout=0.1")
+
+
+def test_t5_lora_is_rank_r_on_each_of_q_k_v(compose):
+    """T5's attention has separate q, k, v (and o) Linears: peft gives each its own rank-r adapter."""
+    pytest.importorskip("peft")
+    from sparsity_exp.data import build_data
+    from sparsity_exp.models import build_model, find_sites
+    from sparsity_exp.modules.finetune import add_lora
+
+    cfg = compose("model=t5", "model.d_model=16", "model.d_kv=8", "model.d_ff=24", "model.num_heads=2",
+                  "model.num_layers=1", "model.num_decoder_layers=1", "data.inputs_length=24",
+                  "data.max_test_examples=16", "protocol=sparsity_finetune", "protocol.lora.rank=3")
+    data = build_data(cfg.data)
+    model = build_model(cfg.model, data.info, cfg.activation)
+    add_lora(model, find_sites(model), cfg.protocol.lora)
+    attention = [m for n, m in model.named_modules() if n.endswith("SelfAttention")]
+    assert attention
+    for att in attention:
+        for proj in ("q", "k", "v", "o"):
+            lin = getattr(att, proj)
+            assert lin.lora_A["default"].weight.shape == (3, lin.in_features)
+            assert lin.lora_B["default"].weight.shape == (lin.out_features, 3)

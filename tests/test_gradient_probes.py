@@ -296,3 +296,34 @@ def test_gradient_probes_stay_silent_on_test_batches():
     with torch.no_grad(), observing(probes, "test"):
         model(_data()[0])
     assert all(p.rows("test") == [] and p.rows("train") == [] for p in probes)
+
+
+def test_gradient_density_binned_ratio_against_a_hand_count():
+    """ratio_mode binned (the authors' in-range computation, docs/paper.md §1.2) on a constructed
+    gradient: bins of width 1 on [-10, 5], each in-range entry at its bin centre, entries outside the
+    range and exact zeros left out; exact mode over every entry."""
+    from types import SimpleNamespace
+
+    model = _model(True, d_ff=4)
+    site = find_sites(model)[0]
+    g = torch.tensor([[10**-2.3, 10**0.2, 1e-12, 0.0], [1e7, 10**0.7, 10**-2.9, 10**-8.4]], dtype=torch.float64)
+    h = torch.tensor([[1.0, -1.0, 1.0, 1.0], [1.0, 1.0, -1.0, 1.0]], dtype=torch.float64)  # active: h > 0
+    got = {}
+    for mode in ("exact", "binned"):
+        (probe,) = build_probes({"gradient_density": {"every": 1, "bins": 15, "log10_range": [-10, 5],
+                                                      "ratio_mode": mode}}, [site])
+        probe.on_record(site, SimpleNamespace(g=g, h=h, samples=2))
+        got[mode] = _rows(probe.rows("train"))
+    # in range: 10^-2.3 (centre -2.5), 10^0.2 (0.5), 10^0.7 (0.5), 10^-2.9 (-2.5), 10^-8.4 (-8.5)
+    all_c = [-2.5, 0.5, 0.5, -2.5, -8.5]
+    active_c = [-2.5, 0.5, -8.5]  # 10^-2.3, 10^0.7, 10^-8.4 (1e-12, 0 and 1e7 are active but out of range)
+    binned = np.mean([10 ** (2 * c) for c in active_c]) / np.mean([10 ** (2 * c) for c in all_c])
+    assert got["binned"][("density_ratio", 0)] == pytest.approx(binned, rel=1e-12)
+    gn, act = g.numpy(), h.numpy() > 0
+    exact = (gn[act] ** 2).mean() / (gn**2).mean()
+    assert got["exact"][("density_ratio", 0)] == pytest.approx(exact, rel=1e-12)
+    assert abs(binned - exact) > 0.1 * exact  # the two modes are different numbers here
+    for mode in ("exact", "binned"):  # the out-of-range fractions are the same rows either way
+        assert got[mode][("below_range", 0)] == pytest.approx(2 / 8) and got[mode][("above_range", 0)] == pytest.approx(1 / 8)
+    with pytest.raises(Exception, match="ratio_mode='bins'; choose one of"):
+        build_probes({"gradient_density": {"ratio_mode": "bins"}}, [site])

@@ -1,8 +1,10 @@
 """Flatness figures (PAPER.md §1.3, §2 claim 2, and the Hessian/sharpness probes).
 
 augmented_flatness     layer-averaged AS_K, coefficient L0, AS_V, coefficient L2 vs step (log y), and
-                       AS_K / coef_L0, which equals ||a||_0 for ReLU (its decrease over training is the
-                       2026 claim); one curve per run group, online and post-hoc rows told apart
+                       AS_K / coef_L0, which equals ||v||_0 (or ||a||_0, pre_dropout) for ReLU (its
+                       decrease over training is the 2026 claim); one curve per run group, online and
+                       post-hoc rows told apart; the y axis says the probe's scale (authors' or
+                       per-sample) and the title its active set, from the settings the probe recorded
 flatness_vs_sparsity   each Hessian/sharpness metric (layer 'avg') against the layer-averaged activation
                        sparsity of the same run at the nearest logged step: one point per (run, step),
                        a run's points joined in step order, colours by run group; a metric with a
@@ -18,6 +20,7 @@ import pandas as pd
 
 from .common import (Skip, colors, figure_legend, hue_keys, lines_per_group, ordered_groups, panels,
                      pick_split, save, select)
+from .gradients import probe_settings, settings_text
 
 AUGMENTED = {"as_key": "AS_K", "coef_l0": "L0 coefficient", "as_value": "AS_V", "coef_l2": "L2 coefficient"}
 RATIO = "as_key/coef_l0"
@@ -35,6 +38,21 @@ FLATNESS = {
     ("sharpness", "avg_feature_act"): "average-case sharpness, activations",
     ("sharpness", "worst_feature_act"): "worst-case sharpness, activations",
 }
+
+
+SCALE_NAMES = {"authors": "authors' scale (batch mean)", "per_sample": "per-sample scale (×B²)"}
+ACTIVE_NAMES = {"value_input": "V's input > 0 (after dropout)", "pre_dropout": "σ'(h) ≠ 0 (before dropout)"}
+ACTIVE_L0 = {ACTIVE_NAMES["value_input"]: "‖v‖₀", ACTIVE_NAMES["pre_dropout"]: "‖a‖₀"}
+
+
+def _settings_from_config(section: dict) -> dict:
+    """A run's online augmented_flatness settings from its config.yaml (runs written before the probe
+    recorded them): ``scale``, else the older ``per_sample`` flag; the active set then was pre-dropout."""
+    if "scale" in section:
+        return {"scale": section["scale"], "active_set": section.get("active_set", "value_input")}
+    if "per_sample" in section:
+        return {"scale": "per_sample" if section["per_sample"] else "authors", "active_set": "pre_dropout"}
+    return {}
 
 
 def _with_source(rows: pd.DataFrame, keys: list[str]) -> list[str]:
@@ -68,10 +86,16 @@ def augmented_flatness(table: pd.DataFrame, out_dir: Path, hue=None) -> list[Pat
     ratio = _ratio_rows(rows)
     avg = pd.concat([rows[rows.layer.astype(str) == "avg"], ratio], ignore_index=True)
     present = [m for m in [*AUGMENTED, RATIO] if (avg.metric == m).any()]
-    label = {**AUGMENTED, RATIO: "AS_K / L0 coefficient (= ‖a‖₀ for ReLU)"}
+    found = probe_settings(rows, "augmented_flatness", _settings_from_config)
+    scale = settings_text(found, "scale", SCALE_NAMES)
+    active = settings_text(found, "active_set", ACTIVE_NAMES)
+    label = {**AUGMENTED, RATIO: "AS_K / L0 coefficient (= " + (ACTIVE_L0.get(active, "‖a‖₀") if active else "‖a‖₀")
+             + " for ReLU)"}
     fig, axes = lines_per_group(avg, "metric", present, keys, title=lambda m: label[m],
-                                ylabel="value (average over layers)", logy=True, ncols=3)
-    fig.suptitle("augmented flatness, " + ("training batches" if split == "train" else f"split {split}"))
+                                ylabel="value (layer average)\n" + (scale or "scale unknown"),
+                                logy=True, ncols=3)
+    fig.suptitle("augmented flatness, " + ("training batches" if split == "train" else f"split {split}")
+                 + (f"; active entries: {active}" if active else ""))
     return save(fig, out_dir, "augmented_flatness")
 
 

@@ -1,7 +1,8 @@
 """Gradient density (PAPER.md §1.2, §2 claim 9: small eta does not come from mis-aligning g).
 
 gradient_density             E[g^2 | a>0] / E[g^2] (metric density_ratio) vs step, log y, one curve
-                             per layer, one column per run group
+                             per layer, one column per run group; the y axis names the probe's
+                             ratio_mode (exact | binned, from the settings the probe recorded)
 gradient_density_histograms  per run: one panel per layer, the distribution of log10|g| over all
                              entries (solid) and over active entries (dashed) for up to ``max_steps``
                              saved steps, from ``arrays/gradient_density_step*.npz``
@@ -12,11 +13,13 @@ The histogram files are read tolerantly: per layer ``layer_<i>_all`` and ``layer
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from .common import (Skip, colors, figure_legend, hue_keys, layer_order, lines_per_layer, panels, pick_split,
                      save, select, slug)
@@ -61,12 +64,54 @@ def _coarse(counts: np.ndarray, edges, target: int = 150):
     return np.add.reduceat(counts, starts), np.append(edges[starts], edges[-1])
 
 
+def probe_settings(rows: pd.DataFrame, probe: str, from_config=None) -> list[dict]:
+    """The settings behind ``rows`` of ``probe``, one dict per (run folder, source) that has them: the
+    file the probe writes beside its rows (``arrays/[posthoc_]<probe>_settings.json``,
+    probes.gradients._TrainGradientProbe.record_settings), else for online rows ``from_config(probe
+    section of the run's config.yaml)`` when given (runs written before the file existed)."""
+    found = []
+    if "run_dir" not in rows:
+        return found
+    sources = rows.source if "source" in rows else pd.Series("metrics", index=rows.index)
+    for run_dir, source in set(zip(rows.run_dir.astype(str), sources.astype(str))):
+        folder = Path(run_dir)
+        path = folder / "arrays" / f"{'posthoc_' if source == 'posthoc' else ''}{probe}_settings.json"
+        try:
+            found.append(json.loads(path.read_text()))
+            continue
+        except (OSError, ValueError):
+            pass
+        if from_config is not None and source != "posthoc":
+            try:
+                section = ((yaml.safe_load((folder / "config.yaml").read_text()) or {}).get("probes") or {}).get(probe)
+            except (OSError, yaml.YAMLError):
+                section = None
+            if isinstance(section, dict) and (got := from_config(section)):
+                found.append(got)
+    return found
+
+
+def settings_text(found: list[dict], key: str, names: dict) -> str | None:
+    """How ``key`` reads in a label: its one value's name, 'mixed: ...' when runs differ, None unknown."""
+    values = sorted({str(f[key]) for f in found if key in f})
+    if not values:
+        return None
+    text = [names.get(v, v) for v in values]
+    return text[0] if len(text) == 1 else "mixed: " + " / ".join(text)
+
+
+RATIO_MODE_NAMES = {"exact": "exact, every entry", "binned": "binned in range (authors')"}
+
+
 def gradient_density(table: pd.DataFrame, out_dir: Path, hue=None) -> list[Path]:
     rows = select(table, "density_ratio")
     if rows.empty:
         raise Skip("no density_ratio rows: enable the gradient_density probe")
     rows, split = pick_split(rows)
-    fig, _ = lines_per_layer(rows, ["density_ratio"], hue_keys(rows, hue), {"density_ratio": "E[g² | a>0] / E[g²]"},
+    mode = settings_text(probe_settings(rows, "gradient_density", lambda c: {"ratio_mode": c.get("ratio_mode", "exact")}),
+                         "ratio_mode", RATIO_MODE_NAMES)
+    ylabel = "E[g² | a>0] / E[g²]" + (f"\n({mode})" if mode else "")
+    fig, _ = lines_per_layer(rows, ["density_ratio"], hue_keys(rows, hue), {"density_ratio": ylabel},
                              logy={"density_ratio"})
     fig.suptitle(f"gradient density on active units ({split})")
     return save(fig, out_dir, "gradient_density")

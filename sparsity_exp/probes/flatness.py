@@ -1,30 +1,42 @@
-"""Augmented flatness (PAPER.md §1.3, the 2026 follow-up's 'weighted sum of flatness measures').
+"""Augmented flatness (docs/paper.md §1.3, the 2026 follow-up's 'weighted sum of flatness measures').
 
-Per MLP site, with per-sample gradients (``per_sample: true``, the paper's definition: the batch-
-mean loss's gradients times the batch size), summed over tokens and averaged over the batch:
+Per MLP site, summed over tokens and averaged over the samples of the observed batches:
   as_key    AS_K = E_sample sum_t ||dl/dh_t||^2 ||x~_t||^2   (sum of per-token ||dl/dK||_F^2)
   as_value  AS_V = E_sample sum_t ||dl/dz_t||^2 ||v_t||^2    (sum of per-token ||dl/dV||_F^2)
-  coef_l0   mean over active entries (a > 0 for ReLU) of g_j^2 ||x~_t||^2
+  coef_l0   mean over the active entries (``active_set``) of g_j^2 ||x~_t||^2
   coef_l2   mean_t ||dl/dz_t||^2;  a2 = mean_t ||v_t||^2;  l2_term = mean_t ||v_t||^2 ||dl/dz_t||^2
 where v is V's actual input: the activation a after the dropout between them in ViT and T5 blocks
 (in training mode dropout zeroes and rescales a; dL/dV is built from v, not a). Without V (the
-value-free block) a2 is mean_t ||a_t||^2.
-For ReLU, AS_K / coef_l0 = E_sample ||a||_0 (nonzeros per sample, summed over tokens) exactly.
-A value-free block has no V: as_value, coef_l2 and l2_term are left out for it.
+value-free block) v is a itself. A value-free block has no V: as_value, coef_l2 and l2_term are
+left out for it.
 
-Scale (absolute values; the ratios AS_K / coef_l0 and AS_V / coef_l2 do not depend on it):
-``per_sample: true`` (default) scales the batch-mean loss's gradients by the rows' batch size (times
-the accumulation factor), so each row carries the gradient of its own sample's loss, the definition
-of PAPER.md §1.3 ("all quantities are per sample"). ``per_sample: false`` keeps the gradients of the
-batch-mean loss, what the authors' hooks record (MlpGradientHook and ActivationMapHook in
-hooks.py read grad_output of the trainer's backward and never rescale); with it AS_K, AS_V,
-coef_l0, coef_l2 and l2_term are the per-sample values / B^2 (a2 unchanged). The body of the
-authors' CoefficientPlugin (imported by scripts/T5/T5.py) is not in the readable copy of their
-repository, so whether it rescales is unknown: their T5 measurement ran one sample per micro-batch
-(T5/augmented_flatness.sh: 256 / 8 GPUs / 32 accumulation steps), where the two conventions agree up
-to the accumulation factor; their ImageNet one ran micro-batches of 128 (imagenet1k/
-augmented_flatness.sh), where they differ by 128^2. Compare absolute values with theirs only
-under the matching setting; the ratios compare under either.
+The authors' code (docs/paper.md §1.3: ``CoefficientPlugin``, ``codes/modules/hooks.py`` at their
+HEAD, around lines 977-1090, added in commit b106fad) fixes two conventions, the defaults here:
+
+``scale: authors`` (default): the gradients the backward delivers, as they are: those of the loss
+  mean-reduced over the batch, never rescaled per sample. Under data parallel training the project
+  divides by the number of processes, so the value is that of the global batch-mean loss whatever
+  the process count (the authors' per-rank hooks see world_size times it there: their per-rank
+  value is world_size^2 x this one for AS and the coefficients). With gradient accumulation the
+  trainer weights each micro-batch's loss by its share of the batch, as HF's Trainer does, so the
+  gradients are again those of the whole batch's mean loss.
+``scale: per_sample``: the gradients times the batch size (and the accumulation factor), so each
+  row carries the gradient of its own sample's loss (docs/paper.md §1.3 "all quantities are per
+  sample"); the project's default before issue 19. AS_K, AS_V, coef_l0, coef_l2 and l2_term are
+  then B^2 x the ``authors`` values for a batch of B samples (a2 unchanged); the ratios AS_K /
+  coef_l0 and AS_V / coef_l2 do not depend on the scale.
+
+``active_set: value_input`` (default, the authors'): an entry is active where V's input is > 0, i.e.
+  after the dropout between the activation and V (a > 0 for a value-free block). ``active_set:
+  pre_dropout``: active = outside the activation's zero-derivative region, sigma'(h) != 0 (h > 0 for
+  ReLU), before dropout; the project's convention before issue 19. Without dropout and for ReLU the
+  two sets are the same. Dropped entries have g = dL/da = 0, so the numerator of coef_l0 is the same
+  under both sets and only the count of active entries differs; for ReLU
+    AS_K / coef_l0 = E_sample ||v||_0 (value_input)   or   E_sample ||a||_0 (pre_dropout)
+  (nonzeros per sample, summed over tokens), exactly.
+
+The settings are recorded beside the rows (``arrays/[posthoc_]augmented_flatness_settings.json``)
+so figures can say which scale their axes carry.
 
 Online: on training batches every ``every`` steps (observe). Standalone / post hoc: ``measure``
 runs ``batches`` training-mode forward/backward passes with no parameter update (lr 0).
@@ -38,6 +50,22 @@ from .gradients import _TrainGradientProbe
 from .standalone import preserved, take_batches, train_passes
 
 _AS_K, _AS_V, _L0_NUM, _ACTIVE, _GZ2, _A2, _L2, _ROWS, _SAMPLES = range(9)
+SCALES = ("authors", "per_sample")
+ACTIVE_SETS = ("value_input", "pre_dropout")
+
+
+def _scale_setting(scale, per_sample) -> str:
+    """``scale``, or the older boolean ``per_sample`` (true: per_sample, false: authors)."""
+    if per_sample is not None:
+        legacy = "per_sample" if per_sample else "authors"
+        if scale is not None and scale != legacy:
+            raise TypeError(f"scale={scale!r} contradicts per_sample={per_sample}; set only scale "
+                            f"({' | '.join(SCALES)})")
+        scale = legacy
+    scale = "authors" if scale is None else str(scale)
+    if scale not in SCALES:
+        raise TypeError(f"scale={scale!r}; choose one of {list(SCALES)}")
+    return scale
 
 
 class AugmentedFlatnessProbe(_TrainGradientProbe):
@@ -48,8 +76,13 @@ class AugmentedFlatnessProbe(_TrainGradientProbe):
     value_inputs = True
     n_stats = 9
 
-    def __init__(self, sites, every: int = 0, per_sample: bool = True, batches: int = 1, **kw):
-        super().__init__(sites, every, per_sample=per_sample, **kw)
+    def __init__(self, sites, every: int = 0, scale: str | None = None, active_set: str = "value_input",
+                 batches: int = 1, per_sample: bool | None = None, **kw):
+        self.scale_name = _scale_setting(scale, per_sample)
+        if active_set not in ACTIVE_SETS:
+            raise TypeError(f"active_set={active_set!r}; choose one of {list(ACTIVE_SETS)}")
+        self.active_set = str(active_set)
+        super().__init__(sites, every, per_sample=self.scale_name == "per_sample", **kw)
         self.batches = int(batches)
 
     def on_record(self, site, rec):
@@ -60,7 +93,7 @@ class AugmentedFlatnessProbe(_TrainGradientProbe):
         gz2 = (rec.gz.double() * k).pow(2).sum(-1)
         v = rec.v if rec.v is not None else rec.a  # V's input (after dropout); a for a value-free block
         a2 = v.double().pow(2).sum(-1)
-        active = ~site.act.flat_region(rec.h)
+        active = v > 0 if self.active_set == "value_input" else ~site.act.flat_region(rec.h)
         dev = x2.device
         self._acc(dev)[site.index] += torch.stack([
             (eta2 * x2).sum(), (gz2 * a2).sum(), ((g2 * active).sum(-1) * x2).sum(), active.sum().double(),
@@ -73,6 +106,7 @@ class AugmentedFlatnessProbe(_TrainGradientProbe):
         s = self.take(split)
         if s is None:
             return []
+        self.record_settings(scale=self.scale_name, active_set=self.active_set)
         samples, rows = s[:, _SAMPLES].clamp(min=1), s[:, _ROWS].clamp(min=1)
         out = list(layer_rows(split, "as_key", (s[:, _AS_K] / samples).tolist()))
         out += layer_rows(split, "coef_l0", (s[:, _L0_NUM] / s[:, _ACTIVE].clamp(min=1)).tolist())

@@ -15,7 +15,14 @@
                    'grad norm wrt values' (ActivationObservationPlugin, PAPER.md §1.3 direct probes)
 ``gradient_density``:
   density_ratio    E[g^2 | active] / E[g^2] (active = outside the zero-derivative region, i.e.
-                   a > 0 for ReLU); arrays ``gradient_density``: histograms of log10|g| over all
+                   a > 0 for ReLU). ``ratio_mode: exact`` (default): over every entry, exact zeros
+                   and entries outside the range included. ``ratio_mode: binned``: the authors'
+                   computation from the histograms (codes/scripts/after_training/gradient_density.py,
+                   docs/paper.md §1.2): each mean is sum_b n_b 10^(2 c_b) / sum_b n_b over the bins b
+                   of log10|g| inside ``log10_range`` (c_b the bin centre, n_b its count), so the
+                   entries outside the range (below_range / above_range) and exact zeros are left out
+                   and each entry counts at its bin centre; histograms are then filled at every
+                   observation. Arrays ``gradient_density``: histograms of log10|g| over all
                    entries and over active ones on ``log10_range`` (the model preset's
                    ``grad_log10_range``: ViT [-10, 5], T5 [-40, 0] as the authors' figures), computed
                    only at the steps they are saved (``save_every``; every checkpoint post hoc)
@@ -28,11 +35,14 @@ loss that averages per-sample losses over the batch.
 """
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
 from ..distributed import world_size
+from ..lifecycle.atomic import atomic_path
 
 from .base import Probe, layer_rows
 from .capture import capture
@@ -82,6 +92,21 @@ class _TrainGradientProbe(Probe):
         with capture(self.sites, self.on_record, grads=self.grads, inputs=self.inputs, masks=self.ctx,
                      value_inputs=self.value_inputs):
             yield
+
+    def record_settings(self, **settings) -> None:
+        """The conventions behind this probe's numbers (scale, active set, ratio mode), once per
+        process, to ``arrays/[posthoc_]<name>_settings.json`` of the run folder, so a figure can label
+        its axes with them (plots.gradients.probe_settings reads it); nothing without a recorder. The
+        file holds the latest process's settings: a second post-hoc pass with other settings
+        replaces it, while its rows are appended to the same posthoc_metrics.csv."""
+        recorder = self.ctx.recorder
+        if recorder is None or getattr(self, "_settings_recorded", False):
+            return
+        folder = recorder.run_dir / "arrays"
+        folder.mkdir(exist_ok=True)
+        with atomic_path(folder / f"{recorder.array_prefix}{self.name}_settings.json") as tmp:
+            Path(tmp).write_text(json.dumps(settings, sort_keys=True) + "\n")
+        self._settings_recorded = True
 
     def take(self, split: str):
         """The accumulated sums on the host, reset; None for the test split or when nothing was seen."""
@@ -152,6 +177,9 @@ class GradientsProbe(_TrainGradientProbe):
         return out
 
 
+RATIO_MODES = ("exact", "binned")
+
+
 class GradientDensityProbe(_TrainGradientProbe):
     """E[g^2 | active] / E[g^2] per layer, and histograms of log10|g| (PAPER.md §1.2)."""
 
@@ -161,8 +189,11 @@ class GradientDensityProbe(_TrainGradientProbe):
     n_stats = 6  # sum g^2, entries, sum g^2 over active, active entries, entries below / above the range
 
     def __init__(self, sites, every: int = 0, bins: int = 10000, log10_range=(-10.0, 5.0),
-                 save_every: int = 0, **kw):
+                 save_every: int = 0, ratio_mode: str = "exact", **kw):
         super().__init__(sites, every, **kw)
+        if ratio_mode not in RATIO_MODES:
+            raise TypeError(f"ratio_mode={ratio_mode!r}; choose one of {list(RATIO_MODES)}")
+        self.ratio_mode = str(ratio_mode)
         self.bins = int(bins)
         self.lo, self.hi = (float(v) for v in log10_range)
         if not self.lo < self.hi:
@@ -179,13 +210,31 @@ class GradientDensityProbe(_TrainGradientProbe):
         s += torch.stack([g2.sum(), g2.new_full((), float(g.numel()), dtype=torch.float64),
                           (g2 * active).sum(), active.sum().double(),
                           (mag < 10.0**self.lo).sum().double(), (mag > 10.0**self.hi).sum().double()])
-        if not self._save_due():  # histograms cost more than the ratio: only when they will be saved
-            return
+        if not (self._save_due() or self.ratio_mode == "binned"):  # histograms cost more than the ratio:
+            return                                                   # only when saved or the ratio needs them
         if self._hist is None:
             self._hist = torch.zeros(len(self.sites), 2, self.bins, dtype=torch.float64, device=g.device)
         logg = g.abs().log10().float()  # log10 0 = -inf falls outside the range: exact zeros are not binned
         self._hist[site.index, 0] += torch.histc(logg, self.bins, self.lo, self.hi).double()
         self._hist[site.index, 1] += torch.histc(logg[active], self.bins, self.lo, self.hi).double()
+
+    def accumulators(self, split: str):
+        # the histograms are counts like _stats: summed over ranks too (the binned ratio needs all of them)
+        extra = [self._hist] if split == "train" and self._hist is not None else []
+        return super().accumulators(split) + extra
+
+    def _binned_means(self, hist):
+        """Per site, the in-range means of g^2 over all and over active entries from the histogram
+        counts, each entry at its bin centre: sum_b n_b 10^(2 c_b) / sum_b n_b (the authors'
+        get_means on log10 g^2 = 2 log10|g|). NaN where no entry fell in the range."""
+        if hist is None:
+            nan = torch.full((len(self.sites),), float("nan"), dtype=torch.float64)
+            return nan, nan
+        h = hist.cpu()
+        edges = torch.linspace(self.lo, self.hi, self.bins + 1, dtype=torch.float64)
+        weight = torch.pow(10.0, 2 * (edges[:-1] + edges[1:]) / 2)  # 10^(2 c_b)
+        means = (h * weight).sum(-1) / h.sum(-1)  # [sites, 2]; 0/0 = NaN for an empty histogram
+        return means[:, 0], means[:, 1]
 
     def _save_due(self) -> bool:
         if self.ctx.recorder is None:
@@ -203,7 +252,10 @@ class GradientDensityProbe(_TrainGradientProbe):
             return []
         mean_all = s[:, 0] / s[:, 1].clamp(min=1)
         mean_active = s[:, 2] / s[:, 3].clamp(min=1)
+        if self.ratio_mode == "binned":
+            mean_all, mean_active = self._binned_means(hist)
         ratio = torch.where(mean_all > 0, mean_active / mean_all, torch.full_like(mean_all, float("nan")))
+        self.record_settings(ratio_mode=self.ratio_mode, log10_range=[self.lo, self.hi], bins=self.bins)
         entries = s[:, 1].clamp(min=1)
         if self._save_due() and hist is not None and self.ctx.recorder is not None:
             h = hist.cpu().numpy()
