@@ -73,23 +73,24 @@ def test_paired_permutation_p_is_the_sign_flip_test():
 
 
 def test_nonzero_relative_change_is_the_papers_unit():
-    e = stats.judge([0.8, 0.8, 0.8], [0.6, 0.6, 0.6], "arms", "increase", 0.1, "nonzero_relative")
+    e = stats.judge([0.80, 0.81, 0.79], [0.60, 0.61, 0.59], "arms", "increase", 0.1, "nonzero_relative")
     assert e.nonzero_rel == pytest.approx(0.2 / 0.4 - 1)  # non-zeros 0.4 -> 0.2: -50%
+    assert e.aligned == pytest.approx(0.5)  # theta: fewer non-zeros is the predicted direction
     assert e.verdict == stats.SUPPORTED
 
 
 # ------------------------------------------------------------------------------ verdict rules
+# (each outcome from a constructed input, the intervals and p-values: tests/test_study_stats.py)
 
-@pytest.mark.parametrize("ci, direction, aligned, expected", [
-    ((0.1, 0.3), "increase", 0.2, stats.SUPPORTED),
-    ((0.1, 0.3), "increase", 0.05, stats.NOT_SHOWN),      # real but below the smallest effect of interest
-    ((-0.3, -0.1), "increase", -0.2, stats.CONTRADICTED),
-    ((-0.3, -0.1), "decrease", 0.2, stats.SUPPORTED),
-    ((0.1, 0.3), "decrease", -0.2, stats.CONTRADICTED),
-    ((-0.1, 0.3), "increase", 0.1, stats.NOT_SHOWN),
+@pytest.mark.parametrize("p_sup, p_con, p_tost, expected", [
+    (0.01, 0.99, 0.99, stats.SUPPORTED),
+    (0.99, 0.01, 0.99, stats.CONTRADICTED),
+    (0.6, 0.6, 0.01, stats.NO_EFFECT),
+    (0.2, 0.9, 0.8, stats.INCONCLUSIVE),
+    (0.025, 0.99, 0.99, stats.INCONCLUSIVE),  # alpha itself is not below alpha
 ])
-def test_verdict_rules(ci, direction, aligned, expected):
-    assert stats.verdict(ci, direction, aligned, 0.1, "difference")[0] == expected
+def test_outcome_rules(p_sup, p_con, p_tost, expected):
+    assert stats.outcome(p_sup, p_con, p_tost) == expected
 
 
 # ------------------------------------------------------------------------------ synthetic studies
@@ -98,6 +99,7 @@ SUITE = """
 seeds: [0, 1, 2, 3, 4]
 arms:
   ref: {overrides: [model.width=16]}
+  ref_reseeded: {base: ref, seed_offset: 100}
   treat: {overrides: [model.width=32]}
 claims:
   - {id: effect, paper_claim: 7, statement: treat is sparser, compare: arms, arms: [ref, treat],
@@ -107,7 +109,7 @@ claims:
      direction: increase, sesoi: 0.02}
   - {id: bounded, paper_claim: 4, statement: ratio stays below 100, compare: bound, bound: 100, arms: [ref],
      metric: {probe: spectrum, metric: ratio80, split: train}, direction: decrease, sesoi: 0}
-  - {id: control, paper_claim: 0, control: true, statement: nothing, compare: arms, arms: [ref, ref],
+  - {id: control, paper_claim: null, control: true, statement: nothing, compare: arms, arms: [ref, ref_reseeded],
      metric: {probe: sparsity, metric: activation_sparsity, split: test}, direction: increase, sesoi: 0.01}
 """
 
@@ -143,12 +145,16 @@ def _synthetic(tmp_path, planted: float, ratio: float = 20.0):
     return suite, {v.row: v for v in verdicts}, sides
 
 
-@pytest.mark.parametrize("planted, expected", [(0.1, "supported"), (-0.1, "contradicted"), (0.0, "not shown")])
+@pytest.mark.parametrize("planted, expected", [(0.1, "supported"), (-0.1, "contradicted"),
+                                               (0.0, "no effect of interest")])
 def test_planted_effect_is_found(tmp_path, planted, expected):
     _, verdicts, _ = _synthetic(tmp_path, planted)
     assert verdicts["effect"].effect.verdict == expected
     assert verdicts["effect"].effect.diff == pytest.approx(planted, abs=0.02)
-    assert verdicts["control"].effect.verdict == "not shown"
+    assert verdicts["effect"].effect.test_name == "paired t"  # ref and treat share seeds
+    control = verdicts["control"].effect
+    assert control.test_name == "Welch t" and control.verdict in ("inconclusive", "no effect of interest")
+    assert not np.array_equal(control.treatment, control.reference)  # distinct runs, not an arm with itself
     # the same runs: sparsity rose 0.5 -> ~0.6 (step0, paired) and ratio80 ~20 < 100 (bound)
     assert verdicts["emerge"].effect.verdict == "supported"
     assert verdicts["emerge"].effect.diff == pytest.approx(0.1 * (1 + 0.75) / 2, abs=0.01)  # mean of the last 2
