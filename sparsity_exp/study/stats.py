@@ -429,7 +429,8 @@ def judge(treatment, reference, kind: str, direction: str, sesoi: float, sesoi_u
     unit = Unit.of(sesoi_unit, direction, float(r.mean()))
     e.aligned, e.aligned_ci = _interval(unit, t, r, paired, alpha)
     spread = np.ptp(t - r) if paired else max(np.ptp(t), np.ptp(r))
-    if spread == 0:  # identical values (or identical differences) over seeds: no interval, no test
+    scale = max(float(np.max(np.abs(t))), float(np.max(np.abs(r))), 1e-300)
+    if spread <= 1e-12 * scale:  # identical values (or differences) over seeds, up to rounding: no interval, no test
         e.zero_variance = True
         e.aligned_ci = e.diff_ci = Interval(e.aligned if paired else math.nan, e.aligned if paired else math.nan,
                                             "zero variance")
