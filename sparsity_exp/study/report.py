@@ -234,24 +234,25 @@ FOREST_LIMIT = 4.0  # |x| beyond this (in SESOI units) is drawn at the edge with
 
 
 def forest_scale(v: Verdict) -> tuple[float, str]:
-    """theta is divided by the SESOI; a bound claim (margin = the bound) by |bound|, a claim with SESOI 0
-    by |reference mean| (or 1)."""
+    """theta is divided by the SESOI; a bound claim (margin: the bound itself, threshold theta = 0) by
+    |bound| for a difference; a claim with SESOI 0 by |reference mean| (or 1)."""
     e, c = v.effect, v.claim
     if c.compare != "bound" and c.sesoi > 0:
         return c.sesoi, "SESOI"
     if c.compare == "bound" and c.bound:
-        return abs(c.bound) if c.sesoi_unit == "difference" else 1.0, "|bound|"
+        return (abs(c.bound), "|bound|") if c.sesoi_unit == "difference" else (1.0, c.sesoi_unit)
     ref = abs(float(np.mean(e.reference))) if len(e.reference) else 0.0
-    return (ref, "|ref.|") if ref > 0 and c.sesoi_unit == "difference" else (1.0, "unit")
+    return (ref, "|ref.|") if ref > 0 and c.sesoi_unit == "difference" else (1.0, c.sesoi_unit)
 
 
 def forest_plot(verdicts: list[Verdict], path: Path) -> None:
     """Every effect as theta / SESOI (positive = the predicted direction) with its interval on the same
-    scale and the lines at 0 and ±1 SESOI, so a bar wholly right of +1 is `supported`, wholly within
-    ±1 `no effect of interest`, wholly left of -1 `contradicted` (before any multiplicity adjustment).
-    Values beyond ±FOREST_LIMIT sit at the edge with an arrow and the value."""
+    scale. Each row's decision thresholds are drawn on it: ±1 (the SESOI) for claims with a SESOI, so a
+    bar wholly right of +1 is `supported`, wholly within ±1 `no effect of interest`, wholly left of -1
+    `contradicted` (before any multiplicity adjustment); 0 for bound claims (theta / |bound|: the bound
+    is the margin). Values beyond ±FOREST_LIMIT sit at the edge with an arrow and the value."""
     n = len(verdicts)
-    fig = Figure(figsize=(8, 0.45 * n + 1.6))
+    fig = Figure(figsize=(9.5, 0.45 * n + 1.6))
     ax = fig.subplots()
     lim = FOREST_LIMIT
     clip = lambda x: max(-lim, min(lim, x))  # noqa: E731
@@ -260,30 +261,34 @@ def forest_plot(verdicts: list[Verdict], path: Path) -> None:
         y = n - 1 - i
         color = COLORS.get(e.verdict, "black")
         scale, _ = forest_scale(v)
+        ticks = (0.0,) if v.claim.compare == "bound" or v.claim.sesoi == 0 else (-1.0, 1.0)
+        for x in ticks:
+            ax.plot([x, x], [y - 0.35, y + 0.35], color="black", lw=1.2, ls="--" if x else "-")
         if math.isnan(e.aligned) or not scale:
             continue
         x = e.aligned / scale
         lo, hi = (c / scale for c in e.aligned_ci)
         if not (math.isnan(lo) or math.isnan(hi)):
-            ax.plot([clip(lo), clip(hi)], [y, y], color=color, lw=2, ls=":" if e.aligned_ci.kind != "CI" else "-")
+            lo_c, hi_c = (clip(c) if math.isfinite(c) else math.copysign(lim, c) for c in (lo, hi))
+            ax.plot([lo_c, hi_c], [y, y], color=color, lw=2, ls=":" if e.aligned_ci.kind != "CI" else "-")
             for end in (lo, hi):
                 if abs(end) > lim:
-                    ax.annotate("▶" if end > 0 else "◀", (clip(end), y), ha="center", va="center", color=color,
-                                fontsize=9)
+                    ax.annotate("▶" if end > 0 else "◀", (clip(end) if math.isfinite(end) else math.copysign(lim, end), y),
+                                ha="center", va="center", color=color, fontsize=9)
         ax.plot([clip(x)], [y], "o", color=color)
         if abs(x) > lim:
-            ax.annotate(f"{x:.3g}", (clip(x), y), textcoords="offset points", xytext=(-4 if x > 0 else 4, 6),
+            ax.annotate(f"{x:.3g}", (clip(x), y), textcoords="offset points", xytext=(-6 if x > 0 else 6, 5),
                         ha="right" if x > 0 else "left", fontsize=7)
-    ax.axvline(0, color="black", lw=0.8)
-    for x in (-1, 1):
-        ax.axvline(x, color="black", lw=0.8, ls="--")
+    ax.axvline(0, color="black", lw=0.5)
     ax.set_xlim(-lim * 1.1, lim * 1.1)
+    ax.set_ylim(-0.7, n - 0.3)
     ax.set_yticks(range(n))
     ax.set_yticklabels([f"{v.row} ({'negative control' if v.claim.control else 'exploratory' if v.claim.paper_claim is None else f'§2.{v.claim.paper_claim}'}; /{forest_scale(v)[1]})"
                         for v in reversed(verdicts)], fontsize=8)
-    ax.set_xlabel("effect toward the prediction / SESOI (95% interval; dotted: unbounded or none; ±1: the SESOI)")
+    ax.set_xlabel("effect toward the prediction / SESOI, 95% interval (row ticks: the thresholds; dotted: unbounded)",
+                  fontsize=8)
     handles = [ax.plot([], [], "o-", color=c, label=k)[0] for k, c in COLORS.items()]
-    ax.legend(handles=handles, fontsize=7, loc="lower right")
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title("All effects in SESOI units")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -470,7 +470,7 @@ def redecide(e: Effect) -> None:
     nan1 = lambda p: 1.0 if math.isnan(p) else p  # noqa: E731
     ni = e.noninferiority
     raw = outcome(nan1(e.p_sup_adj), nan1(e.p_con_adj), nan1(e.p_tost_adj), e.alpha)
-    adj = " (adjusted)" if e.correction != "none" else ""
+    adj = e.correction != "none"
     lo, hi, d = e.aligned_ci.low, e.aligned_ci.high, e.sesoi
     ci = f"[{lo:.3g}, {hi:.3g}]"
     if raw == SUPPORTED:
@@ -492,7 +492,7 @@ def redecide(e: Effect) -> None:
         else:
             e.reason = f"the CI {ci} reaches across ±SESOI {d:g}" if d > 0 else f"the CI {ci} includes 0"
     if adj and e.verdict != INCONCLUSIVE:
-        e.reason += adj
+        e.reason += f", and holds after the {e.correction} adjustment over {e.family_size} claims"
 
 
 def _judge_window(t: np.ndarray, bound: float, direction: str, sesoi_unit: str, *, alpha: float,
