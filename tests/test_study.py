@@ -108,7 +108,7 @@ claims:
      metric: {probe: sparsity, metric: activation_sparsity, split: test}, window: {mean_last: 2},
      direction: increase, sesoi: 0.02}
   - {id: bounded, paper_claim: 4, statement: ratio stays below 100, compare: bound, bound: 100, arms: [ref],
-     metric: {probe: spectrum, metric: ratio80, split: train}, direction: decrease, sesoi: 0}
+     window: {every_from_step: 100}, metric: {probe: spectrum, metric: ratio80, split: train}, direction: decrease}
   - {id: control, paper_claim: null, control: true, statement: nothing, compare: arms, arms: [ref, ref_reseeded],
      metric: {probe: sparsity, metric: activation_sparsity, split: test}, direction: increase, sesoi: 0.01}
 """
@@ -130,7 +130,7 @@ def _fake_run(folder: Path, start: float, end: float, ratio: float, noise: np.ra
     return folder
 
 
-def _synthetic(tmp_path, planted: float, ratio: float = 20.0):
+def _synthetic(tmp_path, planted: float, ratio: float = 20.0, diverge: tuple | None = None):
     path = tmp_path / "synthetic.yaml"
     path.write_text(SUITE)
     suite = load_suite(path)
@@ -140,7 +140,11 @@ def _synthetic(tmp_path, planted: float, ratio: float = 20.0):
         for seed in suite.seeds:
             end = 0.6 + (planted if arm.name == "treat" else 0.0)
             folder = _fake_run(tmp_path / "runs" / f"{arm.name}_{seed}", 0.5, end, ratio, noise)
-            jobs.append(execute.Job(arm, seed, arm.overrides, folder, "completed"))
+            status = "completed"
+            if diverge == (arm.name, seed):  # what run.py writes when the loss went non-finite
+                (folder / "summary.json").write_text(json.dumps({"status": "failed", "error": "NonFiniteLoss: loss nan"}))
+                status = "failed"
+            jobs.append(execute.Job(arm, seed, arm.overrides, folder, status))
     verdicts, sides = judge_suite(suite, jobs)
     return suite, {v.row: v for v in verdicts}, sides
 
@@ -159,6 +163,19 @@ def test_planted_effect_is_found(tmp_path, planted, expected):
     assert verdicts["emerge"].effect.verdict == "supported"
     assert verdicts["emerge"].effect.diff == pytest.approx(0.1 * (1 + 0.75) / 2, abs=0.01)  # mean of the last 2
     assert verdicts["bounded"].effect.verdict == "supported"
+    assert verdicts["bounded"].effect.window_steps == [100, 200, 300, 400]  # every step of the window judged
+
+
+def test_a_diverged_seed_is_reported_not_dropped(tmp_path):
+    """A treatment seed that diverged: its row says so (n and the seed), and the verdict uses the 4 others."""
+    suite, verdicts, _ = _synthetic(tmp_path, 0.1, diverge=("treat", 2))
+    v = verdicts["effect"]
+    assert v.effect.n_treatment == 4 and v.effect.n_failed_treatment == 1
+    assert v.treatment.failures() == "seed 2 diverged"
+    from sparsity_exp.study.report import verdict_table
+
+    row = next(line for line in verdict_table(list(verdicts.values())).splitlines() if line.startswith("| effect "))
+    assert "4 / 4 (seed 2 diverged)" in row  # paired: the reference's seed 2 leaves with it
 
 
 def test_bound_exceeded_is_contradicted(tmp_path):

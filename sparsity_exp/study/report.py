@@ -107,6 +107,8 @@ def _interval_text(ci, fmt=_f) -> str:
 def _sesoi_text(c: Claim) -> str:
     if c.compare == "bound":
         return f"bound {c.bound:g}"
+    if c.sesoi == 0:
+        return "0"
     if c.sesoi_unit == "difference":
         return f"±{c.sesoi:g}"
     return f"±{100 * c.sesoi:g}%" + (" non-zeros" if c.sesoi_unit == "nonzero_relative" else "")

@@ -487,10 +487,13 @@ def redecide(e: Effect) -> None:
             e.reason = (f"sparser beyond the SESOI (CI {ci}), but accuracy non-inferiority at margin {ni.margin:g} "
                         f"is {ni.outcome} (accuracy difference {ni.diff:+.3g}, CI [{ni.ci.low:.3g}, {ni.ci.high:.3g}])")
         elif min(nan1(e.p_sup_joint), nan1(e.p_con), nan1(e.p_tost)) < e.alpha:
-            e.reason = (f"the CI {ci} alone would decide, but not after the {e.correction} adjustment over "
+            e.reason = (f"the {1 - 2 * e.alpha:.0%} CI of theta {ci} alone would decide, but not after the {e.correction} adjustment over "
                         f"{e.family_size} claims")
         else:
-            e.reason = f"the CI {ci} reaches across ±SESOI {d:g}" if d > 0 else f"the CI {ci} includes 0"
+            e.reason = (f"the {1 - 2 * e.alpha:.0%} CI of theta ({e.sesoi_unit}) {ci} reaches across ±SESOI {d:g}"
+                        if d > 0 else f"the {1 - 2 * e.alpha:.0%} CI of theta ({e.sesoi_unit}) {ci} includes 0")
+    if e.kind == "bound" and not (ni is not None or (e.verdict == INCONCLUSIVE and "adjustment" in e.reason)):
+        e.reason = _bound_reason(e)
     if adj and e.verdict != INCONCLUSIVE:
         e.reason += f", and holds after the {e.correction} adjustment over {e.family_size} claims"
 
@@ -527,14 +530,22 @@ def _judge_window(t: np.ndarray, bound: float, direction: str, sesoi_unit: str, 
     e.p_tost = math.nan
     e.p_sup_adj, e.p_con_adj, e.p_tost_adj = e.p_sup, e.p_con, e.p_tost
     redecide(e)
-    where = f"every step of {steps}" if len(steps) > 1 else f"step {steps[0]}"
-    if e.verdict == SUPPORTED:
-        e.reason = f"at {where} the 95% CI lies beyond the bound (weakest: step {e.worst_step}, CI of theta {e.aligned_ci.low:.3g}..{e.aligned_ci.high:.3g})"
-    elif e.verdict == CONTRADICTED:
-        e.reason = f"at some step of {steps} the CI lies wholly on the wrong side of the bound (Bonferroni over {len(steps)} steps)"
-    else:
-        e.reason = f"not every step of {steps} has its CI beyond the bound (weakest: step {e.worst_step})"
     return e
+
+
+def _bound_reason(e: Effect) -> str:
+    steps = e.window_steps or ["the last"]
+    where = f"every measured step of {steps}" if len(steps) > 1 else f"step {steps[0]}"
+    ci = f"[{e.aligned_ci.low:.3g}, {e.aligned_ci.high:.3g}]"
+    level = f"{1 - 2 * e.alpha:.0%}"
+    if e.verdict == SUPPORTED:
+        return f"at {where} the {level} CI lies beyond the bound (weakest step {e.worst_step}: theta {ci})" \
+            if e.worst_step is not None else f"the {level} CI of theta {ci} lies beyond the bound"
+    if e.verdict == CONTRADICTED:
+        return (f"at some step the {level} CI lies wholly on the wrong side of the bound"
+                + (f" (Bonferroni over {len(steps)} steps)" if len(steps) > 1 else ""))
+    return f"not every step's {level} CI lies beyond the bound (weakest step {e.worst_step}: theta {ci})" \
+        if e.worst_step is not None else f"the {level} CI of theta {ci} reaches the bound"
 
 
 # ------------------------------------------------------------------------------ multiplicity
