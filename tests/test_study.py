@@ -188,7 +188,10 @@ def test_report_files(tmp_path):
     out = tmp_path / "study"
     report = write_report(out, suite, list(verdicts.values()), sides, {"data": "synthetic"})
     text = report.read_text()
-    assert text.index("| claim |") < text.index("## effect")  # the verdict table comes first
+    assert text.index("| claim |") < text.index("## effect")  # the verdict table comes before the claims
+    assert text.index("alpha = 0.025") < text.index("| claim |")  # the rule and its alpha at the top
+    assert "Holm's step-down over the family of 3 claim row(s)" in text
+    assert "| control | control |" in text and "exploratory" not in text.split("| claim |")[1].split("\n")[2]
     assert "](forest.png)" in text and "/" not in text.split("](forest.png)")[0].split("(")[-1]
     table = pd.read_csv(out / "verdicts.csv")
     assert list(table.claim) == ["effect", "emerge", "bounded", "control"]

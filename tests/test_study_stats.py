@@ -323,3 +323,50 @@ def test_rule_names_alpha_and_correction():
     assert "alpha = 0.025" in text and "95%" in text and "Benjamini-Hochberg" in text
     for outcome in stats.OUTCOMES:
         assert outcome in text
+
+
+# ------------------------------------------------------------------------------ report: controls, rule, forest scale
+
+def _verdict(effect, control=False, paper_claim=7, sesoi=0.02, compare="arms", bound=None):
+    from sparsity_exp.study.report import ArmNumbers, Verdict
+    from sparsity_exp.study.suite import Claim, Metric, Side, Window
+
+    metric = Metric("sparsity", "activation_sparsity")
+    claim = Claim("c", paper_claim, "s", compare, [Side("a", metric)], metric, Window(), "increase", sesoi,
+                  control=control, bound=bound)
+    return Verdict("c", claim, ArmNumbers("a", "a", [0, 1, 2], [], [], []), None, effect)
+
+
+@pytest.mark.parametrize("verdict, fails", [(stats.INCONCLUSIVE, False), (stats.NO_EFFECT, False),
+                                            (stats.SUPPORTED, True), (stats.CONTRADICTED, True),
+                                            (stats.NO_DATA, True)])
+def test_negative_control_passes_only_when_neither_supported_nor_contradicted(verdict, fails):
+    from sparsity_exp.study.report import control_failures
+
+    e = stats.judge(REF + 0.1, REF, "arms", "increase", 0.02, paired=True)
+    e.verdict = verdict
+    failures = control_failures([_verdict(e, control=True)])
+    assert bool(failures) == fails
+    if verdict == stats.NO_DATA:
+        assert "unchecked" in failures[0]  # a control that was not run is a failure to report, not a pass
+
+
+def test_forest_plot_is_in_sesoi_units(tmp_path):
+    from sparsity_exp.study.report import forest_plot, forest_scale
+
+    e = stats.judge(REF + 0.1, REF, "arms", "increase", 0.02, paired=True)
+    v = _verdict(e)
+    assert forest_scale(v) == (0.02, "SESOI")  # theta 0.1 is drawn at 5 SESOI
+    tiny = stats.judge([0.47, 0.46, 0.48], [1.6e-7, 4.8e-7, 1.0e-7], "arms", "increase", 0.1, paired=True)
+    assert forest_scale(_verdict(tiny, sesoi=0.1))[0] == 0.1  # not /|reference| = 1e-7 (the old 1.8e6)
+    forest_plot([v, _verdict(tiny, sesoi=0.1, paper_claim=None)], tmp_path / "forest.png")
+    assert (tmp_path / "forest.png").stat().st_size > 0
+
+
+def test_study_takes_a_correction_flag():
+    from sparsity_exp.study.main import _parser
+
+    assert _parser().parse_args(["cpu"]).correction == "holm"
+    assert _parser().parse_args(["cpu", "--correction", "bh"]).correction == "bh"
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["cpu", "--correction", "bonferroni"])
