@@ -156,7 +156,8 @@ def main(argv: list[str]) -> int:
     wall = time.perf_counter() - started
     data = (f"{dataset.name} (chosen from {[d.name for d in suite.datasets]}; arms marked `data: auto`)"
             if dataset else "as each arm's overrides say")
-    info = {"data": data, "correction": args.correction, "runs": f"{launched} run(s) launched this time, {len(jobs) - len(missing)} of "
+    info = {"data": data, "correction": args.correction,
+            "runs": f"{launched} run(s) launched this time, {len(jobs) - len(missing)} of "
                                   f"{len(jobs)} completed; this invocation took {wall:.0f} s wall."}
     report = write_report(out, suite, verdicts, sides, info)
     print(verdict_table(verdicts))

@@ -275,8 +275,8 @@ def forest_plot(verdicts: list[Verdict], path: Path) -> None:
             ax.plot([lo_c, hi_c], [y, y], color=color, lw=2, ls=":" if e.aligned_ci.kind != "CI" else "-")
             for end in (lo, hi):
                 if abs(end) > lim:
-                    ax.annotate("▶" if end > 0 else "◀", (clip(end) if math.isfinite(end) else math.copysign(lim, end), y),
-                                ha="center", va="center", color=color, fontsize=9)
+                    at = clip(end) if math.isfinite(end) else math.copysign(lim, end)
+                    ax.annotate("▶" if end > 0 else "◀", (at, y), ha="center", va="center", color=color, fontsize=9)
         ax.plot([clip(x)], [y], "o", color=color)
         if abs(x) > lim:
             ax.annotate(f"{x:.3g}", (clip(x), y), textcoords="offset points", xytext=(-6 if x > 0 else 6, 5),
@@ -285,8 +285,9 @@ def forest_plot(verdicts: list[Verdict], path: Path) -> None:
     ax.set_xlim(-lim * 1.1, lim * 1.1)
     ax.set_ylim(-0.7, n - 0.3)
     ax.set_yticks(range(n))
-    ax.set_yticklabels([f"{v.row} ({'negative control' if v.claim.control else 'exploratory' if v.claim.paper_claim is None else f'§2.{v.claim.paper_claim}'}; /{forest_scale(v)[1]})"
-                        for v in reversed(verdicts)], fontsize=8)
+    origin = lambda c: ("negative control" if c.control else "exploratory" if c.paper_claim is None  # noqa: E731
+                        else f"§2.{c.paper_claim}")
+    ax.set_yticklabels([f"{v.row} ({origin(v.claim)}; /{forest_scale(v)[1]})" for v in reversed(verdicts)], fontsize=8)
     ax.set_xlabel("effect toward the prediction / SESOI, 95% interval (row ticks: the thresholds; dotted: unbounded)",
                   fontsize=8)
     handles = [ax.plot([], [], "o-", color=c, label=k)[0] for k, c in COLORS.items()]

@@ -480,14 +480,16 @@ def redecide(e: Effect) -> None:
     elif raw == CONTRADICTED:
         e.verdict, e.reason = CONTRADICTED, f"the {1 - 2 * e.alpha:.0%} CI of theta {ci} lies below -SESOI {-d:g}"
     elif raw == NO_EFFECT:
-        e.verdict, e.reason = NO_EFFECT, f"equivalence (TOST): the {1 - 2 * e.alpha:.0%} CI of theta {ci} lies within ±{d:g}"
+        e.verdict = NO_EFFECT
+        e.reason = f"equivalence (TOST): the {1 - 2 * e.alpha:.0%} CI of theta {ci} lies within ±{d:g}"
     else:
         e.verdict = INCONCLUSIVE
         if ni is not None and nan1(e.p_sup) < e.alpha and not ni.shown:
             e.reason = (f"sparser beyond the SESOI (CI {ci}), but accuracy non-inferiority at margin {ni.margin:g} "
                         f"is {ni.outcome} (accuracy difference {ni.diff:+.3g}, CI [{ni.ci.low:.3g}, {ni.ci.high:.3g}])")
         elif min(nan1(e.p_sup_joint), nan1(e.p_con), nan1(e.p_tost)) < e.alpha:
-            e.reason = (f"the {1 - 2 * e.alpha:.0%} CI of theta {ci} alone would decide, but not after the {e.correction} adjustment over "
+            e.reason = (f"the {1 - 2 * e.alpha:.0%} CI of theta {ci} alone would decide, but not after the "
+                        f"{e.correction} adjustment over "
                         f"{e.family_size} claims")
         else:
             e.reason = (f"the {1 - 2 * e.alpha:.0%} CI of theta ({e.sesoi_unit}) {ci} reaches across ±SESOI {d:g}"

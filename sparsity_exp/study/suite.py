@@ -253,9 +253,11 @@ def probe_metrics(probe: str):
         for node in ast.walk(tree):
             arg = None
             if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "layer_rows":
-                arg = node.args[1] if len(node.args) > 1 else next((k.value for k in node.keywords if k.arg == "metric"), None)
-            elif isinstance(node, ast.Tuple) and len(node.elts) == 4 and isinstance(node.elts[1], (ast.Constant, ast.JoinedStr)) \
-                    and isinstance(node.elts[2], ast.Constant) and node.elts[2].value == "avg":
+                keyword = next((k.value for k in node.keywords if k.arg == "metric"), None)
+                arg = node.args[1] if len(node.args) > 1 else keyword
+            elif (isinstance(node, ast.Tuple) and len(node.elts) == 4
+                  and isinstance(node.elts[1], (ast.Constant, ast.JoinedStr))
+                  and isinstance(node.elts[2], ast.Constant) and node.elts[2].value == "avg"):
                 arg = node.elts[1]
             else:
                 continue
@@ -326,7 +328,8 @@ def load_suite(path: Path, seeds: list[int] | None = None) -> Suite:
         raise ConfigError(f"{where}: test={suite_test!r}; choose paired (the default where arms share seeds) or welch")
     alpha = float(raw.get("alpha", 0.025))
     if not 0 < alpha < 0.5:
-        raise ConfigError(f"{where}: alpha={alpha} is the one-sided level of each test (0.025: 95% CIs); give 0 < alpha < 0.5")
+        raise ConfigError(f"{where}: alpha={alpha} is the one-sided level of each test (0.025: 95% CIs); "
+                          f"give 0 < alpha < 0.5")
     seeds = list(seeds if seeds is not None else raw.get("seeds", [0, 1, 2]))
     if len(seeds) < 2:
         raise ConfigError(f"{where}: a study needs at least 2 seeds (3 or more to judge); got {seeds}")
@@ -362,7 +365,8 @@ def _claim(spec: dict, arms: dict[str, Arm], where: str, suite_test: str | None 
         spec.setdefault("sesoi", 0)
     for key in ("id", "paper_claim", "statement", "compare", "arms", "metric", "direction", "sesoi"):
         if key not in spec:
-            raise ConfigError(f"{where}: missing `{key}`" + (" (null for an exploratory claim)" if key == "paper_claim" else ""))
+            hint = " (null for an exploratory claim)" if key == "paper_claim" else ""
+            raise ConfigError(f"{where}: missing `{key}`{hint}")
     unknown = set(spec) - {"id", "paper_claim", "statement", "compare", "arms", "metric", "window", "direction",
                            "sesoi", "sesoi_unit", "bound", "control", "note", "test", "noninferiority"}
     if unknown:
