@@ -379,11 +379,15 @@ def write_report(out: Path, suite: Suite, verdicts: list[Verdict], sides: dict, 
         if c.compare == "step0":
             lines.append(f"| {v.treatment.label} @ step 0 | | {v.treatment.seeds} | "
                          f"{', '.join(_f(x, 4) for x in v.treatment.step0)} | {_mean_ci_text(v.treatment, 'step0')} | |")
+        if e.worst_step is not None and len(e.treatment):  # a bound window: the values at its weakest step
+            lines.append(f"| {v.treatment.label} @ step {e.worst_step} (weakest of the window) | | | "
+                         f"{', '.join(_f(x, 4) for x in e.treatment)} | {_f(float(np.mean(e.treatment)))} "
+                         f"{_ci(t_interval(e.treatment))} | |")
         ni = e.noninferiority
         effect = (f"Effect{f' at the weakest step {e.worst_step} of {e.window_steps}' if e.worst_step is not None else ''}: "
                   f"difference {_f(e.diff)} {_interval_text(e.diff_ci)}; relative {_pct(e.rel)} "
                   f"{_interval_text(e.rel_ci, _pct)}")
-        if not math.isnan(e.nonzero_rel):
+        if not math.isnan(e.nonzero_rel) and (c.metric.probe == "sparsity" or c.sesoi_unit == "nonzero_relative"):
             effect += f"; non-zero fraction {_pct(e.nonzero_rel)} {_interval_text(e.nonzero_rel_ci, _pct)}"
         effect += (f" ({e.test_name}, 95%). theta (toward the prediction, {c.sesoi_unit}) {_f(e.aligned)} "
                    f"{_interval_text(e.aligned_ci)}; one-sided p: sup {_f(e.p_sup_joint, 2)}, con {_f(e.p_con, 2)}, "
