@@ -90,6 +90,21 @@ def test_fieller_endpoints_invert_the_margin_tests():
     assert float(u.margin_p(t, r, hi, True, greater=False)) == pytest.approx(ALPHA, abs=1e-9)
 
 
+@pytest.mark.parametrize("unit", ["difference", "relative", "nonzero_relative"])
+@pytest.mark.parametrize("paired", [True, False])
+def test_interval_and_margin_tests_agree(unit, paired):
+    """The verdict is read from the interval or from the p-values: the same answer on 20,000 draws (for
+    Welch each end uses the df of its own contrast, so it holds there too)."""
+    rng = np.random.default_rng(5)
+    t = 0.86 + 0.02 * rng.standard_normal((20_000, 3))
+    r = 0.85 + 0.01 * rng.standard_normal((20_000, 3))
+    u = stats.Unit.of(unit, "increase", 0.85)
+    _, lo, hi, _ = stats.fieller(t, r, u, paired)
+    for delta in (0.0, 0.01, 0.05):
+        assert np.mean((lo > delta) != (u.margin_p(t, r, delta, paired) < ALPHA)) == 0
+        assert np.mean((hi < -delta) != (u.margin_p(t, r, -delta, paired, greater=False) < ALPHA)) == 0
+
+
 def test_difference_interval_is_the_t_interval():
     t, r = [2.0, 4.0, 6.0], [1.0, 2.0, 3.0]
     e = stats.judge(t, r, "arms", "increase", 0.0, paired=False)

@@ -183,7 +183,8 @@ def fieller(t, r, unit: Unit, paired: bool, alpha: float = ALPHA):
     """theta-hat and Fieller's two-sided (1 - 2·alpha) interval for theta = N / D (vectorised over
     leading axes). Returns (theta, low, high, bounded): where D is not told apart from 0 (the quadratic's
     leading coefficient <= 0) the confidence set is unbounded, low = -inf, high = +inf, bounded False.
-    For a constant D (difference units, a bound) it is the plain t interval of N / D."""
+    For a constant D (difference units, a bound) it is the plain t interval of N / D. Each end is where
+    the one-sided margin test (``Unit.margin_p``) sits at alpha, so interval and p-values agree."""
     t, r = np.asarray(t, float), np.asarray(r, float)
     s, dr, d0 = unit.s, unit.dr, unit.d0
     if paired:
@@ -199,21 +200,37 @@ def fieller(t, r, unit: Unit, paired: bool, alpha: float = ALPHA):
         vt, vr = _var(t) / nt, _var(r) / nr
         N, D = s * (t.mean(-1) - r.mean(-1)), dr * r.mean(-1) + d0
         vNN, vDD, vND = vt + vr, dr ** 2 * vr, -s * dr * vr
+
+        def welch_df(theta0):  # Satterthwaite's df of the contrast N - theta0·D (it depends on theta0)
+            vb = (s + theta0 * dr) ** 2 * vr
+            with np.errstate(all="ignore"):
+                return (vt + vb) ** 2 / (vt ** 2 / (nt - 1) + vb ** 2 / (nr - 1))
+
+    def roots(df):
+        q = stats.t.ppf(1 - alpha, df)
+        A = D ** 2 - q ** 2 * vDD
+        B = N * D - q ** 2 * vND
+        C = N ** 2 - q ** 2 * vNN
         with np.errstate(all="ignore"):
-            theta = N / D
-            b = -s - theta * dr  # Welch's df of the contrast N - theta·D at theta-hat
-            va, vb = vt, b ** 2 * vr
-            df = (va + vb) ** 2 / (va ** 2 / (nt - 1) + vb ** 2 / (nr - 1))
-    q = stats.t.ppf(1 - alpha, df)
-    A = D ** 2 - q ** 2 * vDD
-    B = N * D - q ** 2 * vND
-    C = N ** 2 - q ** 2 * vNN
+            root = np.sqrt(np.maximum(B ** 2 - A * C, 0.0))
+            ok = A > 0
+            safe = np.where(ok, A, 1)
+            return np.where(ok, (B - root) / safe, -np.inf), np.where(ok, (B + root) / safe, np.inf), ok
+
     with np.errstate(all="ignore"):
-        root = np.sqrt(np.maximum(B ** 2 - A * C, 0.0))
-        bounded = A > 0
-        low = np.where(bounded, (B - root) / np.where(bounded, A, 1), -np.inf)
-        high = np.where(bounded, (B + root) / np.where(bounded, A, 1), np.inf)
         theta = N / D
+    if paired:
+        low, high, bounded = roots(df)
+    else:
+        # Welch: each end is where its own one-sided test sits at alpha, with the df of the contrast at that
+        # end (fixed-point steps from the df at theta-hat), so the interval agrees with the margin tests
+        low, high, bounded = roots(welch_df(theta))
+        for _ in range(6):
+            lo_fin, hi_fin = np.where(np.isfinite(low), low, theta), np.where(np.isfinite(high), high, theta)
+            low, _, ok_lo = roots(welch_df(lo_fin))
+            _, high, ok_hi = roots(welch_df(hi_fin))
+            bounded = ok_lo & ok_hi
+        low, high = np.where(bounded, low, -np.inf), np.where(bounded, high, np.inf)
     return theta, low, high, bounded
 
 
