@@ -175,8 +175,9 @@ class Unit:
 
     def margin_p(self, t, r, theta0, paired: bool, greater: bool = True):
         """p of 'theta > theta0' (greater) or 'theta < theta0': the t test of N - theta0·D."""
-        est, se, df = contrast(t, r, self.s, -self.s - theta0 * self.dr, -theta0 * self.d0, paired)
-        return _p_greater(est if greater else -est, se, df)
+        with np.errstate(all="ignore"):
+            est, se, df = contrast(t, r, self.s, -self.s - theta0 * self.dr, -theta0 * self.d0, paired)
+            return _p_greater(est if greater else -est, se, df)
 
 
 def fieller(t, r, unit: Unit, paired: bool, alpha: float = ALPHA):
@@ -185,6 +186,11 @@ def fieller(t, r, unit: Unit, paired: bool, alpha: float = ALPHA):
     leading coefficient <= 0) the confidence set is unbounded, low = -inf, high = +inf, bounded False.
     For a constant D (difference units, a bound) it is the plain t interval of N / D. Each end is where
     the one-sided margin test (``Unit.margin_p``) sits at alpha, so interval and p-values agree."""
+    with np.errstate(all="ignore"):  # a zero or non-finite denominator ends as an unbounded set, not a warning
+        return _fieller(t, r, unit, paired, alpha)
+
+
+def _fieller(t, r, unit: Unit, paired: bool, alpha: float):
     t, r = np.asarray(t, float), np.asarray(r, float)
     s, dr, d0 = unit.s, unit.dr, unit.d0
     if paired:
@@ -456,8 +462,10 @@ def judge(treatment, reference, kind: str, direction: str, sesoi: float, sesoi_u
         _decide(e, ni_margin, accuracy)
         return e
     if e.aligned_ci.kind == "unbounded":
-        e.reason = (f"the reference mean ({r.mean():.3g}) cannot be told apart from 0 at this level, so the "
-                    f"{sesoi_unit} change has no bounded interval (Fieller)")
+        denominator = (f"the reference's non-zero fraction (1 - {r.mean():.3g})" if sesoi_unit == "nonzero_relative"
+                       else f"the reference mean ({r.mean():.3g})")
+        e.reason = (f"{denominator} cannot be told apart from 0 at this level, so the {sesoi_unit} change has no "
+                    f"bounded interval (Fieller's set is unbounded)")
         _decide(e, ni_margin, accuracy)
         return e
     e.p_sup = float(unit.margin_p(t, r, sesoi, paired, greater=True))
