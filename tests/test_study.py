@@ -276,7 +276,7 @@ def test_debian_fashion_mnist_folder_is_linked(tmp_path):
 
 
 def test_a_claim_without_runs_is_no_data_not_a_verdict():
-    """Too few seeds with a value (runs missing or failed) is said as such, never as `not shown`."""
+    """Too few seeds with a value (runs missing or failed) is said as such, never as `inconclusive`."""
     e = stats.judge([0.5], [0.4, 0.41, 0.42], "arms", "increase", 0.01)
     assert e.verdict == stats.NO_DATA and "too few seeds" in e.reason
     e = stats.judge([], [], "step0", "increase", 0.01)
