@@ -73,23 +73,24 @@ def test_paired_permutation_p_is_the_sign_flip_test():
 
 
 def test_nonzero_relative_change_is_the_papers_unit():
-    e = stats.judge([0.8, 0.8, 0.8], [0.6, 0.6, 0.6], "arms", "increase", 0.1, "nonzero_relative")
+    e = stats.judge([0.80, 0.81, 0.79], [0.60, 0.61, 0.59], "arms", "increase", 0.1, "nonzero_relative")
     assert e.nonzero_rel == pytest.approx(0.2 / 0.4 - 1)  # non-zeros 0.4 -> 0.2: -50%
+    assert e.aligned == pytest.approx(0.5)  # theta: fewer non-zeros is the predicted direction
     assert e.verdict == stats.SUPPORTED
 
 
 # ------------------------------------------------------------------------------ verdict rules
+# (each outcome from a constructed input, the intervals and p-values: tests/test_study_stats.py)
 
-@pytest.mark.parametrize("ci, direction, aligned, expected", [
-    ((0.1, 0.3), "increase", 0.2, stats.SUPPORTED),
-    ((0.1, 0.3), "increase", 0.05, stats.NOT_SHOWN),      # real but below the smallest effect of interest
-    ((-0.3, -0.1), "increase", -0.2, stats.CONTRADICTED),
-    ((-0.3, -0.1), "decrease", 0.2, stats.SUPPORTED),
-    ((0.1, 0.3), "decrease", -0.2, stats.CONTRADICTED),
-    ((-0.1, 0.3), "increase", 0.1, stats.NOT_SHOWN),
+@pytest.mark.parametrize("p_sup, p_con, p_tost, expected", [
+    (0.01, 0.99, 0.99, stats.SUPPORTED),
+    (0.99, 0.01, 0.99, stats.CONTRADICTED),
+    (0.6, 0.6, 0.01, stats.NO_EFFECT),
+    (0.2, 0.9, 0.8, stats.INCONCLUSIVE),
+    (0.025, 0.99, 0.99, stats.INCONCLUSIVE),  # alpha itself is not below alpha
 ])
-def test_verdict_rules(ci, direction, aligned, expected):
-    assert stats.verdict(ci, direction, aligned, 0.1, "difference")[0] == expected
+def test_outcome_rules(p_sup, p_con, p_tost, expected):
+    assert stats.outcome(p_sup, p_con, p_tost) == expected
 
 
 # ------------------------------------------------------------------------------ synthetic studies
@@ -98,6 +99,7 @@ SUITE = """
 seeds: [0, 1, 2, 3, 4]
 arms:
   ref: {overrides: [model.width=16]}
+  ref_reseeded: {base: ref, seed_offset: 100}
   treat: {overrides: [model.width=32]}
 claims:
   - {id: effect, paper_claim: 7, statement: treat is sparser, compare: arms, arms: [ref, treat],
@@ -106,8 +108,8 @@ claims:
      metric: {probe: sparsity, metric: activation_sparsity, split: test}, window: {mean_last: 2},
      direction: increase, sesoi: 0.02}
   - {id: bounded, paper_claim: 4, statement: ratio stays below 100, compare: bound, bound: 100, arms: [ref],
-     metric: {probe: spectrum, metric: ratio80, split: train}, direction: decrease, sesoi: 0}
-  - {id: control, paper_claim: 0, control: true, statement: nothing, compare: arms, arms: [ref, ref],
+     window: {every_from_step: 100}, metric: {probe: spectrum, metric: ratio80, split: train}, direction: decrease}
+  - {id: control, paper_claim: null, control: true, statement: nothing, compare: arms, arms: [ref, ref_reseeded],
      metric: {probe: sparsity, metric: activation_sparsity, split: test}, direction: increase, sesoi: 0.01}
 """
 
@@ -128,7 +130,7 @@ def _fake_run(folder: Path, start: float, end: float, ratio: float, noise: np.ra
     return folder
 
 
-def _synthetic(tmp_path, planted: float, ratio: float = 20.0):
+def _synthetic(tmp_path, planted: float, ratio: float = 20.0, diverge: tuple | None = None):
     path = tmp_path / "synthetic.yaml"
     path.write_text(SUITE)
     suite = load_suite(path)
@@ -138,21 +140,42 @@ def _synthetic(tmp_path, planted: float, ratio: float = 20.0):
         for seed in suite.seeds:
             end = 0.6 + (planted if arm.name == "treat" else 0.0)
             folder = _fake_run(tmp_path / "runs" / f"{arm.name}_{seed}", 0.5, end, ratio, noise)
-            jobs.append(execute.Job(arm, seed, arm.overrides, folder, "completed"))
+            status = "completed"
+            if diverge == (arm.name, seed):  # what run.py writes when the loss went non-finite
+                (folder / "summary.json").write_text(json.dumps({"status": "failed", "error": "NonFiniteLoss: loss nan"}))
+                status = "failed"
+            jobs.append(execute.Job(arm, seed, arm.overrides, folder, status))
     verdicts, sides = judge_suite(suite, jobs)
     return suite, {v.row: v for v in verdicts}, sides
 
 
-@pytest.mark.parametrize("planted, expected", [(0.1, "supported"), (-0.1, "contradicted"), (0.0, "not shown")])
+@pytest.mark.parametrize("planted, expected", [(0.1, "supported"), (-0.1, "contradicted"),
+                                               (0.0, "no effect of interest")])
 def test_planted_effect_is_found(tmp_path, planted, expected):
     _, verdicts, _ = _synthetic(tmp_path, planted)
     assert verdicts["effect"].effect.verdict == expected
     assert verdicts["effect"].effect.diff == pytest.approx(planted, abs=0.02)
-    assert verdicts["control"].effect.verdict == "not shown"
+    assert verdicts["effect"].effect.test_name == "paired t"  # ref and treat share seeds
+    control = verdicts["control"].effect
+    assert control.test_name == "Welch t" and control.verdict in ("inconclusive", "no effect of interest")
+    assert not np.array_equal(control.treatment, control.reference)  # distinct runs, not an arm with itself
     # the same runs: sparsity rose 0.5 -> ~0.6 (step0, paired) and ratio80 ~20 < 100 (bound)
     assert verdicts["emerge"].effect.verdict == "supported"
     assert verdicts["emerge"].effect.diff == pytest.approx(0.1 * (1 + 0.75) / 2, abs=0.01)  # mean of the last 2
     assert verdicts["bounded"].effect.verdict == "supported"
+    assert verdicts["bounded"].effect.window_steps == [100, 200, 300, 400]  # every step of the window judged
+
+
+def test_a_diverged_seed_is_reported_not_dropped(tmp_path):
+    """A treatment seed that diverged: its row says so (n and the seed), and the verdict uses the 4 others."""
+    suite, verdicts, _ = _synthetic(tmp_path, 0.1, diverge=("treat", 2))
+    v = verdicts["effect"]
+    assert v.effect.n_treatment == 4 and v.effect.n_failed_treatment == 1
+    assert v.treatment.failures() == "seed 2 diverged"
+    from sparsity_exp.study.report import verdict_table
+
+    row = next(line for line in verdict_table(list(verdicts.values())).splitlines() if line.startswith("| effect "))
+    assert "4 / 4 (seed 2 diverged)" in row  # paired: the reference's seed 2 leaves with it
 
 
 def test_bound_exceeded_is_contradicted(tmp_path):
@@ -165,7 +188,10 @@ def test_report_files(tmp_path):
     out = tmp_path / "study"
     report = write_report(out, suite, list(verdicts.values()), sides, {"data": "synthetic"})
     text = report.read_text()
-    assert text.index("| claim |") < text.index("## effect")  # the verdict table comes first
+    assert text.index("| claim |") < text.index("## effect")  # the verdict table comes before the claims
+    assert text.index("alpha = 0.025") < text.index("| claim |")  # the rule and its alpha at the top
+    assert "Holm's step-down over the family of 3 claim row(s)" in text
+    assert "| control | control |" in text and "exploratory" not in text.split("| claim |")[1].split("\n")[2]
     assert "](forest.png)" in text and "/" not in text.split("](forest.png)")[0].split("(")[-1]
     table = pd.read_csv(out / "verdicts.csv")
     assert list(table.claim) == ["effect", "emerge", "bounded", "control"]
@@ -250,7 +276,7 @@ def test_debian_fashion_mnist_folder_is_linked(tmp_path):
 
 
 def test_a_claim_without_runs_is_no_data_not_a_verdict():
-    """Too few seeds with a value (runs missing or failed) is said as such, never as `not shown`."""
+    """Too few seeds with a value (runs missing or failed) is said as such, never as `inconclusive`."""
     e = stats.judge([0.5], [0.4, 0.41, 0.42], "arms", "increase", 0.01)
     assert e.verdict == stats.NO_DATA and "too few seeds" in e.reason
     e = stats.judge([], [], "step0", "increase", 0.01)

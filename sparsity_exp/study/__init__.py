@@ -3,6 +3,7 @@ over seeds and says, with an effect size and a confidence interval, whether each
 
   suite.py     conf/study/<suite>.yaml -> arms (override sets) and claims (what to compare, how to judge)
   execute.py   every arm x seed through ``sparsity-exp run -m`` (trainer.resume=auto: what is done is skipped)
-  stats.py     per-seed values from the metric table -> arm means, effects, CIs, a direction test, verdicts
+  stats.py     per-seed values -> effects, t / Fieller intervals, margin and TOST tests, the four outcomes
+               (stats.judge), multiplicity (stats.adjust); the rule a report prints (stats.RULE)
   report.py    study/<suite>/report.md, verdicts.csv and the figures
 """

@@ -1,6 +1,6 @@
-"""study/<suite>/: report.md (verdict table first), verdicts.csv (one row per verdict), values.csv (the
-per-seed numbers the verdicts come from), forest.png (every effect with its CI) and claim_<id>.png (the
-metric vs step, mean and seed band per arm). Paths in report.md are relative to its folder."""
+"""study/<suite>/: report.md (the rule, then the verdict table), verdicts.csv (one row per verdict),
+forest.png (every effect in SESOI units with its interval) and claim_<id>.png (the metric vs step, mean
+and seed band per arm). Paths in report.md are relative to its folder."""
 from __future__ import annotations
 
 import math
@@ -11,10 +11,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .stats import CONTRADICTED, NO_DATA, NOT_SHOWN, SUPPORTED, Effect, t_interval
+from .stats import (CONTRADICTED, CORRECTION_NAMES, INCONCLUSIVE, NO_DATA, NO_EFFECT, SUPPORTED, Effect, rule_text,
+                    t_interval)
 from .suite import Claim, Suite
 
-COLORS = {SUPPORTED: "tab:green", CONTRADICTED: "tab:red", NOT_SHOWN: "tab:gray", NO_DATA: "tab:olive"}
+COLORS = {SUPPORTED: "tab:green", NO_EFFECT: "tab:blue", CONTRADICTED: "tab:red", INCONCLUSIVE: "tab:gray",
+          NO_DATA: "tab:olive"}
+CONTROL_PASSES = (INCONCLUSIVE, NO_EFFECT)  # a negative control must be neither supported nor contradicted
 
 
 @dataclass
@@ -28,6 +31,12 @@ class ArmNumbers:
     step0: list[float]
     accuracy: list[float]
     curves: dict = field(default_factory=dict)  # seed -> pd.Series (value by step)
+    status: list = field(default_factory=list)  # per seed: completed, diverged, failed, missing, no value
+    window: dict = field(default_factory=dict)  # seed -> pd.Series: a bound window's steps
+
+    def failures(self) -> str:
+        """'seed 1 diverged, seed 2 missing' for the seeds without a value ('' when none)."""
+        return ", ".join(f"seed {seed} {st}" for seed, st in zip(self.seeds, self.status) if st != "completed")
 
     def mean_ci(self, which="values"):
         x = np.array([v for v in getattr(self, which) if not math.isnan(v)])
@@ -75,6 +84,68 @@ def reference_label(v: Verdict) -> str:
     return v.reference.label
 
 
+def _unit_value(e: Effect):
+    """(value, interval, formatter) of the effect in the claim's own unit, natural sign (not aligned)."""
+    if e.sesoi_unit == "relative":
+        return e.rel, e.rel_ci, _pct
+    if e.sesoi_unit == "nonzero_relative":
+        return e.nonzero_rel, e.nonzero_rel_ci, _pct
+    return e.diff, e.diff_ci, _f
+
+
+def _interval_text(ci, fmt=_f) -> str:
+    kind = getattr(ci, "kind", "CI")
+    if kind == "unbounded":
+        return "(unbounded: reference ~ 0)"
+    if kind == "zero variance":
+        return "(zero variance: no CI)"
+    if kind == "n/a" and math.isnan(ci[0]):
+        return ""
+    return f"[{fmt(ci[0])}, {fmt(ci[1])}]"
+
+
+def _sesoi_text(c: Claim) -> str:
+    if c.compare == "bound":
+        return f"bound {c.bound:g}"
+    if c.sesoi == 0:
+        return "0"
+    if c.sesoi_unit == "difference":
+        return f"±{c.sesoi:g}"
+    return f"±{100 * c.sesoi:g}%" + (" non-zeros" if c.sesoi_unit == "nonzero_relative" else "")
+
+
+def decisive_p(e: Effect) -> tuple[str, float, float]:
+    """(which, raw, adjusted) p of the verdict's kind; for inconclusive the smallest of the three."""
+    table = {"sup": (e.p_sup_joint, e.p_sup_adj), "con": (e.p_con, e.p_con_adj), "tost": (e.p_tost, e.p_tost_adj)}
+    key = {SUPPORTED: "sup", CONTRADICTED: "con", NO_EFFECT: "tost"}.get(e.verdict)
+    if key is None:
+        ranked = [(k, v) for k, v in table.items() if not math.isnan(v[0])]
+        if not ranked:
+            return ("", math.nan, math.nan)
+        key = min(ranked, key=lambda kv: kv[1][0])[0]
+    return (key, *table[key])
+
+
+def _n_text(v: Verdict) -> str:
+    e = v.effect
+    text = f"{e.n_treatment} / {e.n_reference if v.claim.compare == 'arms' else '—'}"
+    failed = "; ".join(f for f in (v.treatment.failures(), v.reference.failures() if v.reference is not None else "") if f)
+    return text + (f" ({failed})" if failed else "")
+
+
+def _ni_text(e: Effect) -> str:
+    ni = e.noninferiority
+    if ni is None:
+        return ""
+    return f"; NI (margin {ni.margin:g}): **{ni.outcome}**"
+
+
+def claim_label(c: Claim) -> str:
+    if c.control:
+        return "control"
+    return "exploratory" if c.paper_claim is None else str(c.paper_claim)
+
+
 def verdict_rows(verdicts: list[Verdict]) -> pd.DataFrame:
     rows = []
     for v in verdicts:
@@ -88,77 +159,140 @@ def verdict_rows(verdicts: list[Verdict]) -> pd.DataFrame:
             r_mean, r_lo, r_hi = v.reference.mean_ci()
         acc_t = v.treatment.mean_ci("accuracy")
         acc_r = v.reference.mean_ci("accuracy") if v.reference is not None else (math.nan,) * 3
+        ni = e.noninferiority
+        which, p_raw, p_adj = decisive_p(e)
         rows.append({
-            "claim": v.row, "paper_claim": c.paper_claim, "control": c.control, "statement": c.statement,
+            "claim": v.row, "paper_claim": c.paper_claim, "exploratory": c.exploratory, "control": c.control,
+            "statement": c.statement,
             "compare": c.compare, "treatment": v.treatment.label, "reference": reference_label(v),
             "metric": c.metric.label if v.treatment.label == v.treatment.arm else
             f"{v.treatment.label} vs {reference_label(v)}", "window": c.window.label,
-            "direction": c.direction, "sesoi": c.sesoi, "sesoi_unit": c.sesoi_unit,
-            "n_treatment": len(e.treatment), "n_reference": len(e.reference),
+            "window_step_shown": e.worst_step,
+            "direction": c.direction, "sesoi": c.sesoi, "sesoi_unit": c.sesoi_unit, "bound": c.bound,
+            "test": e.test_name, "alpha_one_sided": e.alpha, "correction": e.correction, "family_size": e.family_size,
+            "n_treatment": e.n_treatment, "n_reference": e.n_reference,
+            "failed_treatment": v.treatment.failures(),
+            "failed_reference": v.reference.failures() if v.reference is not None else "",
             "treatment_mean": t_mean, "treatment_ci_low": t_lo, "treatment_ci_high": t_hi,
             "reference_mean": r_mean, "reference_ci_low": r_lo, "reference_ci_high": r_hi,
             "difference": e.diff, "difference_ci_low": e.diff_ci[0], "difference_ci_high": e.diff_ci[1],
+            "difference_ci_kind": e.diff_ci.kind,
             "relative": e.rel, "relative_ci_low": e.rel_ci[0], "relative_ci_high": e.rel_ci[1],
+            "relative_ci_kind": e.rel_ci.kind,
             "nonzero_relative": e.nonzero_rel, "nonzero_relative_ci_low": e.nonzero_rel_ci[0],
-            "nonzero_relative_ci_high": e.nonzero_rel_ci[1],
-            "test": e.test_name, "p_t": e.p_t, "p_permutation": e.p_perm,
+            "nonzero_relative_ci_high": e.nonzero_rel_ci[1], "nonzero_relative_ci_kind": e.nonzero_rel_ci.kind,
+            "theta": e.aligned, "theta_ci_low": e.aligned_ci[0], "theta_ci_high": e.aligned_ci[1],
+            "theta_ci_kind": e.aligned_ci.kind,
+            "p_sup": e.p_sup, "p_sup_joint": e.p_sup_joint, "p_con": e.p_con, "p_tost": e.p_tost,
+            "p_sup_adjusted": e.p_sup_adj, "p_con_adjusted": e.p_con_adj, "p_tost_adjusted": e.p_tost_adj,
+            "p_decisive": which, "p_permutation": e.p_perm,
             "accuracy_treatment": acc_t[0], "accuracy_reference": acc_r[0],
-            "verdict": e.verdict, "reason": e.reason,
+            "noninferiority_margin": ni.margin if ni else math.nan,
+            "accuracy_difference": ni.diff if ni else math.nan,
+            "accuracy_difference_ci_low": ni.ci[0] if ni else math.nan,
+            "accuracy_difference_ci_high": ni.ci[1] if ni else math.nan,
+            "p_noninferiority": ni.p if ni else math.nan, "noninferiority": ni.outcome if ni else "",
+            "zero_variance": e.zero_variance, "verdict": e.verdict, "reason": e.reason,
         })
     return pd.DataFrame(rows)
 
 
 def verdict_table(verdicts: list[Verdict]) -> str:
-    """The verdict table (markdown), as the command prints it and report.md starts with it."""
-    head = ("| claim | §2 | compared | effect (diff, 95% CI) | relative | non-zero rel. | p (t / perm.) "
-            "| accuracy (treat. / ref.) | verdict |")
-    lines = [head, "|" + "---|" * 9]
+    """The verdict table (markdown), as the command prints it and report.md shows it under the rule."""
+    head = ("| claim | §2 | compared | test | n (treat. / ref.) | effect in SESOI unit [95% CI] | SESOI "
+            "| p (raw → adj.) | accuracy (treat. / ref.) | verdict |")
+    lines = [head, "|" + "---|" * 10]
     for v in verdicts:
         e, c = v.effect, v.claim
         acc_t = v.treatment.mean_ci("accuracy")[0]
         acc_r = v.reference.mean_ci("accuracy")[0] if v.reference is not None else math.nan
-        nz = _pct(e.nonzero_rel) if c.metric.probe == "sparsity" else "—"
         compared = f"{v.treatment.label} vs {reference_label(v)} ({'↑' if c.direction == 'increase' else '↓'})"
-        mark = " (control)" if c.control else ""
-        lines.append(f"| {v.row}{mark} | {c.paper_claim} | {compared} | {_f(e.diff)} {_ci(e.diff_ci)} | "
-                     f"{_pct(e.rel)} | {nz} | {_f(e.p_t, 2)} / {_f(e.p_perm, 2)} | {_f(acc_t)} / {_f(acc_r)} | "
-                     f"**{e.verdict}** |")
+        if e.worst_step is not None:
+            compared += f", weakest step {e.worst_step}"
+        value, ci, fmt = _unit_value(e)
+        which, p_raw, p_adj = decisive_p(e)
+        p_text = "n/a" if not which else f"{which} {_f(p_raw, 2)}" + (
+            f" → {_f(p_adj, 2)}" if e.correction != "none" and not c.control else "")
+        lines.append(f"| {v.row} | {claim_label(c)} | {compared} | {e.test_name} | {_n_text(v)} | "
+                     f"{fmt(value)} {_interval_text(ci, fmt)} | {_sesoi_text(c)} | {p_text} | "
+                     f"{_f(acc_t)} / {_f(acc_r)}{_ni_text(e)} | **{e.verdict}** |")
     return "\n".join(lines)
 
 
 def control_failures(verdicts: list[Verdict]) -> list[str]:
-    return [v.row for v in verdicts if v.claim.control and v.effect.verdict not in (NOT_SHOWN, NO_DATA)]
+    """Negative controls that fail: `supported` or `contradicted` (the arms differ in nothing that matters),
+    or `no data` (the control was not run, so the suite is unchecked: a failure to report, not a pass)."""
+    out = []
+    for v in verdicts:
+        if v.claim.control and v.effect.verdict not in CONTROL_PASSES:
+            out.append(f"{v.row} came out `{v.effect.verdict}`" + (" (not run: the suite is unchecked)"
+                                                                  if v.effect.verdict == NO_DATA else ""))
+    return out
 
 
 # ------------------------------------------------------------------------------ figures
 
+FOREST_LIMIT = 4.0  # |x| beyond this (in SESOI units) is drawn at the edge with an arrow and its value
+
+
+def forest_scale(v: Verdict) -> tuple[float, str]:
+    """theta is divided by the SESOI; a bound claim (margin: the bound itself, threshold theta = 0) by
+    |bound| for a difference; a claim with SESOI 0 by |reference mean| (or 1)."""
+    e, c = v.effect, v.claim
+    if c.compare != "bound" and c.sesoi > 0:
+        return c.sesoi, "SESOI"
+    if c.compare == "bound" and c.bound:
+        return (abs(c.bound), "|bound|") if c.sesoi_unit == "difference" else (1.0, c.sesoi_unit)
+    ref = abs(float(np.mean(e.reference))) if len(e.reference) else 0.0
+    return (ref, "|ref.|") if ref > 0 and c.sesoi_unit == "difference" else (1.0, c.sesoi_unit)
+
+
 def forest_plot(verdicts: list[Verdict], path: Path) -> None:
-    """Every effect on one relative scale: difference / |reference mean|, with the verdict's t CI
-    on the same scale, so a bar crossing 0 is exactly a CI that includes zero."""
+    """Every effect as theta / SESOI (positive = the predicted direction) with its interval on the same
+    scale. Each row's decision thresholds are drawn on it: ±1 (the SESOI) for claims with a SESOI, so a
+    bar wholly right of +1 is `supported`, wholly within ±1 `no effect of interest`, wholly left of -1
+    `contradicted` (before any multiplicity adjustment); 0 for bound claims (theta / |bound|: the bound
+    is the margin). Values beyond ±FOREST_LIMIT sit at the edge with an arrow and the value."""
     n = len(verdicts)
-    fig = Figure(figsize=(8, 0.45 * n + 1.4))
+    fig = Figure(figsize=(9.5, 0.45 * n + 1.6))
     ax = fig.subplots()
+    lim = FOREST_LIMIT
+    clip = lambda x: max(-lim, min(lim, x))  # noqa: E731
     for i, v in enumerate(verdicts):
         e = v.effect
-        scale = abs(e.reference.mean()) if len(e.reference) and e.reference.mean() != 0 else 1.0
         y = n - 1 - i
-        color = COLORS[e.verdict]
-        if not math.isnan(e.diff):
-            lo, hi = (x / scale for x in e.diff_ci)
-            if not (math.isnan(lo) or math.isnan(hi)):
-                ax.plot([lo, hi], [y, y], color=color, lw=2)
-            ax.plot([e.diff / scale], [y], "o", color=color)
-            ax.annotate("→" if v.claim.direction == "increase" else "←", (e.diff / scale, y),
-                        textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8, color="black")
-    ax.axvline(0, color="black", lw=0.8)
+        color = COLORS.get(e.verdict, "black")
+        scale, _ = forest_scale(v)
+        ticks = (0.0,) if v.claim.compare == "bound" or v.claim.sesoi == 0 else (-1.0, 1.0)
+        for x in ticks:
+            ax.plot([x, x], [y - 0.35, y + 0.35], color="black", lw=1.2, ls="--" if x else "-")
+        if math.isnan(e.aligned) or not scale:
+            continue
+        x = e.aligned / scale
+        lo, hi = (c / scale for c in e.aligned_ci)
+        if not (math.isnan(lo) or math.isnan(hi)):
+            lo_c, hi_c = (clip(c) if math.isfinite(c) else math.copysign(lim, c) for c in (lo, hi))
+            ax.plot([lo_c, hi_c], [y, y], color=color, lw=2, ls=":" if e.aligned_ci.kind != "CI" else "-")
+            for end in (lo, hi):
+                if abs(end) > lim:
+                    at = clip(end) if math.isfinite(end) else math.copysign(lim, end)
+                    ax.annotate("▶" if end > 0 else "◀", (at, y), ha="center", va="center", color=color, fontsize=9)
+        ax.plot([clip(x)], [y], "o", color=color)
+        if abs(x) > lim:
+            ax.annotate(f"{x:.3g}", (clip(x), y), textcoords="offset points", xytext=(-6 if x > 0 else 6, 5),
+                        ha="right" if x > 0 else "left", fontsize=7)
+    ax.axvline(0, color="black", lw=0.5)
+    ax.set_xlim(-lim * 1.1, lim * 1.1)
+    ax.set_ylim(-0.7, n - 0.3)
     ax.set_yticks(range(n))
-    ax.set_yticklabels([f"{v.row} ({'negative control' if v.claim.control else f'§2.{v.claim.paper_claim}'})"
-                        for v in reversed(verdicts)], fontsize=8)
-    ax.set_xscale("symlog", linthresh=0.01)
-    ax.set_xlabel("effect / |reference mean| (95% t CI; arrow: predicted direction)")
+    origin = lambda c: ("negative control" if c.control else "exploratory" if c.paper_claim is None  # noqa: E731
+                        else f"§2.{c.paper_claim}")
+    ax.set_yticklabels([f"{v.row} ({origin(v.claim)}; /{forest_scale(v)[1]})" for v in reversed(verdicts)], fontsize=8)
+    ax.set_xlabel("effect toward the prediction / SESOI, 95% interval (row ticks: the thresholds; dotted: unbounded)",
+                  fontsize=8)
     handles = [ax.plot([], [], "o-", color=c, label=k)[0] for k, c in COLORS.items()]
-    ax.legend(handles=handles, fontsize=8, loc="best")
-    ax.set_title("All effects")
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title("All effects in SESOI units")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -195,30 +329,41 @@ def write_report(out: Path, suite: Suite, verdicts: list[Verdict], sides: dict, 
     table = verdict_rows(verdicts)
     table.to_csv(out / "verdicts.csv", index=False)
     forest_plot(verdicts, out / "forest.png")
+    correction = info.get("correction", verdicts[0].effect.correction if verdicts else "holm")
+    family = [v.row for v in verdicts if not v.claim.control and v.effect.verdict != NO_DATA]
     lines = [f"# Study `{suite.name}`", ""]
     failures = control_failures(verdicts)
     if failures:
-        lines += [f"> **WARNING: the negative control {', '.join(failures)} did not come out `not shown`**: the "
-                  f"arms differ in nothing that matters, so this suite's verdicts are not to be trusted "
-                  f"(too few seeds, a window too short, or a bias in the pipeline).", ""]
-    lines += [verdict_table(verdicts), "",
+        lines += [f"> **WARNING: negative control {'; '.join(failures)}**: its arms differ in nothing that "
+                  f"matters, so it must come out `inconclusive` or `no effect of interest`; until it does, this "
+                  f"suite's verdicts are not to be trusted (too few seeds, a window too short, or a bias in the "
+                  f"pipeline).", ""]
+    lines += [f"Level: one-sided alpha = {suite.alpha:g} per test, two-sided {1 - 2 * suite.alpha:.0%} intervals; "
+              f"multiplicity: {CORRECTION_NAMES[correction]} over the family of {len(family)} claim row(s) "
+              f"({', '.join(family) or 'none'}; negative controls judged unadjusted).", "",
+              "```", rule_text(suite.alpha, correction).rstrip(), "```", "",
+              verdict_table(verdicts), "",
               f"Suite `{suite.path.name}`; seeds {suite.seeds}; data: {info.get('data', 'as each arm says')}; "
               f"{info.get('runs', '')}", "",
-              "How to read it: the effect is treatment − reference of the claim's metric (reference: another arm, "
-              "the same runs at step 0, or a constant bound); the CI is a 95% t interval (Welch for two arms, "
-              "paired over seeds against step 0, one-sample against a bound). `supported`: the CI lies on the "
-              "predicted side of zero and the effect exceeds the smallest effect of interest; `contradicted`: "
-              "the CI lies on the other side; `not shown`: neither; `no data`: fewer than two seeds with a value "
-              "(runs missing or failed), so the claim was not tested. Relative changes carry a percentile "
-              "bootstrap CI over seeds in verdicts.csv (coarse with 3 seeds). The permutation p-value is exact "
-              "(all relabellings); with 3 vs 3 seeds it cannot go below 0.05.", "",
+              "Columns: effect in the claim's SESOI unit (difference; relative change; relative change of the "
+              "non-zero fraction 1 − s), natural sign, with its 95% interval (Fieller's for ratios; "
+              "`unbounded` where the reference cannot be told from 0); p: the one-sided p-value of the "
+              "verdict's test (sup: theta > SESOI, con: theta < −SESOI, tost: equivalence; for `inconclusive` "
+              "the smallest), raw and after the adjustment; n: seeds with a value per arm, and the seeds that "
+              "failed, diverged or are missing. verdicts.csv has every number (all three p-values raw and "
+              "adjusted, theta in SESOI units, the exact permutation p of the direction, whose floor is 0.05 "
+              "for 3 vs 3 seeds and 0.125 for 3 pairs).", "",
               "![forest plot](forest.png)", ""]
     for v in verdicts:
         c, e = v.claim, v.effect
+        origin = ("negative control" if c.control else "exploratory claim (no numbered claim of the paper)"
+                  if c.paper_claim is None else f"docs/paper.md §2 claim {c.paper_claim}")
         lines += [f"## {v.row}: {c.statement}", "",
-                  f"PAPER.md §2 claim {c.paper_claim}{' — negative control' if c.control else ''}. "
-                  f"Metric {c.metric.label}, {c.window.label}; predicted: {c.direction}; smallest effect of "
-                  f"interest {c.sesoi:g} ({c.sesoi_unit})." + (f" {c.note}" if c.note else ""), ""]
+                  f"{origin}. Metric {c.metric.label}, {c.window.label}; predicted: {c.direction}; "
+                  + (f"bound {c.bound:g} (the margin)" if c.compare == "bound" else
+                     f"smallest effect of interest {c.sesoi:g} ({c.sesoi_unit})")
+                  + (f"; accuracy non-inferiority margin {c.ni_margin:g}" if c.ni_margin is not None else "")
+                  + f"; {e.test_name}." + (f" {c.note}" if c.note else ""), ""]
         shown = [v.treatment] + ([v.reference] if v.reference is not None else [])
         lines += ["| arm | overrides | seeds | per-seed values | mean [95% t CI] | accuracy mean [CI] |",
                   "|---|---|---|---|---|---|"]
@@ -227,18 +372,35 @@ def write_report(out: Path, suite: Suite, verdicts: list[Verdict], sides: dict, 
             over = " ".join(f"`{o}`" for o in arm.overrides) or "(defaults)"
             if arm.data:
                 over = f"data: {arm.data}; " + over
-            lines.append(f"| {nums.label} | {over} | {nums.seeds} | "
+            failed = nums.failures()
+            lines.append(f"| {nums.label} | {over} | {nums.seeds}" + (f" ({failed})" if failed else "") + " | "
                          f"{', '.join(_f(x, 4) for x in nums.values)} | {_mean_ci_text(nums)} | "
                          f"{_mean_ci_text(nums, 'accuracy')} |")
         if c.compare == "step0":
             lines.append(f"| {v.treatment.label} @ step 0 | | {v.treatment.seeds} | "
                          f"{', '.join(_f(x, 4) for x in v.treatment.step0)} | {_mean_ci_text(v.treatment, 'step0')} | |")
-        lines += ["",
-                  f"Effect: {_f(e.diff)} {_ci(e.diff_ci)} ({e.test_name} 95% CI); relative {_pct(e.rel)} "
-                  f"{_pct_ci(e.rel_ci)}" + (f"; non-zero fraction {_pct(e.nonzero_rel)} {_pct_ci(e.nonzero_rel_ci)}"
-                                             if c.metric.probe == "sparsity" else "") +
-                  f"; one-sided p {_f(e.p_t, 2)} ({e.test_name}), {_f(e.p_perm, 2)} (exact permutation).", "",
-                  f"**Verdict: {e.verdict}** — {e.reason}.", ""]
+        if e.worst_step is not None and len(e.treatment):  # a bound window: the values at its weakest step
+            lines.append(f"| {v.treatment.label} @ step {e.worst_step} (weakest of the window) | | | "
+                         f"{', '.join(_f(x, 4) for x in e.treatment)} | {_f(float(np.mean(e.treatment)))} "
+                         f"{_ci(t_interval(e.treatment))} | |")
+        ni = e.noninferiority
+        effect = (f"Effect{f' at the weakest step {e.worst_step} of {e.window_steps}' if e.worst_step is not None else ''}: "
+                  f"difference {_f(e.diff)} {_interval_text(e.diff_ci)}; relative {_pct(e.rel)} "
+                  f"{_interval_text(e.rel_ci, _pct)}")
+        if not math.isnan(e.nonzero_rel) and (c.metric.probe == "sparsity" or c.sesoi_unit == "nonzero_relative"):
+            effect += f"; non-zero fraction {_pct(e.nonzero_rel)} {_interval_text(e.nonzero_rel_ci, _pct)}"
+        effect += (f" ({e.test_name}, 95%). theta (toward the prediction, {c.sesoi_unit}) {_f(e.aligned)} "
+                   f"{_interval_text(e.aligned_ci)}; one-sided p: sup {_f(e.p_sup_joint, 2)}, con {_f(e.p_con, 2)}, "
+                   f"tost {_f(e.p_tost, 2)}")
+        if e.correction != "none" and not c.control and e.verdict != NO_DATA:
+            effect += (f"; adjusted ({e.correction}, family of {e.family_size}): sup {_f(e.p_sup_adj, 2)}, "
+                       f"con {_f(e.p_con_adj, 2)}, tost {_f(e.p_tost_adj, 2)}")
+        effect += f"; exact permutation p of the direction {_f(e.p_perm, 2)}."
+        lines += ["", effect, ""]
+        if ni is not None:
+            lines += [f"Accuracy non-inferiority (margin {ni.margin:g}): difference {_f(ni.diff)} "
+                      f"{_interval_text(ni.ci)}, p {_f(ni.p, 2)}: **{ni.outcome}**.", ""]
+        lines += [f"**Verdict: {e.verdict}** — {e.reason}.", ""]
         fig = f"claim_{c.id}.png"
         if (out / fig).exists():
             lines += [f"![{c.id}]({fig})", ""]

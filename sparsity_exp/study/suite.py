@@ -22,6 +22,15 @@ same runs (claim 8 compares two metrics of one run). ``direction`` is the predic
 ``sesoi_unit``: ``difference``, ``relative`` (difference / reference) or ``nonzero_relative``
 (relative change of 1 - metric: the paper's headline unit for sparsity, where fewer non-zeros is
 the predicted direction of a sparsity increase).
+
+A ``bound`` claim ("stays below/above B") has no SESOI of its own: B is the margin. Its window
+``{every_from_step: S}`` judges every measured step from S on (intersection-union, stats.RULE).
+``test: paired|welch`` (suite level or per claim; default: paired where the compared arms share seeds,
+i.e. same seed_offset, so the same init and batch order, Welch otherwise). ``noninferiority: {margin: m}``
+adds an accuracy non-inferiority check (claims "at equal accuracy"). ``paper_claim: null`` marks an
+exploratory claim (no numbered claim of docs/paper.md §2). Every metric's probe must be a registered
+probe (``sparsity_exp.probes.PROBES``) or a trainer row (train, eval, modules), and where the probe's
+code names its metrics, the metric must be one of them: a typo is an error at load, not `no data`.
 """
 from __future__ import annotations
 
@@ -58,12 +67,16 @@ class Metric:
 
 @dataclass(frozen=True)
 class Window:
-    """Which evaluations of a run give its value: the last one (k = 1) or the mean of the last k."""
+    """Which evaluations of a run give its value: the last one (k = 1), the mean of the last k, or (bound
+    claims) every measured step from ``from_step`` on, each judged on its own."""
 
     last: int = 1
+    from_step: int | None = None
 
     @property
     def label(self) -> str:
+        if self.from_step is not None:
+            return f"every measured step from step {self.from_step}"
         return "last evaluation" if self.last == 1 else f"mean of the last {self.last} evaluations"
 
 
@@ -92,7 +105,7 @@ class Side:
 @dataclass
 class Claim:
     id: str
-    paper_claim: int
+    paper_claim: int | None  # None: an exploratory claim
     statement: str
     compare: str
     sides: list[Side]
@@ -104,6 +117,21 @@ class Claim:
     bound: float | None = None
     control: bool = False
     note: str = ""
+    test: str | None = None          # paired | welch | None (paired where the arms share seeds)
+    ni_margin: float | None = None   # accuracy non-inferiority margin (claims "at equal accuracy")
+
+    @property
+    def exploratory(self) -> bool:
+        return self.paper_claim is None and not self.control
+
+    def paired(self, treatment: "Side", reference: "Side | None", arms: dict) -> bool:
+        """Whether this comparison is judged with the paired t: always for step0 and bound; for two arms
+        when they share seeds (equal seed_offset: the same init and batch order), unless `test: welch`."""
+        if self.compare != "arms" or reference is None:
+            return True
+        if self.test == "welch":
+            return False
+        return arms[treatment.arm].seed_offset == arms[reference.arm].seed_offset
 
     def comparisons(self) -> list[tuple[str, Side, Side | None]]:
         """(row id, treatment, reference) per verdict; reference None for step0 and bound claims."""
@@ -133,6 +161,7 @@ class Suite:
     accuracy: Metric
     datasets: list[Dataset] = field(default_factory=list)
     header: str = ""
+    alpha: float = 0.025  # one-sided level of every test (stats.ALPHA); the CI shown is (1 - 2 alpha)
 
     def used_arms(self) -> list[Arm]:
         names = []
@@ -176,12 +205,94 @@ def _metric(spec, where: str, base: dict | None = None) -> Metric:
     return Metric(**spec)
 
 
-def _window(spec, where: str) -> Window:
+def _window(spec, where: str, compare: str) -> Window:
     if spec in (None, "last"):
         return Window(1)
     if isinstance(spec, dict) and set(spec) == {"mean_last"} and int(spec["mean_last"]) >= 1:
         return Window(int(spec["mean_last"]))
-    raise ConfigError(f"{where}: window is `last` or {{mean_last: K}} with K >= 1, not {spec!r}")
+    if isinstance(spec, dict) and set(spec) == {"every_from_step"} and int(spec["every_from_step"]) >= 0:
+        if compare != "bound":
+            raise ConfigError(f"{where}: window every_from_step is for bound claims (\"stays below/above\"); "
+                              f"use `last` or {{mean_last: K}} for compare={compare}")
+        return Window(1, int(spec["every_from_step"]))
+    raise ConfigError(f"{where}: window is `last`, {{mean_last: K}} with K >= 1 or (bound claims) "
+                      f"{{every_from_step: S}}, not {spec!r}")
+
+
+# rows the trainer writes itself (train.py, modules/): probe -> metrics (None: not listed here)
+TRAINER_ROWS = {"train": ("loss", "accuracy", "lr"), "eval": ("loss", "accuracy"), "modules": None}
+
+
+def probe_metrics(probe: str):
+    """(known, patterns): the metric names ``probe`` can emit as far as its code says, or None where that
+    is not knowable (a metric name built at run time). Read from the probe class's declared
+    ``metric_names`` if it has one, else from the literal names its code passes to ``layer_rows`` or
+    writes as (split, metric, layer, value) rows (f-strings become patterns)."""
+    import ast
+    import inspect
+    import re
+    import textwrap
+
+    from ..probes import PROBES, Probe
+
+    if probe in TRAINER_ROWS:
+        names = TRAINER_ROWS[probe]
+        return None if names is None else (set(names), [])
+    cls = PROBES[probe]
+    declared = getattr(cls, "metric_names", None)
+    if declared:
+        return set(declared), []
+    names, patterns = set(), []
+    for klass in cls.__mro__:
+        if klass is Probe or not issubclass(klass, Probe):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError, SyntaxError):
+            return None
+        for node in ast.walk(tree):
+            arg = None
+            if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", "")) == "layer_rows":
+                keyword = next((k.value for k in node.keywords if k.arg == "metric"), None)
+                arg = node.args[1] if len(node.args) > 1 else keyword
+            elif (isinstance(node, ast.Tuple) and len(node.elts) == 4
+                  and isinstance(node.elts[1], (ast.Constant, ast.JoinedStr))
+                  and isinstance(node.elts[2], ast.Constant) and node.elts[2].value == "avg"):
+                arg = node.elts[1]
+            else:
+                continue
+            if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                names.add(arg.value)
+            elif isinstance(arg, ast.JoinedStr):
+                patterns.append("".join(re.escape(v.value) if isinstance(v, ast.Constant) else ".+" for v in arg.values))
+            else:
+                return None  # a name computed at run time: not knowable from the code
+    return (names, patterns) if names or patterns else None
+
+
+def check_metric(metric: Metric, where: str) -> None:
+    """A clear error for a probe or metric name no run can produce (with the nearest valid name)."""
+    import difflib
+    import re
+
+    from ..probes import PROBES
+
+    probes = sorted(PROBES) + sorted(TRAINER_ROWS)
+    if metric.probe not in probes:
+        near = difflib.get_close_matches(metric.probe, probes, n=1)
+        raise ConfigError(f"{where}: probe {metric.probe!r} is not a registered probe"
+                          + (f"; did you mean {near[0]!r}?" if near else "") + f" Known: {probes}")
+    known = probe_metrics(metric.probe)
+    if known is None:
+        return
+    names, patterns = known
+    for name in filter(None, (metric.metric, metric.divide_by)):
+        if name in names or any(re.fullmatch(p, name) for p in patterns):
+            continue
+        near = difflib.get_close_matches(name, sorted(names), n=1)
+        raise ConfigError(f"{where}: probe {metric.probe!r} writes no metric {name!r}"
+                          + (f"; did you mean {near[0]!r}?" if near else "")
+                          + f" It writes {sorted(names) + patterns}")
 
 
 def _resolve_arm(name: str, raw: dict, seen: tuple = ()) -> tuple[list[str], int, bool]:
@@ -208,9 +319,17 @@ def _resolve_arm(name: str, raw: dict, seen: tuple = ()) -> tuple[list[str], int
 def load_suite(path: Path, seeds: list[int] | None = None) -> Suite:
     raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     where = path.name
-    unknown = set(raw) - {"seeds", "accuracy", "datasets", "arms", "claims"}
+    unknown = set(raw) - {"seeds", "accuracy", "datasets", "arms", "claims", "test", "alpha"}
     if unknown:
-        raise ConfigError(f"{where}: unknown top-level keys {sorted(unknown)}; use seeds, accuracy, datasets, arms, claims")
+        raise ConfigError(f"{where}: unknown top-level keys {sorted(unknown)}; use seeds, accuracy, datasets, arms, "
+                          f"claims, test, alpha")
+    suite_test = raw.get("test")
+    if suite_test not in (None, "paired", "welch"):
+        raise ConfigError(f"{where}: test={suite_test!r}; choose paired (the default where arms share seeds) or welch")
+    alpha = float(raw.get("alpha", 0.025))
+    if not 0 < alpha < 0.5:
+        raise ConfigError(f"{where}: alpha={alpha} is the one-sided level of each test (0.025: 95% CIs); "
+                          f"give 0 < alpha < 0.5")
     seeds = list(seeds if seeds is not None else raw.get("seeds", [0, 1, 2]))
     if len(seeds) < 2:
         raise ConfigError(f"{where}: a study needs at least 2 seeds (3 or more to judge); got {seeds}")
@@ -225,7 +344,8 @@ def load_suite(path: Path, seeds: list[int] | None = None) -> Suite:
     if any(a.data == "auto" for a in arms.values()) and not datasets:
         raise ConfigError(f"{where}: an arm says `data: auto` but the suite lists no `datasets:`")
     accuracy = _metric(raw.get("accuracy") or {"probe": "eval", "metric": "accuracy", "split": "test"}, f"{where}: accuracy")
-    claims = [_claim(c, arms, f"{where}: claim {i + 1}") for i, c in enumerate(raw.get("claims") or [])]
+    check_metric(accuracy, f"{where}: accuracy")
+    claims = [_claim(c, arms, f"{where}: claim {i + 1}", suite_test) for i, c in enumerate(raw.get("claims") or [])]
     if not claims:
         raise ConfigError(f"{where}: no claims")
     ids = [row for c in claims for row, _, _ in c.comparisons()]
@@ -235,17 +355,20 @@ def load_suite(path: Path, seeds: list[int] | None = None) -> Suite:
         raise ConfigError(f"{where}: every suite needs a negative-control claim (control: true) whose arms differ "
                           f"in nothing that matters")
     return Suite(name=path.stem, path=path, seeds=seeds, arms=arms, claims=claims, accuracy=accuracy,
-                 datasets=datasets, header=_header(path))
+                 datasets=datasets, header=_header(path), alpha=alpha)
 
 
-def _claim(spec: dict, arms: dict[str, Arm], where: str) -> Claim:
+def _claim(spec: dict, arms: dict[str, Arm], where: str, suite_test: str | None = None) -> Claim:
     spec = copy.deepcopy(spec)
     where = f"{where} ({spec.get('id', '?')})"
+    if spec.get("compare") == "bound":
+        spec.setdefault("sesoi", 0)
     for key in ("id", "paper_claim", "statement", "compare", "arms", "metric", "direction", "sesoi"):
         if key not in spec:
-            raise ConfigError(f"{where}: missing `{key}`")
+            hint = " (null for an exploratory claim)" if key == "paper_claim" else ""
+            raise ConfigError(f"{where}: missing `{key}`{hint}")
     unknown = set(spec) - {"id", "paper_claim", "statement", "compare", "arms", "metric", "window", "direction",
-                           "sesoi", "sesoi_unit", "bound", "control", "note"}
+                           "sesoi", "sesoi_unit", "bound", "control", "note", "test", "noninferiority"}
     if unknown:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
     compare = spec["compare"]
@@ -258,13 +381,29 @@ def _claim(spec: dict, arms: dict[str, Arm], where: str) -> Claim:
         raise ConfigError(f"{where}: sesoi_unit={unit!r}; choose one of {list(UNITS)}")
     if float(spec["sesoi"]) < 0:
         raise ConfigError(f"{where}: sesoi must be >= 0 (its sign is the direction's)")
+    if spec["compare"] == "bound" and float(spec["sesoi"]) != 0:
+        raise ConfigError(f"{where}: a bound claim's margin is its bound (the SESOI is not added on top): set "
+                          f"`bound:` to the smallest value that matters and drop `sesoi` (or sesoi: 0)")
+    test = spec.get("test", suite_test)
+    if test not in (None, "paired", "welch"):
+        raise ConfigError(f"{where}: test={test!r}; choose paired or welch")
+    ni = spec.get("noninferiority")
+    if ni is not None:
+        if not isinstance(ni, dict) or set(ni) != {"margin"} or float(ni["margin"]) < 0:
+            raise ConfigError(f"{where}: noninferiority is {{margin: M}}, M >= 0 the accuracy a treatment may lose "
+                              f"and still count as 'at equal accuracy' (e.g. 0.01)")
+        if compare != "arms":
+            raise ConfigError(f"{where}: noninferiority compares the accuracy of two arms; it needs compare: arms")
     metric = _metric(spec["metric"], where)
+    check_metric(metric, where)
     sides = []
     for entry in spec["arms"]:
         name, extra = (entry, None) if isinstance(entry, str) else (entry.get("arm"), entry.get("metric"))
         if name not in arms:
             raise ConfigError(f"{where}: arm {name!r} is not defined under `arms:`; defined: {sorted(arms)}")
         sides.append(Side(name, _metric(extra, where, base=vars(metric)) if extra else metric))
+        if extra:
+            check_metric(sides[-1].metric, where)
     repeated = len({s.arm for s in sides}) < len(sides)  # one arm, two metrics: name both sides by metric
     for side in sides:
         side._metric_differs = repeated or side.metric != metric
@@ -273,8 +412,16 @@ def _claim(spec: dict, arms: dict[str, Arm], where: str) -> Claim:
         raise ConfigError(f"{where}: compare={compare} takes {want} arms, got {len(sides)}")
     if compare == "bound" and spec.get("bound") is None:
         raise ConfigError(f"{where}: compare=bound needs `bound:` (the constant the window is compared with)")
-    return Claim(id=str(spec["id"]), paper_claim=int(spec["paper_claim"]), statement=str(spec["statement"]),
-                 compare=compare, sides=sides, metric=metric, window=_window(spec.get("window"), where),
+    if test == "paired" and compare == "arms":
+        offsets = {arms[s.arm].seed_offset for s in sides}
+        if len(offsets) > 1:
+            raise ConfigError(f"{where}: test: paired needs arms that share seeds; these have seed_offset "
+                              f"{sorted(offsets)} (use test: welch)")
+    paper_claim = spec["paper_claim"]
+    return Claim(id=str(spec["id"]), paper_claim=None if paper_claim is None else int(paper_claim),
+                 statement=str(spec["statement"]),
+                 compare=compare, sides=sides, metric=metric, window=_window(spec.get("window"), where, compare),
                  direction=spec["direction"], sesoi=float(spec["sesoi"]), sesoi_unit=unit,
                  bound=None if spec.get("bound") is None else float(spec["bound"]),
-                 control=bool(spec.get("control", False)), note=str(spec.get("note", "")))
+                 control=bool(spec.get("control", False)), note=str(spec.get("note", "")), test=test,
+                 ni_margin=None if ni is None else float(ni["margin"]))
