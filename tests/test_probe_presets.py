@@ -14,8 +14,8 @@ CONTRACT = {
                   "grad_norm_wrt_values"},
     "gradient_density": {"density_ratio", "below_range", "above_range"},
     "augmented_flatness": {"as_key", "as_value", "coef_l0", "coef_l2", "a2", "l2_term"},
-    "hessian": {"trace", "trace_se", "block_trace", "block_trace_se", "lambda_max", "top_abs_eigenvalue", "feature_input_trace", "feature_input_trace_se", "feature_preact_trace",
-                "feature_preact_trace_se"},
+    "hessian": {f"{m}{se}" for m in ("trace", "block_trace", "feature_input_trace", "feature_preact_trace")
+                for se in ("", "_se", "_se_vectors", "_se_batches")} | {"lambda_max", "top_abs_eigenvalue"},
     "sharpness": {"avg_param", "worst_param", "avg_feature_input", "worst_feature_input", "avg_feature_act",
                   "worst_feature_act"},
     "spectrum": {"ratio_minmax", "ratio80", "near_zero_rate"},
