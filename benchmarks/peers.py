@@ -2,7 +2,8 @@
 
     OMP_NUM_THREADS=1 python benchmarks/peers.py [--samples 10,50] [--repeats 5] [--key-shape 3072x768]
                                                  [--authors-repeats 1] [--device cpu|cuda] [--json PATH]
-                                                 [Hydra overrides ...]
+                                                 [--rse-target 0.02] [--rse-repeats 3] [--pilot 50]
+                                                 [--train-steps 300] [Hydra overrides ...]
 
 Model and batch: the run's own (`sparsity-exp run` config plus the overrides; default the LN-MLP on
 digits with trainer.batch_size=128), model in eval mode, the first training batch. Comparisons:
@@ -19,6 +20,23 @@ digits with trainer.batch_size=128), model in eval mode, the first training batc
                            compares the two estimates instead of the per-vector terms.
   hessian_top_eigenvalue   vs pyhessian       the probe's top_abs_eigenvalue (Lanczos, tol 1e-3,
                            50 restarts) against PyHessian's power iteration (maxIter 100, tol 1e-3)
+  trace_to_<t>_rse         vs pyhessian_hutchinson, curvlinops_{hutchinson,hutchpp,xtrace},
+                           project_hutchinson: wall time to a trace of the trainable parameters'
+                           Hessian with relative standard error t (--rse-target, 2%) on the model
+                           after --train-steps steps of `sparsity-exp run` (probes=none, same
+                           overrides), its first training batch. project_s is the project's best
+                           estimator (probes.hessian.trace_estimator) at its budget. Budgets:
+                           Hutchinson (project, PyHessian, curvlinops: the same estimator) from a
+                           --pilot run's per-vector spread; the project's Hutch++/XTrace the smallest
+                           on a x1.5 grid whose own error estimate (median of 3 draws) reaches t;
+                           curvlinops' Hutch++/XTrace (no error estimate of their own) at the budget
+                           of the project's same method rounded up to a multiple of 3 / 2. Then
+                           --rse-repeats alternating timed runs of every method (medians; graph or
+                           operator building included). max_rel_diff: |project - peer| / |peer| of
+                           the median estimates (noise of ~t). The JSON's "trace_rse" lists every
+                           method: matvecs, median seconds, estimate, own_rse (its error estimate
+                           / |estimate|; PyHessian's from its per-vector values; none for
+                           curvlinops), spread_rse (std over the repeats / |mean|)
   spectrum                 vs gram_eigvalsh   eigenvalues of K K^T for a random --key-shape key
                            (float32, N(0, 1/in)): the probe's key_eigenvalues against a bare
                            torch eigvalsh of the smaller Gram in float64
@@ -33,7 +51,8 @@ installed is skipped with a note. ratio = project_s / peer_s (the minimum over -
 repeats of each); max_rel_diff = max_i |project_i - peer_i| / max_i |peer_i| over the compared
 values (per-vector Hutchinson terms for the trace; the min(d_ff, d) non-trivial eigenvalues for the
 spectra). `--json PATH` writes {"comparisons": [{name, peer, project_s, peer_s, ratio,
-max_rel_diff}, ...]}. Timings on a shared machine are noisy: run with one thread and read minima.
+max_rel_diff}, ...], "trace_rse": [{library, method, matvecs, seconds, estimate, own_rse,
+spread_rse}, ...]}. Timings on a shared machine are noisy: run with one thread and read minima.
 """
 from __future__ import annotations
 
