@@ -28,7 +28,7 @@ digits with trainer.batch_size=128), model in eval mode, the first training batc
                            estimator (probes.hessian.trace_estimator) at its budget. Budgets:
                            Hutchinson (project, PyHessian, curvlinops: the same estimator) from a
                            --pilot run's per-vector spread; the project's Hutch++/XTrace the smallest
-                           on a x1.5 grid whose own error estimate (median of 3 draws) reaches t;
+                           on a x1.2 grid whose own error estimate (median of 3 draws) reaches t;
                            curvlinops' Hutch++/XTrace (no error estimate of their own) at the budget
                            of the project's same method rounded up to a multiple of 3 / 2. Then
                            --rse-repeats alternating timed runs of every method (medians; graph or
@@ -225,7 +225,7 @@ def trace_rse_comparisons(model, sites, batch, target: float, repeats: int, pilo
     """Wall time to a trace whose relative standard error is ``target``: the matvec budget each
     method needs (Hutchinson: from a pilot's per-vector spread, m = (sd / (target |trace|))^2, the
     same for the project and PyHessian, which run the same estimator; the project's Hutch++ and
-    XTrace: the smallest budget on a x1.5 grid whose own error estimate, median over three draws,
+    XTrace: the smallest budget on a x1.2 grid whose own error estimate, median over three draws,
     is <= target |trace|; curvlinops' three at the budget of the project's same method, rounded up
     to what it accepts), then ``repeats`` alternating timed runs of each at its budget (medians)."""
     from sparsity_exp.probes.hessian import (HessianProducts, _graph_bytes, block_size, parameter_variables,
@@ -290,7 +290,7 @@ def trace_rse_comparisons(model, sites, batch, target: float, repeats: int, pilo
             rse = float(np.median([e / abs(v) for v, e in draws]))
             if rse <= target or m >= min(n, 4 * budgets["hutchinson"]):
                 break
-            m = int(np.ceil(m * 1.5))
+            m = int(np.ceil(m * 1.2))
         budgets[method] = m
         print(f"  {method}: {m} products for a median own RSE of {rse:.2%}")
 

@@ -24,7 +24,9 @@ xtrace      XTrace (Epperly, Tropp & Webber 2024, "XTrace: making the most of ev
             product beyond the 2s. The unnormalised variant (no sphere rescaling of the w_i); it
             assumes A W has full column rank (s below the rank of A).
 
-Below ``exact_threshold``: a budget m >= n (the dimension) gives the trace exactly from the n unit
+The n-long vectors stay in the operator's precision (QR twice in single precision), the small
+s x s algebra is float64. Memory: Hutch++ ~4 x m/3, XTrace ~4 x m/2 vectors of length n.
+A budget m >= n (the dimension) gives the trace exactly from the n unit
 vectors (what a full-rank sketch of either method would give), error 0.
 """
 from __future__ import annotations
@@ -61,7 +63,7 @@ def exact_trace(op, n: int, block: int, dtype, device) -> float:
 
 def hutchinson(op, draw, m: int) -> tuple[float, float]:
     X = draw(m)
-    z = (X.double() * op(X).double()).sum(1)
+    z = (X * op(X)).sum(1, dtype=torch.float64)
     return _mean_se(z)
 
 
@@ -72,12 +74,12 @@ def hutchpp(op, draw, m: int, n: int) -> tuple[float, float]:
         raise ValueError(f"Hutch++ needs at least 3 products, got {m}")
     k = min(n, m // 3)
     Q = _orthonormal_rows(op(draw(k)))
-    top = float((Q.double() * op(Q).double()).sum())
+    top = float((Q * op(Q)).sum(dtype=torch.float64))
     if k >= n:
         return top, 0.0
     G = draw(m - 2 * k)
     W = G - (G @ Q.T) @ Q  # projected off the sketch's range
-    z = (W.double() * op(W).double()).sum(1)
+    z = (W * op(W)).sum(1, dtype=torch.float64)
     mean, se = _mean_se(z)
     return top + mean, se
 
@@ -89,14 +91,16 @@ def xtrace(op, draw, m: int) -> tuple[float, float]:
         raise ValueError(f"XTrace needs at least 4 products, got {m}")
     W = draw(s)
     Y = op(W)
-    Qc, R = torch.linalg.qr(Y.T.double())  # Y^T = Q R, Q: n x s, R: s x s upper triangular
-    Q = Qc.T.to(W.dtype)
-    Z = op(Q).double()  # rows (A q_b)^T
-    Qd, Wd = Qc.T, W.double()
-    T = Qd @ Z.T  # T_ab = q_a . A q_b
-    C = Qd @ Wd.T  # column i: Q^T w_i
-    WY = (Wd * Y.double()).sum(1)  # w_i . A w_i
-    WZ = Wd @ Z.T  # row i: w_i^T A Q
+    Qc, R = torch.linalg.qr(Y.T)  # Y^T = Q R, Q: n x s, R: s x s upper triangular
+    if Qc.dtype != torch.float64:  # re-orthogonalise in single precision (Q = Q2 R2, so R <- R2 R)
+        Qc, R2 = torch.linalg.qr(Qc)
+        R = R2 @ R
+    Q, R = Qc.T, R.double()
+    Z = op(Q)  # rows (A q_b)^T
+    T = (Q @ Z.T).double()  # T_ab = q_a . A q_b; the n-long products in the vectors' precision, the s x s algebra in float64
+    C = (Q @ W.T).double()  # column i: Q^T w_i
+    WY = (W * Y).sum(1).double()  # w_i . A w_i
+    WZ = (W @ Z.T).double()  # row i: w_i^T A Q
     eye = torch.eye(s, dtype=torch.float64, device=R.device)
     U = torch.linalg.solve_triangular(R.T, eye, upper=False)  # R^{-T}: column i is orthogonal to R's other columns
     U = U / U.norm(dim=0, keepdim=True)
