@@ -81,3 +81,20 @@ def test_variance_reduction_on_an_outlier_spectrum():
     rmse = {m: float(np.sqrt(np.mean((_runs(A, m, 30, 200)[0] - exact) ** 2))) for m in te.ESTIMATORS}
     assert rmse["hutchpp"] < rmse["hutchinson"] / 2, rmse
     assert rmse["xtrace"] < rmse["hutchinson"] / 6, rmse
+
+
+@pytest.mark.parametrize("method", ["hutchpp", "xtrace"])
+def test_single_precision_vectors_give_the_double_precision_estimate(method):
+    """The n-long vectors in float32 (the probe on a float32 model), the small algebra in float64:
+    the same draws give the float64 estimate to single precision."""
+    A = _outliers()
+    n = len(A)
+    got = {}
+    for dtype in (torch.float64, torch.float32):
+        g = torch.Generator().manual_seed(5)
+        A_d = A.to(dtype)
+        got[dtype] = te.estimate_trace(method, lambda X: X @ A_d,
+                                       lambda k: (torch.randint(0, 2, (k, n), generator=g) * 2 - 1).to(dtype),
+                                       30, n, 16, dtype, "cpu")
+    assert got[torch.float32][0] == pytest.approx(got[torch.float64][0], rel=1e-4)
+    assert got[torch.float32][1] == pytest.approx(got[torch.float64][1], rel=1e-2)
