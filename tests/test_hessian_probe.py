@@ -117,6 +117,14 @@ def test_per_block_traces_use_per_site_vectors_and_block_size_independence():
         assert got[("block_trace_se_vectors", i)] == got[("block_trace_se", i)]
         assert math.isnan(got[("block_trace_se_batches", i)])  # one batch: the data's part is unknown
         assert _hutchinson_sd(H, cols, samples) > sd  # what shared vectors would have given
+    # shared vectors (one over all sites per product): the larger SE with the cross terms, same targets
+    shared = _measure(model, batch, samples=samples, features=False, site_vectors="shared")
+    for i, cols in blocks.items():
+        sd = _hutchinson_sd(H, cols, samples)
+        assert abs(shared[("block_trace", i)] - np.trace(H[np.ix_(cols, cols)])) < 5 * sd, i
+        assert shared[("block_trace_se", i)] == pytest.approx(sd, rel=0.25), i
+    with pytest.raises(Exception, match="site_vectors"):
+        build_probes({"hessian": {"site_vectors": "each"}}, find_sites(model))
     # block_samples=0: no block rows
     assert not any(m.startswith("block_trace") for m, _ in _measure(model, batch, samples=3, features=False,
                                                                      block_samples=0))
@@ -212,6 +220,13 @@ def test_feature_hessian_traces_per_token():
         # independent vectors per site: the mean's SE from the sites' SEs
         assert got[(f"feature_{where}_trace_se", "avg")] == pytest.approx(
             math.hypot(got[(f"feature_{where}_trace_se", 0)], got[(f"feature_{where}_trace_se", 1)]) / 2, rel=1e-9)
+    shared = _measure(model, batch, samples=2, feature_samples=samples, site_vectors="shared")
+    for where in ("input", "preact"):
+        for i in (0, 1):
+            c = cols[(i, where)]
+            sd = _hutchinson_sd(H, c, samples) / tokens[(i, where)]  # cross terms from every other tensor
+            assert abs(shared[(f"feature_{where}_trace", i)] - np.trace(H[np.ix_(c, c)]) / tokens[(i, where)]) < 5 * sd
+            assert shared[(f"feature_{where}_trace_se", i)] == pytest.approx(sd, rel=0.3)
     # a token's Hessian does not depend on the batch it sits in (B x the batch mean = the sample's loss)
     half = (batch[0][:6], batch[1][:6])
     H6, cols6, tokens6 = _feature_hessian(model, half)

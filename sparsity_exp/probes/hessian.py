@@ -40,7 +40,12 @@ The metrics:
                              Rademacher vectors per site and batch, each zero off site i's
                              parameters (v_i.(H v_i)_i: no cross terms from the other sites, one
                              product per vector and site). With ``mlp`` the blocks partition the
-                             set, so their sum estimates ``trace`` (independently of it)
+                             set, so their sum estimates ``trace`` (independently of it).
+                             ``site_vectors: shared``: one vector over all sites per product
+                             instead, z_i = v_i.(H v)_i (cross terms v_i.H_ij v_j of mean 0 from
+                             the other sites: unbiased, a larger SE per vector, but one product
+                             serves every site: at equal products the cheaper choice where the
+                             cross terms are small; see full.yaml)
   lambda_max                 the largest algebraic eigenvalue of H (the mean over the batches)
   top_abs_eigenvalue         the eigenvalue of largest magnitude (what power iteration finds;
                              negative where H's most curved direction is concave). Both by Lanczos
@@ -69,7 +74,9 @@ The metrics:
                              u.(H u) / T: E z = sum of the diagonal / T = mean over tokens of tr of
                              token t's block, with the variance of a one-site estimate (no cross
                              terms from the other sites' vectors). One product per vector, site and
-                             place: 2 x sites x feature_samples products per batch.
+                             place: 2 x sites x feature_samples products per batch (``site_vectors:
+                             shared``: u over all offset tensors at once, one product per vector,
+                             cross terms of mean 0 in each site's z).
 
 Speed: one forward and one create_graph backward per batch build the gradient graph; every
 Hessian-vector product is a backward through that graph, the Hutchinson vectors in blocks of
@@ -99,6 +106,7 @@ from .standalone import fixed_objective, local_generator
 from .trace_estimators import ESTIMATORS, estimate_trace
 
 PARAM_SETS = ("mlp", "trainable", "all")
+SITE_VECTORS = ("separate", "shared")
 
 
 # --- the variables the Hessian is taken w.r.t. ---------------------------------------------------
@@ -393,8 +401,8 @@ class HessianProbe(Probe):
 
     def __init__(self, sites, batches: int = 1, samples: int = 20, iterations: int = 50, tol: float = 1e-3,
                  krylov: int = 6, params: str = "mlp", trace_estimator: str = "hutchinson",
-                 block_samples: int | None = None, features: bool = True, feature_samples: int | None = None,
-                 block: int | None = None, memory_mb: float | None = None, **kw):
+                 block_samples: int | None = None, site_vectors: str = "separate", features: bool = True,
+                 feature_samples: int | None = None, block: int | None = None, memory_mb: float | None = None, **kw):
         super().__init__(sites, **kw)
         if params not in PARAM_SETS:
             raise ConfigError(f"probes.hessian.params={params!r}; choose one of {list(PARAM_SETS)}")
@@ -407,6 +415,9 @@ class HessianProbe(Probe):
         self.batches, self.samples, self.iterations, self.tol = int(batches), int(samples), int(iterations), float(tol)
         self.krylov, self.params, self.features = int(krylov), params, bool(features)
         self.trace_estimator = trace_estimator
+        if site_vectors not in SITE_VECTORS:
+            raise ConfigError(f"probes.hessian.site_vectors={site_vectors!r}; choose one of {list(SITE_VECTORS)}")
+        self.separate = site_vectors == "separate"
         self.block_samples = self.samples if block_samples is None else int(block_samples)
         self.feature_samples = self.samples if feature_samples is None else int(feature_samples)
         self.block, self.memory_mb = block, memory_mb
@@ -425,10 +436,13 @@ class HessianProbe(Probe):
             traces = [trace_estimate(self.trace_estimator, products, variables, self.samples, block, gen, part=b)
                       for b in range(k)]
             per_site = {}
-            if self.block_samples > 0:  # each site its own vectors (zero off the site): no cross terms
+            if self.block_samples > 0 and self.separate:  # each site its own vectors (zero off it): no cross terms
                 for i, cols in sorted(blocks.items()):
                     per_site[i] = [mean_se(hutchinson(products, variables, self.block_samples, block, gen,
                                                       support=cols, part=b).sum(1)) for b in range(k)]
+            elif self.block_samples > 0:  # one vector over every site per product, split by site afterwards
+                z = [hutchinson(products, variables, self.block_samples, block, gen, part=b) for b in range(k)]
+                per_site = {i: [mean_se(zb[:, cols].sum(1)) for zb in z] for i, cols in sorted(blocks.items())}
             lambda_max, top = extreme_eigenvalues(products, self.iterations, self.tol, gen, self.krylov)
         out = se_rows("trace", "avg", two_level(traces))
         for i, estimates in per_site.items():
@@ -452,10 +466,13 @@ class HessianProbe(Probe):
                 products, saved = _graph_bytes(lambda: HessianProducts(loss, tensors))
                 block = block_size(self.block, self.memory_mb, saved, max(1, self.feature_samples), device)
                 got = {}
-                for j, key in enumerate(found):  # each site and place its own vectors
+                shared = None if self.separate else hutchinson(products, tensors, self.feature_samples, block, gen)
+                for j, key in enumerate(found):  # each site and place its own vectors (separate)
                     tokens = tensors[j].numel() / tensors[j].shape[-1]
-                    z = hutchinson(products, tensors, self.feature_samples, block, gen, support=[j])[:, j]
+                    z = shared[:, j] if shared is not None else \
+                        hutchinson(products, tensors, self.feature_samples, block, gen, support=[j])[:, j]
                     got[key] = mean_se(z / tokens)
+                    got[("z", *key)] = z / tokens
                 per_batch.append(got)
                 del products, loss
         out = []
@@ -464,9 +481,12 @@ class HessianProbe(Probe):
             sites = [s.index for s in self.sites if all((s.index, where) in pb for pb in per_batch)]
             for i in sites:
                 out += se_rows(metric, i, two_level([pb[(i, where)] for pb in per_batch]))
-            if sites:  # the mean over sites, per batch (independent vectors per site), then over batches
+            if sites and self.separate:  # the mean over sites per batch (independent vectors per site), then batches
                 means = [(sum(pb[(i, where)][0] for i in sites) / len(sites),
                           math.sqrt(sum(pb[(i, where)][1] ** 2 for i in sites)) / len(sites)) for pb in per_batch]
+                out += se_rows(metric, "avg", two_level(means))
+            elif sites:  # shared vectors: the sites' estimates are correlated, the mean's SE from per-vector means
+                means = [mean_se(torch.stack([pb[("z", i, where)] for i in sites]).mean(0)) for pb in per_batch]
                 out += se_rows(metric, "avg", two_level(means))
         return out
 
