@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/peers.py [--samples 10,50] [--repeats 5] [--key-shape 3072x768]
                                                  [--authors-repeats 1] [--device cpu|cuda] [--json PATH]
-                                                 [--rse-target 0.02] [--rse-repeats 3] [--pilot 50]
+                                                 [--rse-target 0.02] [--rse-repeats 5] [--pilot 50]
                                                  [--train-steps 300] [Hydra overrides ...]
 
 Model and batch: the run's own (`sparsity-exp run` config plus the overrides; default the LN-MLP on
@@ -28,7 +28,7 @@ digits with trainer.batch_size=128), model in eval mode, the first training batc
                            estimator (probes.hessian.trace_estimator) at its budget. Budgets:
                            Hutchinson (project, PyHessian, curvlinops: the same estimator) from a
                            --pilot run's per-vector spread; the project's Hutch++/XTrace the smallest
-                           on a x1.2 grid whose own error estimate (median of 3 draws) reaches t;
+                           on a x1.2 grid whose own error estimate (median of 5 draws) reaches t;
                            curvlinops' Hutch++/XTrace (no error estimate of their own) at the budget
                            of the project's same method rounded up to a multiple of 3 / 2. Then
                            --rse-repeats alternating timed runs of every method (medians; graph or
@@ -225,7 +225,7 @@ def trace_rse_comparisons(model, sites, batch, target: float, repeats: int, pilo
     """Wall time to a trace whose relative standard error is ``target``: the matvec budget each
     method needs (Hutchinson: from a pilot's per-vector spread, m = (sd / (target |trace|))^2, the
     same for the project and PyHessian, which run the same estimator; the project's Hutch++ and
-    XTrace: the smallest budget on a x1.2 grid whose own error estimate, median over three draws,
+    XTrace: the smallest budget on a x1.2 grid whose own error estimate, median over five draws,
     is <= target |trace|; curvlinops' three at the budget of the project's same method, rounded up
     to what it accepts), then ``repeats`` alternating timed runs of each at its budget (medians)."""
     from sparsity_exp.probes.hessian import (HessianProducts, _graph_bytes, block_size, parameter_variables,
@@ -286,7 +286,7 @@ def trace_rse_comparisons(model, sites, batch, target: float, repeats: int, pilo
     for method in ("hutchpp", "xtrace"):
         m = 12
         while True:
-            draws = [runs[("project", method)](m) for _ in range(3)]
+            draws = [runs[("project", method)](m) for _ in range(5)]
             rse = float(np.median([e / abs(v) for v, e in draws]))
             if rse <= target or m >= min(n, 4 * budgets["hutchinson"]):
                 break
@@ -387,7 +387,7 @@ def main(argv=None) -> int:
     ap.add_argument("--key-shape", default="3072x768", help="d_ff x d of the key for the spectra (ViT-B/16)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (PyHessian then draws its vectors there)")
     ap.add_argument("--rse-target", type=float, default=0.02, help="relative standard error of the trace to reach")
-    ap.add_argument("--rse-repeats", type=int, default=3, help="alternating timed runs per method at its budget")
+    ap.add_argument("--rse-repeats", type=int, default=5, help="alternating timed runs per method at its budget")
     ap.add_argument("--pilot", type=int, default=50, help="Hutchinson vectors of the pilot that sizes its budget")
     ap.add_argument("--train-steps", type=int, default=300, help="training steps before the trace-to-RSE runs")
     ap.add_argument("--json", type=Path, default=None)
