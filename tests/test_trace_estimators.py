@@ -98,3 +98,21 @@ def test_single_precision_vectors_give_the_double_precision_estimate(method):
                                        30, n, 16, dtype, "cpu")
     assert got[torch.float32][0] == pytest.approx(got[torch.float64][0], rel=1e-4)
     assert got[torch.float32][1] == pytest.approx(got[torch.float64][1], rel=1e-2)
+
+
+def test_xtrace_on_a_low_rank_matrix_falls_back_to_hutchinson():
+    """More vectors than A's rank: no leave-one-out bases; the same products' Hutchinson estimate."""
+    g = np.random.default_rng(1)
+    u = torch.tensor(g.standard_normal((40, 3)))
+    A = u @ u.T  # rank 3
+    gen = torch.Generator().manual_seed(0)
+    W = []
+
+    def draw(k):
+        W.append((torch.randint(0, 2, (k, 40), generator=gen) * 2 - 1).double())
+        return W[-1]
+
+    t, e = te.xtrace(lambda X: X @ A, draw, 20)
+    z = ((W[0] @ A) * W[0]).sum(1)
+    assert t == pytest.approx(float(z.mean()), rel=1e-12) and e == pytest.approx(float(z.std() / math.sqrt(10)))
+    assert te.xtrace(lambda X: X * 0, draw, 8) == (0.0, 0.0)  # a zero Hessian: 0, not nan

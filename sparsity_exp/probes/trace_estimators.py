@@ -21,8 +21,9 @@ xtrace      XTrace (Epperly, Tropp & Webber 2024, "XTrace: making the most of ev
             is independent of P_i); t = mean_i t_i and, as the paper proposes, error =
             std_i(t_i) / sqrt(s) (the t_i are exchangeable, not independent: an estimate whose
             coverage the tests check empirically). All of it from A Q, Q and R: s x s algebra, no
-            product beyond the 2s. The unnormalised variant (no sphere rescaling of the w_i); it
-            assumes A W has full column rank (s below the rank of A).
+            product beyond the 2s. The unnormalised variant (no sphere rescaling of the w_i). Where
+            A W is numerically rank-deficient (s above the rank of A) it returns the Hutchinson
+            estimate of the same products, mean_i w_i.A w_i, and its standard error.
 
 The n-long vectors stay in the operator's precision (QR twice in single precision), the small
 s x s algebra is float64. Memory: Hutch++ ~4 x m/3, XTrace ~4 x m/2 vectors of length n.
@@ -101,6 +102,11 @@ def xtrace(op, draw, m: int) -> tuple[float, float]:
     C = (Q @ W.T).double()  # column i: Q^T w_i
     WY = (W * Y).sum(1).double()  # w_i . A w_i
     WZ = (W @ Z.T).double()  # row i: w_i^T A Q
+    diag = R.diagonal().abs()
+    if not bool(diag.min() > 10 * s * torch.finfo(Y.dtype).eps * diag.max()):
+        # A W (numerically) rank-deficient, e.g. a Hessian of rank < s: no leave-one-out bases; the
+        # Hutchinson estimate from the same products is still unbiased
+        return _mean_se(WY.cpu())
     eye = torch.eye(s, dtype=torch.float64, device=R.device)
     U = torch.linalg.solve_triangular(R.T, eye, upper=False)  # R^{-T}: column i is orthogonal to R's other columns
     U = U / U.norm(dim=0, keepdim=True)
