@@ -24,7 +24,7 @@ CONTRACT = {
     "neurons": {"dead_units", "always_on_units", "mean_firing"},
     "diagonality": {"kkT_p1", "kkT_p2", "M_p1", "M_p2", "hadamard_p1", "hadamard_p2"},
 }
-FAST = ["probes.hessian.samples=2", "probes.hessian.iterations=3", "probes.sharpness.samples=2",
+FAST = ["probes.hessian.samples=4", "probes.hessian.iterations=3", "probes.sharpness.samples=2",
         "probes.sharpness.steps=2"]
 
 
