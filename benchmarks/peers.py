@@ -2,7 +2,8 @@
 
     OMP_NUM_THREADS=1 python benchmarks/peers.py [--samples 10,50] [--repeats 5] [--key-shape 3072x768]
                                                  [--authors-repeats 1] [--device cpu|cuda] [--json PATH]
-                                                 [Hydra overrides ...]
+                                                 [--rse-target 0.02] [--rse-repeats 5] [--pilot 50]
+                                                 [--train-steps 300] [Hydra overrides ...]
 
 Model and batch: the run's own (`sparsity-exp run` config plus the overrides; default the LN-MLP on
 digits with trainer.batch_size=128), model in eval mode, the first training batch. Comparisons:
@@ -19,6 +20,23 @@ digits with trainer.batch_size=128), model in eval mode, the first training batc
                            compares the two estimates instead of the per-vector terms.
   hessian_top_eigenvalue   vs pyhessian       the probe's top_abs_eigenvalue (Lanczos, tol 1e-3,
                            50 restarts) against PyHessian's power iteration (maxIter 100, tol 1e-3)
+  trace_to_<t>_rse         vs pyhessian_hutchinson, curvlinops_{hutchinson,hutchpp,xtrace},
+                           project_hutchinson: wall time to a trace of the trainable parameters'
+                           Hessian with relative standard error t (--rse-target, 2%) on the model
+                           after --train-steps steps of `sparsity-exp run` (probes=none, same
+                           overrides), its first training batch. project_s is the project's best
+                           estimator (probes.hessian.trace_estimator) at its budget. Budgets:
+                           Hutchinson (project, PyHessian, curvlinops: the same estimator) from a
+                           --pilot run's per-vector spread; the project's Hutch++/XTrace the smallest
+                           on a x1.2 grid whose own error estimate (median of 5 draws) reaches t;
+                           curvlinops' Hutch++/XTrace (no error estimate of their own) at the budget
+                           of the project's same method rounded up to a multiple of 3 / 2. Then
+                           --rse-repeats alternating timed runs of every method (medians; graph or
+                           operator building included). max_rel_diff: |project - peer| / |peer| of
+                           the median estimates (noise of ~t). The JSON's "trace_rse" lists every
+                           method: matvecs, median seconds, estimate, own_rse (its error estimate
+                           / |estimate|; PyHessian's from its per-vector values; none for
+                           curvlinops), spread_rse (std over the repeats / |mean|)
   spectrum                 vs gram_eigvalsh   eigenvalues of K K^T for a random --key-shape key
                            (float32, N(0, 1/in)): the probe's key_eigenvalues against a bare
                            torch eigvalsh of the smaller Gram in float64
@@ -33,7 +51,8 @@ installed is skipped with a note. ratio = project_s / peer_s (the minimum over -
 repeats of each); max_rel_diff = max_i |project_i - peer_i| / max_i |peer_i| over the compared
 values (per-vector Hutchinson terms for the trace; the min(d_ff, d) non-trivial eigenvalues for the
 spectra). `--json PATH` writes {"comparisons": [{name, peer, project_s, peer_s, ratio,
-max_rel_diff}, ...]}. Timings on a shared machine are noisy: run with one thread and read minima.
+max_rel_diff}, ...], "trace_rse": [{library, method, matvecs, seconds, estimate, own_rse,
+spread_rse}, ...]}. Timings on a shared machine are noisy: run with one thread and read minima.
 """
 from __future__ import annotations
 
@@ -175,6 +194,139 @@ def hessian_comparisons(model, sites, batch, samples: list[int], repeats: int, d
     return out
 
 
+def _curvlinops():
+    try:
+        from curvlinops import HessianLinearOperator
+        from curvlinops.trace.epperly2024xtrace import xtrace
+        from curvlinops.trace.hutchinson import hutchinson_trace
+        from curvlinops.trace.meyer2020hutch import hutchpp_trace
+    except ImportError:
+        return None
+    return HessianLinearOperator, {"hutchinson": hutchinson_trace, "hutchpp": hutchpp_trace, "xtrace": xtrace}
+
+
+def trained_model(overrides, steps: int, device, work: Path):
+    """The benchmark's model after ``steps`` training steps of `sparsity-exp run` (probes=none), and
+    its first training batch (as ``model_and_batch``)."""
+    from sparsity_exp.assemble import load_weights
+    from sparsity_exp.lifecycle.checkpoint import list_checkpoints
+    from sparsity_exp.run import execute
+
+    cfg = _compose(["trainer.batch_size=128", "trainer.device=cpu", "probes=none", "trainer.progress=false",
+                    f"trainer.steps={steps}", "trainer.eval_every=100000", *overrides])
+    with contextlib.redirect_stdout(io.StringIO()):
+        execute(cfg, work)
+    model, sites, batch = model_and_batch(overrides, device)
+    load_weights(model, list_checkpoints(work)[-1][1], device)
+    return model.eval(), sites, batch
+
+
+def trace_rse_comparisons(model, sites, batch, target: float, repeats: int, pilot: int, device) -> tuple[list, list]:
+    """Wall time to a trace whose relative standard error is ``target``: the matvec budget each
+    method needs (Hutchinson: from a pilot's per-vector spread, m = (sd / (target |trace|))^2, the
+    same for the project and PyHessian, which run the same estimator; the project's Hutch++ and
+    XTrace: the smallest budget on a x1.2 grid whose own error estimate, median over five draws,
+    is <= target |trace|; curvlinops' three at the budget of the project's same method, rounded up
+    to what it accepts), then ``repeats`` alternating timed runs of each at its budget (medians)."""
+    from sparsity_exp.probes.hessian import (HessianProducts, _graph_bytes, block_size, parameter_variables,
+                                             trace_estimate)
+    from sparsity_exp.train import ClassificationTask
+
+    task = ClassificationTask()
+    gen = torch.Generator().manual_seed(SEED)
+
+    def project(method, m):
+        with parameter_variables(model, sites, "trainable") as (variables, _):
+            products, saved = _graph_bytes(lambda: HessianProducts(task(model, batch, train=True)[0], variables))
+            block = block_size(None, None, saved, m, device)
+            return trace_estimate(method, products, variables, m, block, gen)
+
+    runs = {}  # (library, method) -> callable(m) -> (estimate, own error or nan)
+    for method in ("hutchinson", "hutchpp", "xtrace"):
+        runs[("project", method)] = lambda m, method=method: project(method, m)
+    peer_cls = _pyhessian()
+    if peer_cls is not None:
+        x, y = batch
+
+        def pyhessian(m):
+            model.zero_grad(set_to_none=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                h = peer_cls(model, torch.nn.functional.cross_entropy, data=(x, y), cuda=device.type == "cuda")
+                z = np.asarray(h.trace(maxIter=m, tol=float("-inf")))
+            model.zero_grad(set_to_none=True)
+            model.eval()
+            return float(z.mean()), float(z.std(ddof=1) / np.sqrt(len(z)))
+
+        runs[("pyhessian", "hutchinson")] = pyhessian
+    else:
+        print("pyhessian not installed: its trace-to-RSE run skipped (pip install 'sparsity-exp[peers]')")
+    found = _curvlinops()
+    if found is not None:
+        op_cls, fns = found
+        params = [p for p in model.parameters() if p.requires_grad]
+
+        def curv(method, m):
+            A = op_cls(model, torch.nn.CrossEntropyLoss(), params, [batch], check_deterministic=False)
+            if method == "hutchinson":  # chunks of <= 64 vectors (one [n, m] block otherwise): the same estimator
+                chunks = [min(64, m - i) for i in range(0, m, 64)]
+                return float(sum(c * float(fns[method](A, c)) for c in chunks) / m), float("nan")
+            return float(fns[method](A, m)), float("nan")
+
+        for method in fns:
+            runs[("curvlinops", method)] = lambda m, method=method: curv(method, m)
+    else:
+        print("curvlinops not installed: its trace-to-RSE runs skipped (pip install 'sparsity-exp[peers]')")
+
+    n = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    t, se = runs[("project", "hutchinson")](pilot)
+    budgets = {"hutchinson": max(2, int(np.ceil((se * np.sqrt(pilot) / (target * abs(t))) ** 2)))}
+    print(f"  pilot: trace {t:.4g}, Hutchinson sd {se * np.sqrt(pilot):.4g} -> {budgets['hutchinson']} vectors "
+          f"for {target:.0%}")
+    for method in ("hutchpp", "xtrace"):
+        m = 12
+        while True:
+            draws = [runs[("project", method)](m) for _ in range(5)]
+            rse = float(np.median([e / abs(v) for v, e in draws]))
+            if rse <= target or m >= min(n, 4 * budgets["hutchinson"]):
+                break
+            m = int(np.ceil(m * 1.2))
+        budgets[method] = m
+        print(f"  {method}: {m} products for a median own RSE of {rse:.2%}")
+
+    def budget(library, method):
+        m = budgets[method]
+        if library == "curvlinops":
+            m = {"hutchpp": -(-m // 3) * 3, "xtrace": -(-m // 2) * 2}.get(method, m)
+        return m
+
+    times = {k: [] for k in runs}
+    values = {k: [] for k in runs}
+    for _ in range(repeats):  # alternate: every method once per round
+        for key, fn in runs.items():
+            start = time.perf_counter()
+            v, e = fn(budget(*key))
+            times[key].append(time.perf_counter() - start)
+            values[key].append((v, e))
+    detail = []
+    for key in runs:
+        est = np.array([v for v, _ in values[key]])
+        own = np.array([e for _, e in values[key]])
+        detail.append({"library": key[0], "method": key[1], "matvecs": budget(*key),
+                       "seconds": float(np.median(times[key])), "estimate": float(np.median(est)),
+                       "own_rse": float(np.median(own / np.abs(est))) if np.isfinite(own).all() else None,
+                       "spread_rse": float(est.std(ddof=1) / abs(est.mean())) if len(est) > 1 else None})
+    best = min((d for d in detail if d["library"] == "project"), key=lambda d: d["seconds"])
+    out = []
+    for d in detail:
+        if d["library"] != "project" or d["method"] == "hutchinson":
+            name = f"trace_to_{target:g}_rse"
+            out.append(entry(name, f"{d['library']}_{d['method']}", best["seconds"], d["seconds"],
+                             abs(best["estimate"] - d["estimate"]) / max(abs(d["estimate"]), 1e-300)))
+    print(f"  best project estimator: {best['method']} ({best['matvecs']} products, {best['seconds']:.3f} s)")
+    return out, detail
+
+
 def spectrum_comparisons(shape: tuple[int, int], repeats: int, authors_repeats: int, device) -> list[dict]:
     from sparsity_exp.probes.spectrum import key_eigenvalues
 
@@ -234,17 +386,23 @@ def main(argv=None) -> int:
     ap.add_argument("--authors-repeats", type=int, default=1, help="repeats of the slow d_ff x d_ff eigvals")
     ap.add_argument("--key-shape", default="3072x768", help="d_ff x d of the key for the spectra (ViT-B/16)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (PyHessian then draws its vectors there)")
+    ap.add_argument("--rse-target", type=float, default=0.02, help="relative standard error of the trace to reach")
+    ap.add_argument("--rse-repeats", type=int, default=5, help="alternating timed runs per method at its budget")
+    ap.add_argument("--pilot", type=int, default=50, help="Hutchinson vectors of the pilot that sizes its budget")
+    ap.add_argument("--train-steps", type=int, default=300, help="training steps before the trace-to-RSE runs")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of the run config (model, data, batch)")
     args = ap.parse_args(argv)
     try:
         samples = [int(s) for s in args.samples.split(",") if s]
         shape = tuple(int(s) for s in args.key_shape.lower().split("x"))
-        if len(shape) != 2 or min(shape) < 1 or not samples or min(samples) < 1 or args.repeats < 1:
+        if len(shape) != 2 or min(shape) < 1 or not samples or min(samples) < 1 or args.repeats < 1 \
+                or args.rse_repeats < 2 or not 0 < args.rse_target < 1 or args.pilot < 2 or args.train_steps < 1:
             raise ValueError
     except ValueError:
         print("error: --samples wants positive integers like 10,50, --key-shape one like 3072x768, "
-              "--repeats a positive integer", file=sys.stderr)
+              "--repeats a positive integer, --rse-repeats >= 2, --rse-target in (0, 1), --pilot >= 2, "
+              "--train-steps >= 1", file=sys.stderr)
         return 2
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -255,13 +413,28 @@ def main(argv=None) -> int:
     model, sites, batch = model_and_batch(args.overrides, device)
     comparisons = hessian_comparisons(model, sites, batch, samples, args.repeats, device)
     comparisons += spectrum_comparisons(shape, args.repeats, args.authors_repeats, device)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as work:
+        print(f"trace to {args.rse_target:.0%} relative standard error, after {args.train_steps} training steps:")
+        trained, tsites, tbatch = trained_model(args.overrides, args.train_steps, device, Path(work) / "run")
+        rse, detail = trace_rse_comparisons(trained, tsites, tbatch, args.rse_target, args.rse_repeats,
+                                            args.pilot, device)
+    comparisons += rse
+    print(f"{'library':12s} {'method':11s} {'matvecs':>8s} {'median_s':>9s} {'estimate':>10s} {'own_rse':>8s} "
+          f"{'spread_rse':>10s}")
+    for d in detail:
+        own = "-" if d["own_rse"] is None else f"{d['own_rse']:.2%}"
+        spread = "-" if d["spread_rse"] is None else f"{d['spread_rse']:.2%}"
+        print(f"{d['library']:12s} {d['method']:11s} {d['matvecs']:8d} {d['seconds']:9.3f} {d['estimate']:10.4g} "
+              f"{own:>8s} {spread:>10s}")
     print(f"{'name':24s} {'peer':16s} {'project_s':>10s} {'peer_s':>10s} {'ratio':>7s} {'max_rel_diff':>12s}")
     for c in comparisons:
         print(f"{c['name']:24s} {c['peer']:16s} {c['project_s']:10.4f} {c['peer_s']:10.4f} {c['ratio']:7.3f} "
               f"{c['max_rel_diff']:12.2e}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"comparisons": comparisons}, indent=1) + "\n")
+        args.json.write_text(json.dumps({"comparisons": comparisons, "trace_rse": detail}, indent=1) + "\n")
     return 0
 
 

@@ -73,7 +73,32 @@ def test_trace_uses_the_documented_vectors_and_its_standard_error_matches():
     assert got[("trace_se", "avg")] == pytest.approx(sd, rel=0.25)
 
 
-def test_per_block_traces_and_block_size_independence():
+def _one_site_sd(H, cols, samples):
+    """Standard deviation of the mean of `samples` Rademacher estimates v.(H v) of the trace of
+    H's diagonal block `cols`, v drawn on the block only: 2 H_ij^2 over the block's pairs."""
+    inside = H[np.ix_(cols, cols)]
+    return math.sqrt(2 * ((inside**2).sum() - (np.diag(inside) ** 2).sum()) / samples)
+
+
+def _same(a, b):
+    """Row dicts equal to 1e-9 (nan where the other is nan)."""
+    assert set(a) == set(b)
+    for k in a:
+        assert (math.isnan(a[k]) and math.isnan(b[k])) or a[k] == pytest.approx(b[k], rel=1e-9), k
+
+
+def _site_cols(model, names):
+    sizes = dict((n, p.numel()) for n, p in model.named_parameters())
+    start, blocks = 0, {}
+    for n in names:
+        blocks.setdefault(int(n.split(".")[1]), []).extend(range(start, start + sizes[n]))
+        start += sizes[n]
+    return blocks
+
+
+def test_per_block_traces_use_per_site_vectors_and_block_size_independence():
+    """Block traces from vectors on one site at a time: within 5 SE of the exact block traces, and
+    their SE the one-site SE (not the ~1.1-2x larger SE of vectors shared over all sites)."""
     model, batch = _tiny(1), _batch()
     model.eval()
     names = _mlp_names(model)
@@ -81,19 +106,28 @@ def test_per_block_traces_and_block_size_independence():
     samples = 300
     got = _measure(model, batch, samples=samples, features=False, block=1)
     again = _measure(model, batch, samples=samples, features=False, block=64)
-    assert again == pytest.approx(got, rel=1e-9)  # batched products: the same values
-    sizes = dict((n, p.numel()) for n, p in model.named_parameters())
-    start, blocks = 0, {}
-    for n in names:
-        blocks.setdefault(int(n.split(".")[1]), []).extend(range(start, start + sizes[n]))
-        start += sizes[n]
+    _same(again, got)  # batched products: the same values
+    blocks = _site_cols(model, names)
     assert set(blocks) == {0, 1}
     for i, cols in blocks.items():
         exact = np.trace(H[np.ix_(cols, cols)])
-        assert abs(got[("block_trace", i)] - exact) < 5 * _hutchinson_sd(H, cols, samples), i
-        assert got[("block_trace_se", i)] > 0
-    # the sites partition the mlp set: the block estimates add up to the model-wide one
-    assert got[("block_trace", 0)] + got[("block_trace", 1)] == pytest.approx(got[("trace", "avg")], rel=1e-9)
+        sd = _one_site_sd(H, cols, samples)
+        assert abs(got[("block_trace", i)] - exact) < 5 * sd, i
+        assert got[("block_trace_se", i)] == pytest.approx(sd, rel=0.25), i
+        assert got[("block_trace_se_vectors", i)] == got[("block_trace_se", i)]
+        assert math.isnan(got[("block_trace_se_batches", i)])  # one batch: the data's part is unknown
+        assert _hutchinson_sd(H, cols, samples) > sd  # what shared vectors would have given
+    # shared vectors (one over all sites per product): the larger SE with the cross terms, same targets
+    shared = _measure(model, batch, samples=samples, features=False, site_vectors="shared")
+    for i, cols in blocks.items():
+        sd = _hutchinson_sd(H, cols, samples)
+        assert abs(shared[("block_trace", i)] - np.trace(H[np.ix_(cols, cols)])) < 5 * sd, i
+        assert shared[("block_trace_se", i)] == pytest.approx(sd, rel=0.25), i
+    with pytest.raises(Exception, match="site_vectors"):
+        build_probes({"hessian": {"site_vectors": "each"}}, find_sites(model))
+    # block_samples=0: no block rows
+    assert not any(m.startswith("block_trace") for m, _ in _measure(model, batch, samples=3, features=False,
+                                                                     block_samples=0))
 
 
 @pytest.mark.parametrize("seed,negative", [(1, False), (3, True)])
@@ -166,28 +200,87 @@ def _feature_hessian(model, batch):
 
 
 def test_feature_hessian_traces_per_token():
+    """Per-site feature vectors: each estimate within 5 one-site SE of the exact mean over tokens of
+    tr H_tt of that one feature tensor, and its SE the one-site SE."""
     model, batch = _tiny(1), _batch()
     model.eval()
     H, cols, tokens = _feature_hessian(model, batch)
     samples = 400
     got = _measure(model, batch, samples=2, feature_samples=samples)
     for where in ("input", "preact"):
-        exact = []
         for i in (0, 1):
             c = cols[(i, where)]
             value = np.trace(H[np.ix_(c, c)]) / tokens[(i, where)]  # mean over tokens of tr H_tt
-            exact.append(value)
-            sd = _hutchinson_sd(H, c, samples) / tokens[(i, where)]
+            sd = _one_site_sd(H, c, samples) / tokens[(i, where)]
             assert abs(value) > 1e-6  # a case with curvature to find
             assert abs(got[(f"feature_{where}_trace", i)] - value) < 5 * sd, (where, i)
             assert got[(f"feature_{where}_trace_se", i)] == pytest.approx(sd, rel=0.3)
         assert got[(f"feature_{where}_trace", "avg")] == pytest.approx(
             (got[(f"feature_{where}_trace", 0)] + got[(f"feature_{where}_trace", 1)]) / 2, rel=1e-9)
+        # independent vectors per site: the mean's SE from the sites' SEs
+        assert got[(f"feature_{where}_trace_se", "avg")] == pytest.approx(
+            math.hypot(got[(f"feature_{where}_trace_se", 0)], got[(f"feature_{where}_trace_se", 1)]) / 2, rel=1e-9)
+    shared = _measure(model, batch, samples=2, feature_samples=samples, site_vectors="shared")
+    for where in ("input", "preact"):
+        for i in (0, 1):
+            c = cols[(i, where)]
+            sd = _hutchinson_sd(H, c, samples) / tokens[(i, where)]  # cross terms from every other tensor
+            assert abs(shared[(f"feature_{where}_trace", i)] - np.trace(H[np.ix_(c, c)]) / tokens[(i, where)]) < 5 * sd
+            assert shared[(f"feature_{where}_trace_se", i)] == pytest.approx(sd, rel=0.3)
     # a token's Hessian does not depend on the batch it sits in (B x the batch mean = the sample's loss)
     half = (batch[0][:6], batch[1][:6])
     H6, cols6, tokens6 = _feature_hessian(model, half)
     c, c6 = cols[(0, "input")], cols6[(0, "input")]
     assert np.allclose(H[np.ix_(c, c)][: len(c6), : len(c6)], H6[np.ix_(c6, c6)])
+
+
+def test_two_level_standard_errors_over_batches():
+    """batches=3 with Hutch++ at a budget >= the dimension (exact per batch, no vector error): the
+    trace is the mean of the three batches' exact traces and its SE the between-batch SE."""
+    model = _tiny(1)
+    model.eval()
+    names = _mlp_names(model)
+    batches = [_batch(seed=s) for s in (1, 2, 3)]
+    exact = np.array([np.trace(_exact(model, b, names)) for b in batches])
+    n = len(_exact(model, batches[0], names))
+    (probe,) = build_probes({"hessian": dict(batches=3, samples=n, trace_estimator="hutchpp", block_samples=0,
+                                             features=False, iterations=3)}, find_sites(model))
+    got = _rows(probe.measure(_ctx(model, batches)))
+    assert got[("trace", "avg")] == pytest.approx(exact.mean(), rel=1e-9)
+    assert got[("trace_se_vectors", "avg")] == 0.0
+    assert got[("trace_se_batches", "avg")] == pytest.approx(exact.std(ddof=1) / math.sqrt(3), rel=1e-9)
+    assert got[("trace_se", "avg")] == got[("trace_se_batches", "avg")]
+
+
+def test_two_level_combines_by_hand():
+    from sparsity_exp.probes.hessian import two_level
+
+    value, se, se_v, se_b = two_level([(10.0, 1.0), (14.0, 2.0)])
+    assert value == 12.0
+    assert se_v == pytest.approx(math.sqrt(1 + 4) / 2)
+    between2 = np.var([10.0, 14.0], ddof=1) / 2  # 4
+    assert se_b == pytest.approx(math.sqrt(between2 - 5 / 4))
+    assert se == pytest.approx(math.sqrt(between2))
+    # vector noise larger than the spread: the data's part is 0, the total the vectors'
+    assert two_level([(10.0, 5.0), (10.5, 5.0)])[1:] == pytest.approx((5 / math.sqrt(2), 5 / math.sqrt(2), 0.0))
+
+
+@pytest.mark.parametrize("method", ["hutchpp", "xtrace"])
+def test_probe_trace_estimators_against_the_exact_trace(method):
+    model, batch = _tiny(1), _batch()
+    model.eval()
+    H = _exact(model, batch, _mlp_names(model))
+    # budget >= dimension: exact
+    got = _measure(model, batch, samples=len(H), trace_estimator=method, block_samples=0, features=False,
+                   iterations=3)
+    assert got[("trace", "avg")] == pytest.approx(np.trace(H), rel=1e-9) and got[("trace_se", "avg")] == 0.0
+    # a random draw with a smaller budget: within 4 of its own SE
+    got = _measure(model, batch, samples=60, trace_estimator=method, block_samples=0, features=False, iterations=3)
+    assert 0 < got[("trace_se", "avg")] and abs(got[("trace", "avg")] - np.trace(H)) < 4 * got[("trace_se", "avg")]
+    with pytest.raises(Exception, match="samples >= "):
+        build_probes({"hessian": {"trace_estimator": method, "samples": 2}}, find_sites(model))
+    with pytest.raises(Exception, match="trace_estimator"):
+        build_probes({"hessian": {"trace_estimator": "hutch"}}, find_sites(model))
 
 
 def test_lora_sites_are_measured_at_their_effective_weights():

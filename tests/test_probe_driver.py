@@ -1,5 +1,6 @@
 """The one probe driver (probes/base.py ProbeSet): every cadence down to every step, rows written at
 log steps, and the same rows online and post hoc."""
+import json
 from contextlib import contextmanager
 
 import pandas as pd
@@ -77,14 +78,22 @@ def test_online_and_post_hoc_agree_at_the_last_step(compose, tiny, tmp_path):
     from sparsity_exp.posthoc import probe_run
 
     cfg = compose(*tiny, "probes=none", "+probes.sparsity.every=10", "+probes.neurons.dead_at_most=0.0",
-                  "+probes.spectrum.at_end=true")
+                  "+probes.spectrum.at_end=true",
+                  # the standalone data probes measure the run's measurement batches both ways
+                  "+probes.hessian.at_end=true", "+probes.hessian.samples=4", "+probes.hessian.iterations=3",
+                  "+probes.hessian.batches=2", "+probes.sharpness.at_end=true", "+probes.sharpness.samples=2",
+                  "+probes.sharpness.steps=2")
     execute(cfg, tmp_path)
+    recorded = json.loads((tmp_path / "measurement_batches.json").read_text())
+    assert len(recorded["batches"]) == 2 and recorded["seed"] == cfg.seed
     out = probe_run(tmp_path, ["checkpoints=last"])
+    assert json.loads((tmp_path / "measurement_batches.json").read_text()) == recorded
     online = pd.read_csv(tmp_path / "metrics.csv", dtype=str)
     post = pd.read_csv(out, dtype=str)
     assert set(post.step) == {"30"}
     keys = ["probe", "split", "metric", "layer"]
-    for probe, split in (("sparsity", "test"), ("neurons", "test"), ("spectrum", None)):
+    for probe, split in (("sparsity", "test"), ("neurons", "test"), ("spectrum", None), ("hessian", None),
+                         ("sharpness", None)):
         def pick(t):
             t = t[(t.probe == probe) & (t.step == "30")]
             t = t if split is None else t[t.split == split]

@@ -11,7 +11,7 @@ from sparsity_exp.run import execute
 # enters it by being in PROBES; nothing here names a probe.
 CONTRACT = {name: set(cls.metrics) for name, cls in PROBES.items()}
 POSTHOC = {name for name, cls in PROBES.items() if cls.posthoc}
-FAST = ["probes.hessian.samples=2", "probes.hessian.iterations=3", "probes.sharpness.samples=2",
+FAST = ["probes.hessian.samples=4", "probes.hessian.iterations=3", "probes.sharpness.samples=2",
         "probes.sharpness.steps=2"]
 
 

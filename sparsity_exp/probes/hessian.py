@@ -1,8 +1,12 @@
 """Curvature of the training loss: the Hessian w.r.t. a chosen parameter set and w.r.t. the MLP
-blocks' hidden features (estimators after PyHessian, with standard errors).
+blocks' hidden features (estimators after PyHessian, Hutch++ and XTrace, with standard errors that
+cover both the random vectors and the data).
 
-The objective is the mean training loss L over ``batches`` fixed training batches, the model in
-eval mode (no dropout noise, so H is one well-defined matrix). Nothing is written into ``.grad``.
+Data: the first ``batches`` batches of the run's measurement set (probes/measurement.py: a seeded
+selection of the training set recorded in ``<run>/measurement_batches.json``, the same at every
+step, online and post hoc), the model in eval mode (no dropout noise, so each H is one
+well-defined matrix; docs/paper.md §1.3). H_b is the Hessian of batch b's mean loss; H the mean of
+the H_b. Nothing is written into ``.grad``.
 
 Parameter set (``params``), the same default for every arm so arms are compared on one space:
   mlp        K and V weights and biases of every MLP site; under LoRA the *effective* weights
@@ -10,44 +14,78 @@ Parameter set (``params``), the same default for every arm so arms are compared 
   trainable  every parameter with requires_grad (what a vanilla, sparsified or LoRA arm trains)
   all        every parameter of the model
 
-Rows (split 'train'; model-wide values on layer 'avg', per-site values on the site's index):
-  trace, trace_se            Hutchinson estimate of tr H over ``samples`` Rademacher vectors v:
-                             mean of z = v.Hv, and its standard error std(z) / sqrt(samples)
-  block_trace(_se)  (site i) the same vectors' v_i.(Hv)_i, v_i being the part of v on site i's
-                             parameters: the trace of H's diagonal block of site i (``mlp``: the
-                             blocks partition the set, so they sum to ``trace``)
-  lambda_max                 the largest algebraic eigenvalue of H
+Rows (split 'train'; model-wide values on layer 'avg', per-site values on the site's index). Every
+trace-like metric X comes with four rows, from per-batch estimates X_b (b = 1..k) and their
+standard errors over the random vectors se_b (two levels: vectors within a batch, batches within
+the training set; ``two_level``):
+  X             mean over batches of X_b: the estimate of E_batch[tr ...], the batch-size-B
+                curvature of the training set
+  X_se_vectors  sqrt(sum_b se_b^2) / k: the random vectors' part of the error
+  X_se_batches  sqrt(max(0, std_b(X_b)^2 / k - X_se_vectors^2)): the data's part (nan when
+                batches: 1, where it cannot be estimated)
+  X_se          sqrt(X_se_vectors^2 + X_se_batches^2), the total; with batches: 1 it is
+                X_se_vectors, the error of the one batch's value only (the batch-to-batch spread of
+                the trace is of the order of its vector error: 46.2 vs 50.8 on two batches of the
+                default LN-MLP, issue 19), so use batches >= 2 where runs or steps are compared
+The metrics:
+  trace (avg)                tr H_b by ``trace_estimator`` with ``samples`` Hessian-vector
+                             products per batch (probes/trace_estimators.py): hutchinson (mean of
+                             v.Hv over Rademacher v; se_b its standard error), hutchpp (Hutch++,
+                             Meyer et al. 2021: the top of the spectrum from a sketch, exactly, plus
+                             Hutchinson on the rest; se_b the rest's standard error) or xtrace
+                             (XTrace, Epperly et al. 2024: leave-one-out sketches; se_b the paper's
+                             error estimate). Hutch++/XTrace keep ~samples/3 (samples/2) vectors of
+                             the parameters' size in memory
+  block_trace (site i)       tr of H_b's diagonal block of site i: Hutchinson with ``block_samples``
+                             Rademacher vectors per site and batch, each zero off site i's
+                             parameters (v_i.(H v_i)_i: no cross terms from the other sites, one
+                             product per vector and site). With ``mlp`` the blocks partition the
+                             set, so their sum estimates ``trace`` (independently of it).
+                             ``site_vectors: shared``: one vector over all sites per product
+                             instead, z_i = v_i.(H v)_i (cross terms v_i.H_ij v_j of mean 0 from
+                             the other sites: unbiased, a larger SE per vector, but one product
+                             serves every site: at equal products the cheaper choice where the
+                             cross terms are small; see full.yaml)
+  lambda_max                 the largest algebraic eigenvalue of H (the mean over the batches)
   top_abs_eigenvalue         the eigenvalue of largest magnitude (what power iteration finds;
                              negative where H's most curved direction is concave). Both by Lanczos
                              (scipy's ARPACK eigsh on a LinearOperator of Hessian-vector products,
                              ``iterations`` restarts of ``krylov`` vectors at most, relative
                              accuracy ``tol``)
-  feature_input_trace(_se), feature_preact_trace(_se)   (site i and layer 'avg' = mean over sites)
+  feature_input_trace, feature_preact_trace   (site i, and 'avg' = mean over sites)
                              curvature w.r.t. hidden features, ``features: true``: for the key's
                              input x (block input after its norm) and the key's output
                              (pre-activation) h of site i, with x_t the feature vector of token t
                              (one row of the feature tensor; a sample for the MLP, a position of a
                              sample for a transformer), the estimate of
-                                 (1 / T) sum_t tr d^2(B L) / dx_t^2
-                             over the T tokens of a batch, B being the batch's number of samples
-                             (its first dimension) and L the batch-mean objective. B L is the sum
-                             of per-sample losses, so for a model where samples do not interact
-                             (eval mode) the value does not depend on the batch size: for the
-                             MLP it is the mean over samples of tr of the Hessian of the
-                             sample's own loss w.r.t. its feature vector. Estimator: a zero
-                             offset d is added to every feature tensor (all sites at once, so each
-                             feature's downstream path is the model's own); Rademacher u over
-                             the whole offset tensor of site i, z = B u.(H u) / T, Hessians at
-                             d = 0; E[u.Hu] = sum of the diagonal = sum_t tr of token t's block.
-                             ``feature_samples`` vectors (default ``samples``); with several
-                             batches the per-vector estimates are averaged over batches.
+                                 (1 / T) sum_t tr d^2(B L_b) / dx_t^2
+                             over the T tokens of batch b, B being its number of samples (its
+                             first dimension) and L_b its mean loss: exactly the one-site
+                             quantity, the Hessian w.r.t. that one feature tensor with everything
+                             else fixed. B L_b is the sum of per-sample losses, so for a model whose
+                             samples do not interact (eval mode) the value does not depend on the
+                             batch size: for the MLP it is the mean over samples of tr of the
+                             Hessian of the sample's own loss w.r.t. its feature vector.
+                             Estimator: a zero offset d is added to every feature tensor
+                             (probes/feature_offsets.py; all sites at once, so each feature's
+                             downstream path is the model's own, and at d = 0 the function is the
+                             model's); ``feature_samples`` Rademacher vectors u per site, place and
+                             batch over that one offset tensor only (zero on the others), z = B
+                             u.(H u) / T: E z = sum of the diagonal / T = mean over tokens of tr of
+                             token t's block, with the variance of a one-site estimate (no cross
+                             terms from the other sites' vectors). One product per vector, site and
+                             place: 2 x sites x feature_samples products per batch (``site_vectors:
+                             shared``: u over all offset tensors at once, one product per vector,
+                             cross terms of mean 0 in each site's z).
 
 Speed: one forward and one create_graph backward per batch build the gradient graph; every
 Hessian-vector product is a backward through that graph, the Hutchinson vectors in blocks of
 ``block`` at once (``is_grads_batched``; ``block: null`` sizes it on CUDA from ``memory_mb`` and
 the graph's saved tensors, and takes one at a time on the CPU, where batching gains nothing). The vectors come from one local generator in a fixed order (sample by
-sample, parameter by parameter), so the block size does not change any value. A standalone
-measurement (``measure_every``, ``at_end``, post hoc), deterministic given the seed and step.
+sample, parameter by parameter), so the block size does not change any value. Vectors for the trace first
+(batch by batch), then the per-site block vectors (site by site, batch by batch), the Lanczos start,
+the feature vectors (batch by batch, site by site). A standalone measurement (``measure_every``,
+``at_end``, post hoc), deterministic given the seed and step.
 """
 from __future__ import annotations
 
@@ -62,9 +100,13 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..errors import ConfigError
 from .base import Probe
-from .standalone import fixed_objective, local_generator, preserved, take_batches
+from .feature_offsets import FeatureOffsets
+from .measurement import measurement
+from .standalone import fixed_objective, local_generator
+from .trace_estimators import ESTIMATORS, estimate_trace
 
 PARAM_SETS = ("mlp", "trainable", "all")
+SITE_VECTORS = ("separate", "shared")
 
 
 # --- the variables the Hessian is taken w.r.t. ---------------------------------------------------
@@ -134,33 +176,52 @@ def parameter_variables(model, sites, which: str):
 
 # --- Hessian-vector products from one gradient graph --------------------------------------------
 class HessianProducts:
-    """H V for the Hessian of ``loss`` w.r.t. ``variables``; the gradient graph is built once
-    (create_graph) and every product is one backward through it (retain_graph). ``vs`` is a list
-    of tensors shaped [k, *variable.shape]: k products in one batched backward."""
+    """H V for the Hessian of ``losses`` w.r.t. ``variables``; the gradient graph of each loss (one
+    per measurement batch) is built once (create_graph) and every product is one backward through
+    it (retain_graph). ``vs`` is a list of tensors shaped [k, *variable.shape]: k products in one
+    batched backward; ``part`` b: the Hessian of loss b, None: of the mean of the losses."""
 
-    def __init__(self, loss: torch.Tensor, variables: list):
+    def __init__(self, losses, variables: list):
         self.variables = variables
-        grads = torch.autograd.grad(loss, variables, create_graph=True, allow_unused=True)
-        # a gradient without graph (the loss is linear or constant in that variable) has zero Hessian rows
-        self.live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
-        self.grads = [grads[i] for i in self.live]
+        losses = [losses] if isinstance(losses, torch.Tensor) else list(losses)
+        self.live, self.grads = [], []
+        for loss in losses:
+            grads = torch.autograd.grad(loss, variables, create_graph=True, allow_unused=True)
+            # a gradient without graph (the loss is linear or constant in that variable) has zero Hessian rows
+            live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+            self.live.append(live)
+            self.grads.append([grads[i] for i in live])
         self.batched = True
 
-    def __call__(self, vs: list) -> list:
+    @property
+    def parts(self) -> int:
+        return len(self.grads)
+
+    def __call__(self, vs: list, part: int | None = None) -> list:
+        if part is None and self.parts > 1:
+            out = self(vs, 0)
+            for b in range(1, self.parts):
+                for o, h in zip(out, self(vs, b)):
+                    o.add_(h)
+            for o in out:
+                o.div_(self.parts)
+            return out
+        part = 0 if part is None else part
         k = vs[0].shape[0]
         out = [torch.zeros((k, *v.shape), dtype=v.dtype, device=v.device) for v in self.variables]
-        if not self.grads:
+        grads, live = self.grads[part], self.live[part]
+        if not grads:
             return out
-        cot = [vs[i] for i in self.live]
+        cot = [vs[i] for i in live]
         hv = None
         if self.batched and k > 1:
             try:
-                hv = torch.autograd.grad(self.grads, self.variables, grad_outputs=cot, retain_graph=True,
+                hv = torch.autograd.grad(grads, self.variables, grad_outputs=cot, retain_graph=True,
                                          allow_unused=True, is_grads_batched=True)
             except RuntimeError:  # an op without a batching rule: one product at a time
                 self.batched = False
         if hv is None:
-            per = [torch.autograd.grad(self.grads, self.variables, grad_outputs=[c[j] for c in cot],
+            per = [torch.autograd.grad(grads, self.variables, grad_outputs=[c[j] for c in cot],
                                        retain_graph=True, allow_unused=True) for j in range(k)]
             hv = [None if per[0][i] is None else torch.stack([p[i] for p in per]) for i in range(len(self.variables))]
         for o, h in zip(out, hv):
@@ -203,16 +264,27 @@ def rademacher(shapes, gen: torch.Generator, like: list) -> list:
     return [(torch.randint(0, 2, s, generator=gen) * 2 - 1).to(t.device, t.dtype) for s, t in zip(shapes, like)]
 
 
-def hutchinson(products: HessianProducts, tensors: list, samples: int, block: int, gen) -> torch.Tensor:
+def hutchinson(products: HessianProducts, tensors: list, samples: int, block: int, gen,
+               support: list | None = None, part: int | None = None) -> torch.Tensor:
     """z[s, i] = v_s,i . (H v_s)_i for sample s and variable i (float64, CPU): v_s Rademacher over
-    all variables at once; sums of z over any set of variables estimate that diagonal block's trace."""
-    shapes = [t.shape for t in tensors]
+    the variables of ``support`` (positions in ``tensors``; all when None; zero on the others),
+    drawn sample by sample, variable by variable. Sums of z over variables of the support estimate
+    that diagonal block's trace. ``part``: which batch's Hessian (``HessianProducts``)."""
+    support = list(range(len(tensors))) if support is None else list(support)
+    shapes = [tensors[i].shape for i in support]
+    like = [tensors[i] for i in support]
     rows = []
     for start in range(0, samples, block):
-        draws = [rademacher(shapes, gen, tensors) for _ in range(start, min(samples, start + block))]
-        vs = [torch.stack([d[i] for d in draws]) for i in range(len(tensors))]
-        hv = products(vs)
-        rows.append(torch.stack([(v * h).flatten(1).double().sum(1) for v, h in zip(vs, hv)], 1).cpu())
+        draws = [rademacher(shapes, gen, like) for _ in range(start, min(samples, start + block))]
+        k = len(draws)
+        vs = [torch.zeros((k, *t.shape), dtype=t.dtype, device=t.device) for t in tensors]
+        for j, i in enumerate(support):
+            vs[i] = torch.stack([d[j] for d in draws])
+        hv = products(vs, part)
+        z = torch.zeros((k, len(tensors)), dtype=torch.float64)
+        for i in support:
+            z[:, i] = (vs[i] * hv[i]).flatten(1).double().sum(1).cpu()
+        rows.append(z)
     return torch.cat(rows) if rows else torch.zeros((0, len(tensors)), dtype=torch.float64)
 
 
@@ -222,6 +294,67 @@ def mean_se(z: torch.Tensor) -> tuple[float, float]:
     mean = float(z.mean()) if n else float("nan")
     se = float(z.std(correction=1) / math.sqrt(n)) if n > 1 else float("nan")
     return mean, se
+
+
+def two_level(estimates: list) -> tuple[float, float, float, float]:
+    """(value, se, se_vectors, se_batches) from per-batch (estimate, vector standard error) pairs of
+    k batches drawn from the training set: value = mean of the k estimates; se_vectors =
+    sqrt(sum se_b^2) / k, the random vectors' part; the between-batch standard error
+    std(estimates) / sqrt(k) covers both (each batch's estimate varies by its batch and by its
+    vectors), so se_batches = sqrt(max(0, that^2 - se_vectors^2)) is the data's part; se =
+    sqrt(se_vectors^2 + se_batches^2). With one batch the data's part cannot be estimated:
+    se_batches is nan and se = se_vectors (the error of this batch's value only)."""
+    values = torch.tensor([e for e, _ in estimates], dtype=torch.float64)
+    k = len(values)
+    value = float(values.mean())
+    se_vectors = math.sqrt(sum(se**2 for _, se in estimates)) / k
+    if k < 2:
+        return value, se_vectors, se_vectors, float("nan")
+    between = float(values.std(correction=1)) / math.sqrt(k)
+    se_batches = math.sqrt(max(0.0, between**2 - se_vectors**2))
+    return value, math.sqrt(se_vectors**2 + se_batches**2), se_vectors, se_batches
+
+
+def se_rows(metric: str, layer, parts: tuple) -> list:
+    value, se, se_vectors, se_batches = parts
+    return [("train", metric, layer, value), ("train", f"{metric}_se", layer, se),
+            ("train", f"{metric}_se_vectors", layer, se_vectors), ("train", f"{metric}_se_batches", layer, se_batches)]
+
+
+class FlatProducts:
+    """The products of one batch's Hessian (``part``) on flat vectors: rows [m, n] -> rows [m, n],
+    in blocks of ``block`` vectors; ``draw(m)`` gives m Rademacher rows from ``gen`` in the
+    documented order (vector by vector, variable by variable)."""
+
+    def __init__(self, products: HessianProducts, tensors: list, block: int, gen, part: int | None = None):
+        self.products, self.tensors, self.block, self.gen, self.part = products, tensors, max(1, block), gen, part
+        self.shapes = [t.shape for t in tensors]
+        self.sizes = [t.numel() for t in tensors]
+        self.n = sum(self.sizes)
+        self.dtype, self.device = tensors[0].dtype, tensors[0].device
+
+    def __call__(self, X: torch.Tensor) -> torch.Tensor:
+        out = []
+        for start in range(0, X.shape[0], self.block):
+            chunk = X[start:start + self.block].to(self.dtype)
+            k = chunk.shape[0]
+            vs = [c.reshape(k, *s) for c, s in zip(chunk.split(self.sizes, dim=1), self.shapes)]
+            out.append(torch.cat([h.reshape(k, -1) for h in self.products(vs, self.part)], 1))
+        return torch.cat(out) if out else X.new_zeros((0, self.n))
+
+    def draw(self, m: int) -> torch.Tensor:
+        rows = [torch.cat([r.reshape(-1) for r in rademacher(self.shapes, self.gen, self.tensors)]) for _ in range(m)]
+        return torch.stack(rows) if rows else torch.zeros((0, self.n), dtype=self.dtype, device=self.device)
+
+
+def trace_estimate(method: str, products: HessianProducts, tensors: list, samples: int, block: int, gen,
+                   part: int | None = None) -> tuple[float, float]:
+    """(estimate, error) of the trace of batch ``part``'s Hessian with ``samples`` products by
+    ``method`` (probes/trace_estimators.py); Hutchinson streams its vectors block by block."""
+    if method == "hutchinson":
+        return mean_se(hutchinson(products, tensors, samples, block, gen, part=part).sum(1))
+    flat = FlatProducts(products, tensors, block, gen, part)
+    return estimate_trace(method, flat, flat.draw, samples, flat.n, flat.block, flat.dtype, flat.device)
 
 
 def extreme_eigenvalues(products: HessianProducts, iterations: int, tol: float, gen,
@@ -263,67 +396,67 @@ def extreme_eigenvalues(products: HessianProducts, iterations: int, tol: float, 
     return (top if top >= 0 else one("LA")), top
 
 
-# --- offsets on the hidden features -------------------------------------------------------------
-class FeatureOffsets:
-    """Adds a zero leaf offset to each site's key input ('input') and key output ('preact') during
-    a forward, so the loss can be differentiated w.r.t. the features where they are."""
-
-    def __init__(self, sites):
-        self.sites = sites
-        self.offsets: dict = {}  # (site index, where) -> leaf offset of this forward
-
-    def _leaf(self, key, x):
-        d = torch.zeros_like(x, requires_grad=True)
-        self.offsets[key] = d
-        return x + d
-
-    def attach(self, stack: ExitStack):
-        for s in self.sites:
-            h = s.key.register_forward_pre_hook(lambda m, args, i=s.index: (self._leaf((i, "input"), args[0]), *args[1:]))
-            stack.callback(h.remove)
-            h = s.key.register_forward_hook(lambda m, args, out, i=s.index: self._leaf((i, "preact"), out))
-            stack.callback(h.remove)
-
-
 class HessianProbe(Probe):
     name = "hessian"
-    metrics = ("trace", "trace_se", "block_trace", "block_trace_se", "lambda_max", "top_abs_eigenvalue",
-               "feature_input_trace", "feature_input_trace_se", "feature_preact_trace", "feature_preact_trace_se")
+    # every trace X with X_se (total), X_se_vectors (random vectors) and X_se_batches (data)
+    metrics = tuple(f"{m}{se}" for m in ("trace", "block_trace", "feature_input_trace", "feature_preact_trace")
+                    for se in ("", "_se", "_se_vectors", "_se_batches")) + ("lambda_max", "top_abs_eigenvalue")
 
     def __init__(self, sites, batches: int = 1, samples: int = 20, iterations: int = 50, tol: float = 1e-3,
-                 krylov: int = 6, params: str = "mlp", features: bool = True, feature_samples: int | None = None,
-                 block: int | None = None, memory_mb: float | None = None, **kw):
+                 krylov: int = 6, params: str = "mlp", trace_estimator: str = "hutchinson",
+                 block_samples: int | None = None, site_vectors: str = "separate", features: bool = True,
+                 feature_samples: int | None = None, block: int | None = None, memory_mb: float | None = None, **kw):
         super().__init__(sites, **kw)
         if params not in PARAM_SETS:
             raise ConfigError(f"probes.hessian.params={params!r}; choose one of {list(PARAM_SETS)}")
+        if trace_estimator not in ESTIMATORS:
+            raise ConfigError(f"probes.hessian.trace_estimator={trace_estimator!r}; choose one of {list(ESTIMATORS)}")
+        least = {"hutchinson": 1, "hutchpp": 3, "xtrace": 4}[trace_estimator]
+        if int(samples) < least or int(batches) < 1:
+            raise ConfigError(f"probes.hessian: trace_estimator={trace_estimator} needs samples >= {least} products "
+                              f"per batch (got {samples}) and batches >= 1 (got {batches})")
         self.batches, self.samples, self.iterations, self.tol = int(batches), int(samples), int(iterations), float(tol)
         self.krylov, self.params, self.features = int(krylov), params, bool(features)
+        self.trace_estimator = trace_estimator
+        if site_vectors not in SITE_VECTORS:
+            raise ConfigError(f"probes.hessian.site_vectors={site_vectors!r}; choose one of {list(SITE_VECTORS)}")
+        self.separate = site_vectors == "separate"
+        self.block_samples = self.samples if block_samples is None else int(block_samples)
         self.feature_samples = self.samples if feature_samples is None else int(feature_samples)
         self.block, self.memory_mb = block, memory_mb
 
-    def _loss(self, model, task, batches):
+    def _losses(self, model, task, batches) -> list:
         # fused attention kernels have no double backward; the math kernel does (ViT, T5)
         with sdpa_kernel(SDPBackend.MATH):
-            return sum(task(model, b, train=True)[0] for b in batches) / len(batches)
+            return [task(model, b, train=True)[0] for b in batches]
 
     def parameter_rows(self, model, task, batches, gen, device) -> list:
+        k = len(batches)
         with parameter_variables(model, self.sites, self.params) as (variables, blocks):
-            products, saved = _graph_bytes(lambda: HessianProducts(self._loss(model, task, batches), variables))
-            block = block_size(self.block, self.memory_mb, saved, max(1, self.samples), device)
-            z = hutchinson(products, variables, self.samples, block, gen)
+            products, saved = _graph_bytes(lambda: HessianProducts(self._losses(model, task, batches), variables))
+            saved //= k  # a product is a backward through one batch's graph
+            block = block_size(self.block, self.memory_mb, saved, max(1, self.samples, self.block_samples), device)
+            traces = [trace_estimate(self.trace_estimator, products, variables, self.samples, block, gen, part=b)
+                      for b in range(k)]
+            per_site = {}
+            if self.block_samples > 0 and self.separate:  # each site its own vectors (zero off it): no cross terms
+                for i, cols in sorted(blocks.items()):
+                    per_site[i] = [mean_se(hutchinson(products, variables, self.block_samples, block, gen,
+                                                      support=cols, part=b).sum(1)) for b in range(k)]
+            elif self.block_samples > 0:  # one vector over every site per product, split by site afterwards
+                z = [hutchinson(products, variables, self.block_samples, block, gen, part=b) for b in range(k)]
+                per_site = {i: [mean_se(zb[:, cols].sum(1)) for zb in z] for i, cols in sorted(blocks.items())}
             lambda_max, top = extreme_eigenvalues(products, self.iterations, self.tol, gen, self.krylov)
-        trace, se = mean_se(z.sum(1))
-        out = [("train", "trace", "avg", trace), ("train", "trace_se", "avg", se)]
-        for i, cols in sorted(blocks.items()):
-            value, err = mean_se(z[:, cols].sum(1))
-            out += [("train", "block_trace", i, value), ("train", "block_trace_se", i, err)]
+        out = se_rows("trace", "avg", two_level(traces))
+        for i, estimates in per_site.items():
+            out += se_rows("block_trace", i, two_level(estimates))
         out += [("train", "lambda_max", "avg", lambda_max), ("train", "top_abs_eigenvalue", "avg", top)]
         return out
 
     def feature_rows(self, model, task, batches, gen, device) -> list:
-        offsets = FeatureOffsets(self.sites)
+        offsets = FeatureOffsets(self.sites, ("input", "preact"), leaves=True)
         keys = [(s.index, where) for where in ("input", "preact") for s in self.sites]
-        per_batch = []
+        per_batch = []  # per batch: key -> (estimate, standard error over its vectors)
         with ExitStack() as stack:
             offsets.attach(stack)
             for b in batches:
@@ -335,30 +468,34 @@ class HessianProbe(Probe):
                 tensors = [offsets.offsets[k] for k in found]
                 products, saved = _graph_bytes(lambda: HessianProducts(loss, tensors))
                 block = block_size(self.block, self.memory_mb, saved, max(1, self.feature_samples), device)
-                z = hutchinson(products, tensors, self.feature_samples, block, gen)
-                tokens = torch.tensor([t.numel() / t.shape[-1] for t in tensors], dtype=torch.float64)
-                per_batch.append(dict(zip(found, (z / tokens).T)))
+                got = {}
+                shared = None if self.separate else hutchinson(products, tensors, self.feature_samples, block, gen)
+                for j, key in enumerate(found):  # each site and place its own vectors (separate)
+                    tokens = tensors[j].numel() / tensors[j].shape[-1]
+                    z = shared[:, j] if shared is not None else \
+                        hutchinson(products, tensors, self.feature_samples, block, gen, support=[j])[:, j]
+                    got[key] = mean_se(z / tokens)
+                    got[("z", *key)] = z / tokens
+                per_batch.append(got)
+                del products, loss
         out = []
         for where in ("input", "preact"):
             metric = f"feature_{where}_trace"
-            cols = []
-            for s in self.sites:
-                z = [pb[(s.index, where)] for pb in per_batch if (s.index, where) in pb]
-                if not z:
-                    continue
-                z = torch.stack(z).mean(0)  # per-vector estimate, averaged over batches
-                cols.append(z)
-                value, err = mean_se(z)
-                out += [("train", metric, s.index, value), ("train", f"{metric}_se", s.index, err)]
-            if cols:
-                value, err = mean_se(torch.stack(cols).mean(0))
-                out += [("train", metric, "avg", value), ("train", f"{metric}_se", "avg", err)]
+            sites = [s.index for s in self.sites if all((s.index, where) in pb for pb in per_batch)]
+            for i in sites:
+                out += se_rows(metric, i, two_level([pb[(i, where)] for pb in per_batch]))
+            if sites and self.separate:  # the mean over sites per batch (independent vectors per site), then batches
+                means = [(sum(pb[(i, where)][0] for i in sites) / len(sites),
+                          math.sqrt(sum(pb[(i, where)][1] ** 2 for i in sites)) / len(sites)) for pb in per_batch]
+                out += se_rows(metric, "avg", two_level(means))
+            elif sites:  # shared vectors: the sites' estimates are correlated, the mean's SE from per-vector means
+                means = [mean_se(torch.stack([pb[("z", i, where)] for i in sites]).mean(0)) for pb in per_batch]
+                out += se_rows(metric, "avg", two_level(means))
         return out
 
     def measure(self, ctx):
         gen = local_generator(ctx.seed, ctx.step)
-        with preserved(ctx.model, ctx.train_batches):
-            batches = take_batches(ctx.train_batches, self.batches, ctx.device)
+        with measurement(ctx, self.batches) as batches:
             ctx.model.eval()
             task = fixed_objective(ctx.task)
             out = self.parameter_rows(ctx.model, task, batches, gen, ctx.device)

@@ -1,8 +1,9 @@
 """Sharpness of the trained model w.r.t. parameters and hidden features: the paper's 'adversarial
 robustness w.r.t. hidden features and parameters', measured directly.
 
-Each value is a loss increase L(perturbed) - L(clean) of the training objective on ``batches``
-fixed training batches, model in eval mode:
+Each value is a loss increase L(perturbed) - L(clean) of the training objective on the first
+``batches`` batches of the run's measurement set (probes/measurement.py: a seeded selection of
+the training set, the same at every step and online or post hoc), model in eval mode:
 
   avg_param / worst_param   adaptive (elementwise-relative) weight perturbations of every trainable
       parameter, as in adaptive sharpness (Kwon et al. 2021; Andriushchenko et al. 2023):
@@ -14,6 +15,8 @@ fixed training batches, model in eval mode:
       rho_feature ||x~_t|| (the clean token's norm): average case delta_t = rho_feature ||x~_t||
       xi_t / sqrt(d); worst case by projected normalised-gradient ascent.
   avg_feature_act / worst_feature_act       the same at the activation output a.
+The feature perturbations go through probes/feature_offsets.py (the hooks the Hessian probe
+differentiates through).
 
 Worst-case values are the largest increase met along the ascent (delta = 0 included), so they are
 >= 0 and lower bounds of the true maximum. rho = 0 gives exactly 0. A standalone measurement
@@ -27,48 +30,13 @@ from contextlib import ExitStack
 import torch
 
 from .base import Probe
-from .standalone import fixed_objective, local_generator, mean_loss, preserved, take_batches, trainable
+from .feature_offsets import FeatureOffsets
+from .measurement import measurement
+from .standalone import fixed_objective, local_generator, mean_loss, trainable
 
 
 def _normal_like(t: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.randn(t.shape, generator=gen, dtype=torch.float32).to(t.device, t.dtype)
-
-
-class _FeatureHooks:
-    """Adds ``deltas[site]`` to a site's key input ('input') or activation output ('act'); records
-    the clean per-token norms when ``record`` is set."""
-
-    def __init__(self, sites, where: str):
-        self.sites, self.where = sites, where
-        self.deltas: dict = {}
-        self.norms: dict = {}  # site index -> clean per-token norms [..., 1]
-        self.shapes: dict = {}  # site index -> shape of the clean feature
-        self.record = False
-
-    def _pre(self, i):
-        def fn(module, args):
-            x = args[0]
-            if self.record:
-                self.norms[i], self.shapes[i] = x.detach().norm(dim=-1, keepdim=True), x.shape
-            d = self.deltas.get(i)
-            return None if d is None else (x + d, *args[1:])
-        return fn
-
-    def _post(self, i):
-        def fn(module, args, output):
-            if self.record:
-                self.norms[i], self.shapes[i] = output.detach().norm(dim=-1, keepdim=True), output.shape
-            d = self.deltas.get(i)
-            return None if d is None else output + d
-        return fn
-
-    def attach(self, stack: ExitStack):
-        for s in self.sites:
-            if self.where == "input":
-                h = s.key.register_forward_pre_hook(self._pre(s.index))
-            else:
-                h = s.act.register_forward_hook(self._post(s.index))
-            stack.callback(h.remove)
 
 
 class SharpnessProbe(Probe):
@@ -123,7 +91,7 @@ class SharpnessProbe(Probe):
 
     # --- hidden features --------------------------------------------------------------------------
     def _features(self, model, task, batches, where: str, gen) -> tuple[float, float]:
-        hooks = _FeatureHooks(self.sites, where)
+        hooks = FeatureOffsets(self.sites, where)
         rho = self.rho_feature
         avg_total, worst_total = 0.0, 0.0
         with ExitStack() as stack:
@@ -138,13 +106,13 @@ class SharpnessProbe(Probe):
                 acc = 0.0
                 for _ in range(self.samples):
                     with torch.no_grad():
-                        hooks.deltas = {i: rho * n * torch.randn(shapes[i], generator=gen).to(n.device, n.dtype)
-                                        / math.sqrt(shapes[i][-1]) for i, n in norms.items()}
+                        hooks.deltas = {k: rho * n * torch.randn(shapes[k], generator=gen).to(n.device, n.dtype)
+                                        / math.sqrt(shapes[k][-1]) for k, n in norms.items()}
                         acc += float(task(model, b, train=True)[0]) - clean
                 avg_total += acc / max(1, self.samples)
                 # worst case: projected normalised-gradient ascent, token by token
-                deltas = {i: torch.zeros(shapes[i], device=n.device, dtype=n.dtype, requires_grad=True)
-                          for i, n in norms.items()}
+                deltas = {k: torch.zeros(shapes[k], device=n.device, dtype=n.dtype, requires_grad=True)
+                          for k, n in norms.items()}
                 best = 0.0
                 for step in range(self.steps + 1):
                     hooks.deltas = deltas
@@ -170,8 +138,7 @@ class SharpnessProbe(Probe):
     def measure(self, ctx):
         gen = local_generator(ctx.seed, ctx.step)
         out = []
-        with preserved(ctx.model, ctx.train_batches):
-            batches = take_batches(ctx.train_batches, self.batches, ctx.device)
+        with measurement(ctx, self.batches) as batches:
             model, task = ctx.model, fixed_objective(ctx.task)
             model.eval()
             if self.params:
