@@ -27,6 +27,7 @@ from .errors import ConfigError, UserError
 from .lifecycle.checkpoint import CHECKPOINT_DIR, list_checkpoints, load_checkpoint
 from .models import build_model, find_sites
 from .modules import apply_interventions
+from .probes.base import ProbeContext
 from .train import ClassificationTask, Seq2SeqTask
 
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"  # what resolve_device accepts (validate.py reads it from here)
@@ -49,6 +50,14 @@ class Assembly:
     total_steps: int
     init: dict | None = None  # where a finetuned model's weights came from (init.json)
     run_dir: Path | None = None
+
+    def probe_context(self, recorder=None, optimizer=None, grad_accum: int = 1, posthoc: bool = False) -> ProbeContext:
+        """The one ``ProbeContext`` of this run, built whole (training: with its optimizer and
+        accumulation; post hoc: none, lr 0); the probe driver keeps its step current."""
+        return ProbeContext(model=self.model, sites=self.sites, task=self.task, train_batches=self.train_batches,
+                            test_batches=self.test_batches, device=self.device, seed=self.cfg.seed,
+                            recorder=recorder, optimizer=optimizer, steps_per_epoch=self.steps_per_epoch,
+                            grad_accum=grad_accum, posthoc=posthoc)
 
 
 def seed_everything(seed: int) -> None:

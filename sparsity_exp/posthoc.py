@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from .probes import build_probes
-from .probes.base import ProbeContext, ProbeSet
+from .probes.base import ProbeSet
 from .assemble import load_run, load_weights, select_checkpoints
 from .record import POSTHOC_FILE, Recorder
 
@@ -36,9 +36,7 @@ def probe_run(run_dir: Path, args=(), file=sys.stdout) -> Path:
     chosen = select_checkpoints(run_dir, settings["checkpoints"])
     with Recorder(run_dir, filename=POSTHOC_FILE, array_prefix="posthoc_") as recorder:
         # the same driver as training; no optimizer (lr 0), every checkpoint is a step of its own
-        ctx = ProbeContext(model=run.model, sites=run.sites, task=run.task, train_batches=run.train_batches,
-                           test_batches=run.test_batches, device=run.device, seed=run.cfg.seed, recorder=recorder,
-                           steps_per_epoch=run.steps_per_epoch, posthoc=True)
+        ctx = run.probe_context(recorder, posthoc=True)
         probes = build_probes(run.cfg.probes, run.sites, ctx)
         skipped = [p for p in probes if not getattr(p, "posthoc", True)]
         for p in skipped:

@@ -17,6 +17,7 @@ from fnmatch import fnmatchcase
 from .activations import ACTIVATIONS, INNER
 from .assemble import DEVICE_PATTERN
 from .data import DATASETS
+from .dotted import flatten
 from .errors import ConfigError
 from .models import MODELS
 from .optim import OPTIMIZERS, SCHEDULES
@@ -195,22 +196,9 @@ def add_rules(rules: dict[str, Rule]) -> None:
     RULES.update(rules)
 
 
-def _flatten(node, prefix="") -> dict:
-    out = {}
-    if isinstance(node, dict) and node:
-        for k, v in node.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-        out[prefix[:-1]] = node
-    return out
-
-
 def problems(cfg) -> list[str]:
     """One line per broken rule, ``key=value: must be ...``; empty when the config is fine."""
-    from omegaconf import DictConfig, OmegaConf
-
-    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-    flat = {k: v for k, v in _flatten(container).items() if not k.startswith("hydra.")}
+    flat = flatten(cfg)
     found = []
     for key, value in flat.items():
         rule = RULES.get(key) or next((r for pat, r in RULES.items() if "*" in pat and fnmatchcase(key, pat)), None)
