@@ -8,8 +8,11 @@ backward, gradients taken with autograd.grad) and one pass over the test set. Ro
 ``<run>/posthoc_metrics.csv`` (the columns of metrics.csv, which is never touched), arrays to
 ``<run>/arrays/posthoc_<name>_step<step>.npz``.
 
-Overrides: ``probes=<preset>`` (default: the run's own probe set), ``probes.<name>.<field>=v``,
-any config field (``trainer.device=cpu``), ``checkpoints=all|last|<step>,<step>``, ``batches=N``.
+Overrides in Hydra's grammar, as ``run`` takes them (``config.apply_overrides``): ``probes=<preset>``
+(default: the run's own probe set), ``probes.<name>.<field>=v``, ``+probes.<name>={field: v, ...}``
+(a probe the run did not have), any config field (``trainer.device=cpu``); checked by the start-up
+check (validate.py) before anything is built. Options of this command: ``checkpoints=all|last|<step>,<step>``,
+``batches=N``.
 """
 from __future__ import annotations
 

@@ -28,13 +28,15 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 from .activations import ACTIVATIONS, INNER
-from .assemble import DEVICE_PATTERN
 from .data import DATASETS
 from .dotted import flatten
 from .errors import ConfigError
 from .models import MODELS
 from .optim import OPTIMIZERS, SCHEDULES
 from .probes import PROBES
+
+
+DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"  # what assemble.resolve_device accepts
 
 
 @dataclass(frozen=True)
@@ -366,6 +368,6 @@ def validate_config(cfg) -> None:
         lines = "\n".join(f"  {p}" for p in found)
         raise ConfigError(
             f"invalid config value{'s' if len(found) > 1 else ''}:\n{lines}\n"
-            f"Set {'them' if len(found) > 1 else 'it'} on the command line (e.g. {re.match(r'[^=:]*', found[0])[0]}=...) or "
+            f"Fix {'them' if len(found) > 1 else 'it'} on the command line (e.g. {re.match(r'[^=:]*', found[0])[0]}=...) or "
             f"in the YAML under conf/; `sparsity-exp run --cfg job` prints the composed config."
         )
