@@ -124,8 +124,8 @@ def apply_overrides(cfg, overrides, conf: Path | None = None):
                     parent, _, leaf = key.rpartition(".")
                     with open_dict(cfg):
                         del (OmegaConf.select(cfg, parent) if parent else cfg)[leaf]
-                elif o.is_add():
-                    if present and not isinstance(value, (dict, list)):
+                elif o.is_add():  # as Hydra: a key holding null may be added to
+                    if OmegaConf.select(cfg, key, default=None) is not None and not isinstance(value, (dict, list)):
                         raise ConfigError(f"{o.input_line}: {key} is already in the config; drop the + to change "
                                           f"it (or ++ to add or change)")
                     OmegaConf.update(cfg, key, value, merge=True, force_add=True)
