@@ -20,7 +20,8 @@ commands:
                     every figure whose data exist, from run folders or a collected table (PNG and PDF)
   probe RUN_DIR [overrides]
                     measure a run's saved checkpoints with probes, no training (rows into
-                    RUN_DIR/posthoc_metrics.csv); e.g. `probe RUN probes=full checkpoints=last`
+                    RUN_DIR/posthoc_metrics.csv); e.g. `probe RUN probes=full checkpoints=last`;
+                    overrides in Hydra's grammar as for run (`'+probes.neurons={train: true}'`)
   study SUITE [overrides] [--out DIR] [--seeds 0,1,2] [--judge-only]
                     validation study: every arm x seed of conf/study/SUITE.yaml through `run -m`
                     (completed runs skipped), then a verdict per claim with effect and 95% CI in

@@ -97,7 +97,6 @@ def apply_overrides(cfg, overrides, conf: Path | None = None):
     Returns ``cfg`` (changed in place); raises ``ConfigError`` naming the override at fault."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
 
     conf = Path(conf or conf_dir())
     try:
@@ -115,35 +114,42 @@ def apply_overrides(cfg, overrides, conf: Path | None = None):
             if o in groups:
                 _choose_group(cfg, o, conf)
                 continue
-            key, value = o.key_or_group, o.value()
-            present = OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT
-            try:
-                if o.is_delete():
-                    if not present:
-                        raise ConfigError(f"{o.input_line}: the config has no key {key} to delete")
-                    parent, _, leaf = key.rpartition(".")
-                    with open_dict(cfg):
-                        del (OmegaConf.select(cfg, parent) if parent else cfg)[leaf]
-                elif o.is_add():  # as Hydra: a key holding null may be added to
-                    if OmegaConf.select(cfg, key, default=None) is not None and not isinstance(value, (dict, list)):
-                        raise ConfigError(f"{o.input_line}: {key} is already in the config; drop the + to change "
-                                          f"it (or ++ to add or change)")
-                    OmegaConf.update(cfg, key, value, merge=True, force_add=True)
-                elif o.is_force_add():
-                    OmegaConf.update(cfg, key, value, merge=True, force_add=True)
-                elif not present:
-                    raise ConfigError(f"{o.input_line}: the config has no key {key}; add it with +{o.input_line} "
-                                      f"(a probe's setting: +probes.<name>.<setting>=...)")
-                else:
-                    OmegaConf.update(cfg, key, value, merge=True)
-            except OmegaConfBaseException as exc:
-                raise ConfigError(f"{o.input_line}: {str(exc).splitlines()[0]}") from None
+            _apply(cfg, o)
     finally:
         OmegaConf.set_struct(cfg, False)
     return cfg
 
 
 _ABSENT = object()
+
+
+def _apply(cfg, o) -> None:
+    """One key override on ``cfg`` (struct mode), by Hydra's rules for ``=``, ``+``, ``++`` and ``~``."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    key, value = o.key_or_group, o.value()
+    present = OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT
+    try:
+        if o.is_delete():
+            if not present:
+                raise ConfigError(f"{o.input_line}: the config has no key {key} to delete")
+            parent, _, leaf = key.rpartition(".")
+            with open_dict(cfg):
+                del (OmegaConf.select(cfg, parent) if parent else cfg)[leaf]
+        elif o.is_add():  # as Hydra: a key holding null may be added to
+            if OmegaConf.select(cfg, key, default=None) is not None and not isinstance(value, (dict, list)):
+                raise ConfigError(f"{o.input_line}: {key} is already in the config; drop the + to change "
+                                  f"it (or ++ to add or change)")
+            OmegaConf.update(cfg, key, value, merge=True, force_add=True)
+        elif o.is_force_add():
+            OmegaConf.update(cfg, key, value, merge=True, force_add=True)
+        elif not present:
+            raise ConfigError(f"{o.input_line}: the config has no key {key}; add it with +{o.input_line} "
+                              f"(a probe's setting: +probes.<name>.<setting>=...)")
+        else:
+            OmegaConf.update(cfg, key, value, merge=True)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{o.input_line}: {str(exc).splitlines()[0]}") from None
 
 
 def _choose_group(cfg, o, conf: Path) -> None:

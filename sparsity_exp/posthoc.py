@@ -25,8 +25,8 @@ from .assemble import load_run, load_weights, select_checkpoints
 from .record import POSTHOC_FILE, Recorder
 
 
-def probe_run(run_dir: Path, args=(), file=sys.stdout) -> Path:
-    run_dir = Path(run_dir)
+def probe_run(run_dir: Path, args=(), file=None) -> Path:
+    run_dir, file = Path(run_dir), file or sys.stdout  # the stdout of the call, not of the import
     settings = {"checkpoints": "all", "batches": "1"}
     overrides = []
     for a in args:
