@@ -12,8 +12,9 @@ and ``hydra.*`` (Hydra's own, ignored).
 
 The schema is the ``RULES`` table: a dotted key (``*`` matches one level, e.g. ``probes.*.every``)
 -> ``Rule``. The valid names of every choice (activations, models, data, probes, optimizers,
-schedules, devices) are read from the registries that build them, so the two cannot disagree. Keys without a rule are accepted as they are (config groups grow faster than this
-table); a rule whose key is absent is skipped. Cross-field checks go into ``CHECKS``. To extend:
+schedules, devices) are read from the registries that build them, so the two cannot disagree.
+Known keys without a rule are accepted as they are (config groups grow faster than this table); a
+rule whose key is absent is skipped. Cross-field checks go into ``CHECKS``. To extend:
 add a line to ``RULES`` here, or call ``add_rules({...})`` from the module that owns the keys.
 """
 from __future__ import annotations
@@ -248,7 +249,7 @@ _KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a s
           tuple: "a list"}
 
 
-def _probe_settings(flat: dict, probes: dict) -> list[str]:
+def _probe_settings(probes: dict) -> list[str]:
     """Each probe's settings against its constructor: an unknown one names the nearest valid one."""
     out = []
     for name, settings in probes.items():
@@ -351,7 +352,7 @@ def problems(cfg, known: frozenset | None = None) -> list[str]:
     found = unknown_keys(flat, known)
     unknown = {line.split(":")[0] for line in found}
     flat = {k: v for k, v in flat.items() if k not in unknown}  # one line per unknown key, not two
-    found.extend(_probe_settings(flat, (container or {}).get("probes") or {}))
+    found.extend(_probe_settings((container or {}).get("probes") or {}))
     for key, value in flat.items():
         rule = RULES.get(key) or next((r for pat, r in RULES.items() if "*" in pat and fnmatchcase(key, pat)), None)
         if rule is not None and not rule.ok(value):
