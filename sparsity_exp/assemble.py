@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from . import distributed
 from .batches import make_batches, to_device
@@ -27,9 +28,10 @@ from .errors import ConfigError, UserError
 from .lifecycle.checkpoint import CHECKPOINT_DIR, list_checkpoints, load_checkpoint
 from .models import build_model, find_sites
 from .modules import apply_interventions
+from .probes.base import ProbeContext
 from .train import ClassificationTask, Seq2SeqTask
+from .validate import DEVICE_PATTERN, validate_config
 
-DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"  # what resolve_device accepts (validate.py reads it from here)
 
 
 @dataclass
@@ -49,6 +51,14 @@ class Assembly:
     total_steps: int
     init: dict | None = None  # where a finetuned model's weights came from (init.json)
     run_dir: Path | None = None
+
+    def probe_context(self, recorder=None, optimizer=None, grad_accum: int = 1, posthoc: bool = False) -> ProbeContext:
+        """The one ``ProbeContext`` of this run, built whole (training: with its optimizer and
+        accumulation; post hoc: none, lr 0); the probe driver keeps its step current."""
+        return ProbeContext(model=self.model, sites=self.sites, task=self.task, train_batches=self.train_batches,
+                            test_batches=self.test_batches, device=self.device, seed=self.cfg.seed,
+                            recorder=recorder, optimizer=optimizer, steps_per_epoch=self.steps_per_epoch,
+                            grad_accum=grad_accum, posthoc=posthoc)
 
 
 def seed_everything(seed: int) -> None:
@@ -198,29 +208,23 @@ def load_weights(model: torch.nn.Module, path: Path, device="cpu") -> int:
 # ---------------------------------------------------------------- a saved run, again
 
 def load_run_config(run_dir: Path, overrides=()) -> DictConfig:
-    """The run's ``config.yaml`` with dotted ``key=value`` overrides applied (``probes=<preset>``
-    replaces the probe set by ``conf/probes/<preset>.yaml``)."""
+    """The run's ``config.yaml`` with ``overrides`` in Hydra's grammar applied (``config.apply_overrides``:
+    ``probes=<preset>`` swaps the probe set for ``conf/probes/<preset>.yaml``, ``probes.<name>.<field>=v``
+    changes a setting, ``+probes.<name>={...}`` adds a probe), resolved and checked (validate.py)
+    before anything is built."""
+    from .config import apply_overrides
+
     run_dir = Path(run_dir)
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise UserError(f"{run_dir} is not a run folder (no config.yaml); pass the folder a `sparsity-exp run` wrote")
-    cfg = OmegaConf.load(path)
-    OmegaConf.set_struct(cfg, False)
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} is not key=value (e.g. probes=full, trainer.device=cpu)")
-        if key == "probes":
-            from .config import conf_dir
-
-            preset = conf_dir() / "probes" / f"{value}.yaml"
-            if not preset.is_file():
-                choices = sorted(p.stem for p in (conf_dir() / "probes").glob("*.yaml"))
-                raise ConfigError(f"probes={value}: no such preset; choose one of {choices}")
-            cfg.probes = OmegaConf.load(preset)
-        else:
-            OmegaConf.update(cfg, key.lstrip("+"), OmegaConf.from_dotlist([f"v={value}"]).v, force_add=True)
-    OmegaConf.resolve(cfg)
+    cfg = apply_overrides(OmegaConf.load(path), overrides)
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"the config cannot be resolved: {str(exc).strip().splitlines()[0]}; fix the ${{...}} "
+                          f"interpolation in the overrides") from None
+    validate_config(cfg)
     return cfg
 
 

@@ -20,7 +20,8 @@ commands:
                     every figure whose data exist, from run folders or a collected table (PNG and PDF)
   probe RUN_DIR [overrides]
                     measure a run's saved checkpoints with probes, no training (rows into
-                    RUN_DIR/posthoc_metrics.csv); e.g. `probe RUN probes=full checkpoints=last`
+                    RUN_DIR/posthoc_metrics.csv); e.g. `probe RUN probes=full checkpoints=last`;
+                    overrides in Hydra's grammar as for run (`'+probes.neurons={train: true}'`)
   study SUITE [overrides] [--out DIR] [--seeds 0,1,2] [--judge-only]
                     validation study: every arm x seed of conf/study/SUITE.yaml through `run -m`
                     (completed runs skipped), then a verdict per claim with effect and 95% CI in
@@ -29,16 +30,14 @@ commands:
 
 
 def _run(args: list[str]) -> int:
+    """``sparsity-exp run``: checks before Hydra makes a folder, then Hydra's ``main`` over ``_job``
+    (one job, or each job of a sweep), then the sweep's account."""
     import hydra
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
     from . import distributed
-    from .lifecycle import folders
     from .config import conf_dir, register_resolvers, writable_results_dir
     from .errors import UserError
-    from .lifecycle.preempt import REQUEUE_EXIT_CODE, Preempted
-    from .lifecycle.folder_guard import FolderSnapshot, discard_new, run_dir_argument
+    from .lifecycle.folder_guard import FolderSnapshot, run_dir_argument
 
     try:
         config_path = str(conf_dir())
@@ -54,88 +53,130 @@ def _run(args: list[str]) -> int:
     # under torchrun: join the ranks first, so that all of them name one run folder
     if distributed.init_from_env() and not distributed.is_main():
         args = [*args, "hydra.output_subdir=null"]  # rank 0 alone writes the run folder
-    failed: list[str] = []  # sweep jobs that failed, reported at the end
-    finished: list[str] = []  # sweep jobs that completed
-    started: list[bool] = []  # Hydra composed a config and called the task (else: Hydra's own error)
+    sweep = _Sweep()
     before = FolderSnapshot(run_dir_argument(args))  # Hydra rewrites .hydra/ before the run may refuse
 
     @hydra.main(config_path=config_path, config_name="config", version_base="1.3")
     def task(cfg):
-        from .run import execute
-        from .runlog import tee_to_run_log
-        from .speed import place_local_job, set_threads
-        from .train import NonFiniteLoss
-
-        started.append(True)
-        hc = HydraConfig.get()
-        run_dir = distributed.agree_on_run_dir(Path(hc.runtime.output_dir))
-        multirun = hc.mode == RunMode.MULTIRUN
-        fresh = not folders.has_output(run_dir)
-        try:
-            _resolvable(cfg)
-            launcher = str(hc.launcher.get("_target_", ""))
-            set_threads(cfg.trainer.get("threads", "auto"), launcher)
-            place_local_job(str(cfg.trainer.get("device", "auto")), launcher, hc.job.get("num") or 0)
-            target = folders.resolve_run_dir(cfg, run_dir)
-            if target != run_dir:  # trainer.resume names another folder: Hydra's fresh one is not needed
-                folders.discard_if_empty(run_dir)
-                run_dir = target
-                fresh = not folders.has_output(run_dir)
-            with tee_to_run_log(run_dir, distributed.is_main()):
-                summary = execute(cfg, run_dir)
-            finished.append(str(run_dir))
-            return summary
-        except Preempted as exc:
-            print(f"{exc}. Exit {REQUEUE_EXIT_CODE} (requeue); to continue, rerun the same command with "
-                  f"trainer.resume=auto (or hydra.run.dir={run_dir})", file=sys.stderr)
-            raise SystemExit(REQUEUE_EXIT_CODE)
-        except UserError as exc:
-            if distributed.is_main():
-                if fresh and not isinstance(exc, NonFiniteLoss):  # refused before it started: leave nothing
-                    discard_new(run_dir, before)
-                elif before.covers(run_dir):  # a refused continuation: the folder stays as it was
-                    before.restore()
-            print(f"error: {exc}", file=sys.stderr)
-            if not multirun:
-                raise SystemExit(2)
-            failed.append(f"job {hc.job.num} ({run_dir.name}): " + str(exc).replace("\n", "\n    "))
-        except Exception:
-            if not multirun:
-                raise
-            # In a sweep one failing job must not stop the others: its folder keeps error.txt.
-            print(f"job {hc.job.num} failed, see {run_dir / 'error.txt'}:\n{traceback.format_exc()}",
-                  file=sys.stderr)
-            failed.append(f"job {hc.job.num} ({run_dir}): see error.txt")
-        return None
+        return _job(cfg, sweep, before)
 
     sys.argv = ["sparsity-exp run", *args]
     try:
+        code = _hydra_main(task, sweep)
+    finally:
+        distributed.shutdown()
+    return code if code is not None else sweep.report(_is_multirun(args))
+
+
+class _Sweep:
+    """What the jobs of one ``run`` command did, for the account at the end (a single run is a sweep
+    of one job)."""
+
+    def __init__(self):
+        self.started = False  # Hydra composed a config and called a job (else: Hydra's own error)
+        self.failed: list[str] = []
+        self.finished: list[str] = []
+
+    def report(self, multirun: bool) -> int:
+        if self.failed:
+            print(f"\n{len(self.failed)} of {len(self.failed) + len(self.finished)} job(s) of the sweep failed; "
+                  f"folders that held a run keep summary.json (status 'failed') and error.txt:\n  "
+                  + "\n  ".join(self.failed), file=sys.stderr)
+            return 1
+        if len(self.finished) > 1 or (self.finished and multirun):
+            print(f"\nall {len(self.finished)} job(s) of the sweep completed; `sparsity-exp collect "
+                  f"{Path(self.finished[0]).parent}` gathers them into one table")
+        return 0
+
+
+def _hydra_main(task, sweep: _Sweep) -> int | None:
+    """Call Hydra's ``main``; an error of Hydra's own (it could not compose or set up the config from
+    the overrides, before any job started) becomes exit 2 with what to check. None: the jobs ran."""
+    try:
         task()
     except SystemExit as exc:
-        if exc.code == 1 and not started:  # Hydra could not compose the config: bad input, exit 2
+        if exc.code == 1 and not sweep.started:  # Hydra could not compose the config: bad input, exit 2
             print("error: the overrides above could not be applied (Hydra's message says which). Check the key "
                   "and group names with `sparsity-exp run --cfg job` and `sparsity-exp run --help`; a key that "
                   "is not in the config needs a leading + (e.g. +model.new_key=1)", file=sys.stderr)
             return 2
         raise
     except Exception as exc:  # raised while Hydra set the job up (e.g. an interpolation in an override)
-        if started:
+        if sweep.started:
             raise
         detail = (str(exc).strip().splitlines() or [""])[0]
         print(f"error: the config could not be set up from these overrides ({type(exc).__name__}: {detail}); "
               f"check the overrides (a ${{...}} that names no key, a value that needs quotes); "
               f"`sparsity-exp run --cfg job` prints the composed config", file=sys.stderr)
         return 2
-    finally:
-        distributed.shutdown()
-    if failed:
-        print(f"\n{len(failed)} of {len(failed) + len(finished)} job(s) of the sweep failed; folders that held a "
-              f"run keep summary.json (status 'failed') and error.txt:\n  " + "\n  ".join(failed), file=sys.stderr)
-        return 1
-    if len(finished) > 1 or (finished and _is_multirun(args)):
-        print(f"\nall {len(finished)} job(s) of the sweep completed; `sparsity-exp collect "
-              f"{Path(finished[0]).parent}` gathers them into one table")
-    return 0
+    return None
+
+
+def _job(cfg, sweep: _Sweep, before):
+    """One job: place it, pick its folder (``trainer.resume``), run it with its output teed into
+    ``run.log``. Bad input exits 2 (a sweep goes on with its other jobs and counts the failure)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from . import distributed
+    from .errors import UserError
+    from .lifecycle import folders
+    from .lifecycle.preempt import REQUEUE_EXIT_CODE, Preempted
+    from .run import execute
+    from .runlog import tee_to_run_log
+    from .speed import place_local_job, set_threads
+
+    sweep.started = True
+    hc = HydraConfig.get()
+    run_dir = distributed.agree_on_run_dir(Path(hc.runtime.output_dir))
+    multirun = hc.mode == RunMode.MULTIRUN
+    fresh = not folders.has_output(run_dir)
+    try:
+        _resolvable(cfg)
+        launcher = str(hc.launcher.get("_target_", ""))
+        set_threads(cfg.trainer.get("threads", "auto"), launcher)
+        place_local_job(str(cfg.trainer.get("device", "auto")), launcher, hc.job.get("num") or 0)
+        target = folders.resolve_run_dir(cfg, run_dir)
+        if target != run_dir:  # trainer.resume names another folder: Hydra's fresh one is not needed
+            folders.discard_if_empty(run_dir)
+            run_dir = target
+            fresh = not folders.has_output(run_dir)
+        with tee_to_run_log(run_dir, distributed.is_main()):
+            summary = execute(cfg, run_dir)
+        sweep.finished.append(str(run_dir))
+        return summary
+    except Preempted as exc:
+        print(f"{exc}. Exit {REQUEUE_EXIT_CODE} (requeue); to continue, rerun the same command with "
+              f"trainer.resume=auto (or hydra.run.dir={run_dir})", file=sys.stderr)
+        raise SystemExit(REQUEUE_EXIT_CODE)
+    except UserError as exc:
+        _roll_back(run_dir, fresh, before, exc)
+        print(f"error: {exc}", file=sys.stderr)
+        if not multirun:
+            raise SystemExit(2)
+        sweep.failed.append(f"job {hc.job.num} ({run_dir.name}): " + str(exc).replace("\n", "\n    "))
+    except Exception:
+        if not multirun:
+            raise
+        # In a sweep one failing job must not stop the others: its folder keeps error.txt.
+        print(f"job {hc.job.num} failed, see {run_dir / 'error.txt'}:\n{traceback.format_exc()}", file=sys.stderr)
+        sweep.failed.append(f"job {hc.job.num} ({run_dir}): see error.txt")
+    return None
+
+
+def _roll_back(run_dir: Path, fresh: bool, before, exc) -> None:
+    """After bad input: a folder made for a job refused before it started is removed; a refused
+    continuation's folder gets Hydra's rewritten files back as they were (rank 0 only)."""
+    from . import distributed
+    from .lifecycle.folder_guard import discard_new
+    from .train import NonFiniteLoss
+
+    if not distributed.is_main():
+        return
+    if fresh and not isinstance(exc, NonFiniteLoss):  # refused before it started: leave nothing
+        discard_new(run_dir, before)
+    elif before.covers(run_dir):  # a refused continuation: the folder stays as it was
+        before.restore()
 
 
 def _resolvable(cfg) -> None:

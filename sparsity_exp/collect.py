@@ -28,7 +28,8 @@ import pandas as pd
 import yaml
 
 from .errors import UserError
-from .lifecycle.atomic import atomic_path
+from .atomic import atomic_path
+from .dotted import flatten
 from .record import COLUMNS, METRICS_FILE, POSTHOC_FILE
 from .lifecycle.liveness import running_state
 
@@ -158,18 +159,9 @@ def _empty_rows() -> pd.DataFrame:
                          "value": pd.Series(dtype="float64")})
 
 
-def flatten(d, prefix: str = "") -> dict:
-    """{'a': {'b': 1}} -> {'a.b': 1}; lists become their JSON text so they compare and store."""
-    out = {}
-    for key, value in (d or {}).items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, name + "."))
-        elif isinstance(value, (list, tuple, dict)):
-            out[name] = json.dumps(value, sort_keys=True, default=str)
-        else:
-            out[name] = value
-    return out
+def _as_cell(value):
+    """A config leaf as a table cell: lists (and empty mappings) become their JSON text so they compare and store."""
+    return json.dumps(value, sort_keys=True, default=str) if isinstance(value, (list, tuple, dict)) else value
 
 
 def read_run(folder: Path) -> Run:
@@ -190,7 +182,7 @@ def read_run(folder: Path) -> Run:
     config_path = folder / "config.yaml"
     if config_path.is_file():
         try:
-            run.config = flatten(yaml.safe_load(config_path.read_text()) or {})
+            run.config = flatten(yaml.safe_load(config_path.read_text()) or {}, encode=_as_cell)
         except (yaml.YAMLError, OSError) as exc:
             run.notes.append(f"config.yaml is unreadable ({type(exc).__name__})")
     for source, name in SOURCES.items():
@@ -300,7 +292,7 @@ def collect(paths, include_unstarted: bool = False) -> Collection:
 
 
 def _atomic(path: Path, write) -> None:
-    with atomic_path(path) as tmp:  # the one atomic writer (lifecycle/atomic.py)
+    with atomic_path(path) as tmp:  # the one atomic writer (atomic.py)
         write(tmp)
 
 

@@ -7,7 +7,7 @@ import re
 import time
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from .errors import ConfigError
 from .naming import shorten_items
@@ -84,3 +84,84 @@ def writable_results_dir(args: list[str], conf: Path) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"cannot write run folders under {target}: {existing} is not writable; "
                           f"set results_dir= to a writable folder")
+
+
+def apply_overrides(cfg, overrides, conf: Path | None = None):
+    """Hydra's override grammar (the one ``run`` and ``study`` take) applied to an already composed
+    config, e.g. a run's saved ``config.yaml`` for ``sparsity-exp probe``: Hydra's parser reads each
+    override (nested values ``{every: 1}``, quoting, ``${...}``), and it is applied with Hydra's rules:
+    ``key=value`` changes a key the config has, ``+key=value`` adds one, ``++key=value`` adds or
+    changes, ``~key`` deletes. A config group may be chosen again only for ``probes`` (``probes=full``
+    swaps the probe set for conf/probes/full.yaml, applied before the key overrides as Hydra applies
+    its defaults first); a saved run's model or data cannot be swapped. Sweeps (``a=1,2``) are refused.
+    Returns ``cfg`` (changed in place); raises ``ConfigError`` naming the override at fault."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    conf = Path(conf or conf_dir())
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except HydraException as exc:
+        detail = str(exc).strip().splitlines()[0]
+        raise ConfigError(f"the overrides {' '.join(overrides)} cannot be read: {detail} (Hydra's override grammar: "
+                          f"key=value, +new.key=value, ++key=value, ~key, nested values as {{a: 1, b: 2}})") from None
+    groups = [o for o in parsed if "." not in o.key_or_group and (conf / o.key_or_group).is_dir()]
+    OmegaConf.set_struct(cfg, True)  # as Hydra composes: key=value needs the key, + adds
+    try:
+        for o in groups + [o for o in parsed if o not in groups]:
+            if o.is_sweep_override():
+                raise ConfigError(f"{o.input_line}: one value per key here (a sweep is for `sparsity-exp run -m`)")
+            if o in groups:
+                _choose_group(cfg, o, conf)
+                continue
+            _apply(cfg, o)
+    finally:
+        OmegaConf.set_struct(cfg, False)
+    return cfg
+
+
+_ABSENT = object()
+
+
+def _apply(cfg, o) -> None:
+    """One key override on ``cfg`` (struct mode), by Hydra's rules for ``=``, ``+``, ``++`` and ``~``."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    key, value = o.key_or_group, o.value()
+    present = OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT
+    try:
+        if o.is_delete():
+            if not present:
+                raise ConfigError(f"{o.input_line}: the config has no key {key} to delete")
+            parent, _, leaf = key.rpartition(".")
+            with open_dict(cfg):
+                del (OmegaConf.select(cfg, parent) if parent else cfg)[leaf]
+        elif o.is_add():  # as Hydra: a key holding null may be added to
+            if OmegaConf.select(cfg, key, default=None) is not None and not isinstance(value, (dict, list)):
+                raise ConfigError(f"{o.input_line}: {key} is already in the config; drop the + to change "
+                                  f"it (or ++ to add or change)")
+            OmegaConf.update(cfg, key, value, merge=True, force_add=True)
+        elif o.is_force_add():
+            OmegaConf.update(cfg, key, value, merge=True, force_add=True)
+        elif not present:
+            raise ConfigError(f"{o.input_line}: the config has no key {key}; add it with +{o.input_line} "
+                              f"(a probe's setting: +probes.<name>.<setting>=...)")
+        else:
+            OmegaConf.update(cfg, key, value, merge=True)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{o.input_line}: {str(exc).splitlines()[0]}") from None
+
+
+def _choose_group(cfg, o, conf: Path) -> None:
+    """``probes=<preset>``: the probe set of conf/probes/<preset>.yaml replaces the run's."""
+    group, choice = o.key_or_group, o.value()
+    if group != "probes":
+        raise ConfigError(f"{o.input_line}: a saved run's {group} cannot be swapped (its checkpoints belong to it); "
+                          f"only probes=<preset> chooses a group here, other keys take group.key=value")
+    preset = conf / group / f"{choice}.yaml"
+    if o.is_delete() or not isinstance(choice, str) or not preset.is_file():
+        choices = sorted(p.stem for p in (conf / group).glob("*.yaml"))
+        raise ConfigError(f"{o.input_line}: no such preset; choose one of {choices}")
+    node = OmegaConf.to_container(OmegaConf.load(preset), resolve=False) or {}  # ${trainer...} resolve in the run's
+    with open_dict(cfg):
+        cfg[group] = {k: v for k, v in node.items() if k != "defaults"}

@@ -8,8 +8,11 @@ backward, gradients taken with autograd.grad) and one pass over the test set. Ro
 ``<run>/posthoc_metrics.csv`` (the columns of metrics.csv, which is never touched), arrays to
 ``<run>/arrays/posthoc_<name>_step<step>.npz``.
 
-Overrides: ``probes=<preset>`` (default: the run's own probe set), ``probes.<name>.<field>=v``,
-any config field (``trainer.device=cpu``), ``checkpoints=all|last|<step>,<step>``, ``batches=N``.
+Overrides in Hydra's grammar, as ``run`` takes them (``config.apply_overrides``): ``probes=<preset>``
+(default: the run's own probe set), ``probes.<name>.<field>=v``, ``+probes.<name>={field: v, ...}``
+(a probe the run did not have), any config field (``trainer.device=cpu``); checked by the start-up
+check (validate.py) before anything is built. Options of this command: ``checkpoints=all|last|<step>,<step>``,
+``batches=N``.
 """
 from __future__ import annotations
 
@@ -17,13 +20,13 @@ import sys
 from pathlib import Path
 
 from .probes import build_probes
-from .probes.base import ProbeContext, ProbeSet
+from .probes.base import ProbeSet
 from .assemble import load_run, load_weights, select_checkpoints
 from .record import POSTHOC_FILE, Recorder
 
 
-def probe_run(run_dir: Path, args=(), file=sys.stdout) -> Path:
-    run_dir = Path(run_dir)
+def probe_run(run_dir: Path, args=(), file=None) -> Path:
+    run_dir, file = Path(run_dir), file or sys.stdout  # the stdout of the call, not of the import
     settings = {"checkpoints": "all", "batches": "1"}
     overrides = []
     for a in args:
@@ -36,9 +39,7 @@ def probe_run(run_dir: Path, args=(), file=sys.stdout) -> Path:
     chosen = select_checkpoints(run_dir, settings["checkpoints"])
     with Recorder(run_dir, filename=POSTHOC_FILE, array_prefix="posthoc_") as recorder:
         # the same driver as training; no optimizer (lr 0), every checkpoint is a step of its own
-        ctx = ProbeContext(model=run.model, sites=run.sites, task=run.task, train_batches=run.train_batches,
-                           test_batches=run.test_batches, device=run.device, seed=run.cfg.seed, recorder=recorder,
-                           steps_per_epoch=run.steps_per_epoch, posthoc=True)
+        ctx = run.probe_context(recorder, posthoc=True)
         probes = build_probes(run.cfg.probes, run.sites, ctx)
         skipped = [p for p in probes if not getattr(p, "posthoc", True)]
         for p in skipped:

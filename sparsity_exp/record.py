@@ -1,5 +1,6 @@
-"""The run folder's files: a tidy long metrics table appended as the run goes, atomic JSON and
-arrays. A crash loses at most the rows since the last flush; no file is left half-written."""
+"""The run folder's files: a tidy long metrics table appended as the run goes, and arrays written
+atomically (``atomic.py``, which also writes the folder's JSON files). A crash loses at most the rows
+since the last flush; no file is left half-written."""
 from __future__ import annotations
 
 import csv
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .lifecycle.atomic import atomic_path, write_atomic, write_json  # noqa: F401 (write_json: run.py)
+from .atomic import atomic_path
 
 COLUMNS = ("step", "epoch", "split", "probe", "metric", "layer", "value")
 METRICS_FILE = "metrics.csv"

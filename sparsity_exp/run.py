@@ -18,12 +18,12 @@ from .assemble import assemble, make_task, resolve_device, seed_everything  # no
 from .lifecycle import leftovers, liveness, segments
 from .errors import ConfigError, UserError
 from .lifecycle import folders
-from .lifecycle.atomic import write_atomic, write_json
+from .atomic import write_atomic, write_json
 from .lifecycle.checkpoint import CheckpointError
 from .lifecycle.preempt import Preempted
 from .optim import build_optimizer, build_schedule, param_groups
 from .plots.quicklook import sparsity_per_layer
-from .probes import ProbeContext, ProbeSet, build_probes
+from .probes import ProbeSet, build_probes
 from .record import METRICS_FILE, Recorder, RecorderError
 from .speed import set_backend_flags, training_forwards
 from .train import NonFiniteLoss, Trainer
@@ -63,7 +63,7 @@ def _execute(cfg: DictConfig, run_dir: Path) -> dict:
         raise
     leftovers.remove_stale_temporaries(run_dir)  # we hold the lock: nobody else is writing them
     if plan.completed is not None:
-        leftovers.ensure_quicklook(run_dir)  # killed after its last checkpoint, before the figure
+        ensure_quicklook(run_dir)  # killed after its last checkpoint, before the figure
         print(f"{run_dir} already holds the completed run of this config; nothing to do.")
         print_summary(plan.completed, file=sys.stdout)
         return plan.completed
@@ -111,6 +111,15 @@ def _execute(cfg: DictConfig, run_dir: Path) -> dict:
     return summary
 
 
+def ensure_quicklook(run_dir: Path) -> bool:
+    """Draw ``quicklook.png`` of a completed run that lacks it; return whether it was drawn."""
+    figure, metrics = run_dir / "quicklook.png", run_dir / METRICS_FILE
+    if figure.exists() or not metrics.is_file():
+        return False
+    sparsity_per_layer(pd.read_csv(metrics), figure)
+    return True
+
+
 def _mark_failed(run_dir: Path, exc: BaseException) -> None:
     write_json(run_dir / "summary.json", {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
     (run_dir / "error.txt").write_text(traceback.format_exc())
@@ -128,12 +137,13 @@ def _train(cfg: DictConfig, run_dir: Path, resume_state: dict | None = None) -> 
     optimizer = build_optimizer(cfg.optim, param_groups(run.model, cfg.optim), run.device)
     schedule = build_schedule(cfg.optim.schedule, optimizer, run.total_steps)
     set_backend_flags(t, run.device)
-    # after the interventions (probes see the final activations) and before compiling (compile-safe
-    # probes register the hooks the compiler traces)
-    probe_list = build_probes(cfg.probes, run.sites, ProbeContext(sites=run.sites))
-    forward_model, eager_model = training_forwards(run.model, run.device, t, probe_list)
+    settings = precision_and_accumulation(t)
     with Recorder(run_dir, tensorboard=t.get("tensorboard", False)) if main else distributed.NullRecorder() as recorder:
-        probes = ProbeSet(probe_list)
+        # one context, built whole; the probes after the interventions (they see the final
+        # activations) and before compiling (compile-safe probes register the hooks the compiler traces)
+        context = run.probe_context(recorder, optimizer, settings["grad_accum"])
+        probes = ProbeSet(build_probes(cfg.probes, run.sites, context), context)
+        forward_model, eager_model = training_forwards(run.model, run.device, t, probes.probes)
         trainer = Trainer(
             model=run.model, task=run.task, optimizer=optimizer, schedule=schedule, callbacks=run.callbacks,
             train_batches=run.train_batches, test_batches=run.test_batches, probes=probes, recorder=recorder,
@@ -141,7 +151,7 @@ def _train(cfg: DictConfig, run_dir: Path, resume_state: dict | None = None) -> 
             eval_every=t.eval_every, device=run.device, grad_clip=t.grad_clip, progress=t.progress and main,
             run_dir=run_dir if main else None, checkpoint_every=t.checkpoint_every,
             keep_checkpoints=t.keep_checkpoints, seed=cfg.seed, forward_model=forward_model,
-            eager_model=eager_model, **precision_and_accumulation(t),
+            eager_model=eager_model, **settings,
         )
         if resume_state is not None:
             trainer.load_state_dict(resume_state)
@@ -150,12 +160,8 @@ def _train(cfg: DictConfig, run_dir: Path, resume_state: dict | None = None) -> 
 
 
 def precision_and_accumulation(t) -> dict:
-    precision, accum = t.get("precision", "fp32"), int(t.get("grad_accum", 1))
-    if precision not in ("fp32", "bf16"):
-        raise ConfigError(f"trainer.precision={precision!r}; choose fp32 or bf16")
-    if accum < 1 or t.batch_size % accum:
-        raise ConfigError(f"trainer.grad_accum={accum} must be >= 1 and divide trainer.batch_size={t.batch_size}")
-    return {"precision": precision, "grad_accum": accum}
+    """The trainer's precision and gradient accumulation (checked at start-up by validate.py)."""
+    return {"precision": t.get("precision", "fp32"), "grad_accum": int(t.get("grad_accum", 1))}
 
 
 def _summary(cfg, trainer: Trainer, run_dir: Path, wall: float) -> dict:

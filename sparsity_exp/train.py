@@ -19,13 +19,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .batches import to_device
 from .lifecycle import checkpoint
 from .lifecycle.checkpoint import checkpoint_path, prune_checkpoints, save_checkpoint
 from .distributed import sum_over_ranks
 from .errors import UserError
 from .lifecycle.preempt import Preempted, StopRequest, catch_stop_signals
 from .lifecycle.state import BatchStream
-from .probes.base import ProbeSet
+from .probes.base import ProbeContext, ProbeSet
 
 
 class NonFiniteLoss(UserError):
@@ -33,7 +34,8 @@ class NonFiniteLoss(UserError):
 
 
 class ClassificationTask:
-    """Cross-entropy on (input, label) batches; reports summed loss and correct count on device.
+    """Cross-entropy on (input, label) batches; returns the batch-mean loss and the correct count (on
+    the device) with the example count, from which the trainer forms sums over batches and ranks.
 
     ``batch_transform`` (training only, e.g. MixUp/CutMix) maps (x, labels) to (x', soft labels);
     accuracy is then counted against the original labels."""
@@ -110,7 +112,7 @@ class Trainer:
     schedule: object
     train_batches: object
     test_batches: object
-    probes: list
+    probes: ProbeSet  # the probe driver and its context (a plain list of probes is wrapped, see __post_init__)
     recorder: object
     total_steps: int
     steps_per_epoch: int
@@ -140,21 +142,22 @@ class Trainer:
     _first_nonfinite: int = -1  # the first step whose loss was not finite, once a check has seen it
 
     def __post_init__(self):
-        # the probe driver; its context is what probes read (step, lr, accumulation, recorder, ...)
+        # the probe driver; its context (built whole by run.py, Assembly.probe_context) is what
+        # probes read. A plain list of probes (unit use) gets a context built here from these fields.
         if not isinstance(self.probes, ProbeSet):
-            self.probes = ProbeSet(self.probes)
-        ctx = self.probes.context
-        ctx.model, ctx.task, ctx.device, ctx.seed = self.model, self.task, self.device, self.seed
-        ctx.train_batches, ctx.test_batches = self.train_batches, self.test_batches
-        ctx.recorder, ctx.optimizer, ctx.grad_accum = self.recorder, self.optimizer, self.grad_accum
-        ctx.steps_per_epoch, ctx.step, ctx.posthoc = self.steps_per_epoch, self.step, False
+            self.probes = ProbeSet(self.probes, ProbeContext(
+                model=self.model, sites=list(self.probes[0].sites) if self.probes else [], task=self.task,
+                train_batches=self.train_batches, test_batches=self.test_batches, device=self.device,
+                seed=self.seed, recorder=self.recorder, optimizer=self.optimizer,
+                steps_per_epoch=self.steps_per_epoch, grad_accum=self.grad_accum))
+        self.probes.context.step = self.step
         self._fast = self.model if self.forward_model is None else self.forward_model
         self._observed = self._fast if self.eager_model is None else self.eager_model  # hooks need eager modules
         self._bf16 = self.precision == "bf16"
 
     @property
     def epoch(self) -> float:
-        return self.step / max(1, self.steps_per_epoch)
+        return self.probes.context.epoch  # the context keeps step and steps_per_epoch current
 
     @property
     def last(self) -> dict:
@@ -276,7 +279,7 @@ class Trainer:
         count = 0
         with self.probes.observe(self.probes, "test"):
             for batch in self.test_batches:
-                batch = tuple(t.to(self.device, non_blocking=True) for t in batch)
+                batch = to_device(batch, self.device)
                 with self.autocast():
                     loss, stats = self._task(self.model, batch, False, masked=True)
                 loss_sum += loss.double() * stats["count"]
@@ -351,7 +354,7 @@ class Trainer:
                     self.save_checkpoint()
                 self.recorder.flush()
             while self.step < self.total_steps:
-                batch = tuple(t.to(self.device, non_blocking=True) for t in next(batches))
+                batch = to_device(next(batches), self.device)
                 logged = self.step % self.log_every == 0
                 self.train_step(batch)
                 last = self.step == self.total_steps

@@ -1,26 +1,43 @@
-"""Start-up check of the composed config: known keys get their type and range checked before
-anything is built, so a typo fails in a second and not an hour into training.
+"""Start-up check of the composed config, the one place a config is judged, before any data or model
+is built (``run`` and ``probe`` call it first), so a typo fails in a second and not an hour into
+training: every key must be known, known keys get their type and range checked, probe settings
+are checked against each probe's constructor, and cross-field rules (``CHECKS``) hold.
+
+Known keys (``known_keys``): every key some choice of a config group defines in ``conf/``
+(``model.dropout`` is known because a ViT preset has it, even under ``model=mlp``) and the root
+config's own; a key added on the command line with ``+`` that no YAML defines is refused, naming
+the nearest known key (no code would read it). Open maps whose keys are declared elsewhere:
+``probes.<name>.<setting>`` (names from ``PROBES``, settings from each probe class's signature),
+and ``hydra.*`` (Hydra's own, ignored).
 
 The schema is the ``RULES`` table: a dotted key (``*`` matches one level, e.g. ``probes.*.every``)
 -> ``Rule``. The valid names of every choice (activations, models, data, probes, optimizers,
-schedules, devices) are read from the registries that build them, so the two cannot disagree. Keys without a rule are accepted as they are (config groups grow faster than this
-table); a rule whose key is absent is skipped. Cross-field checks go into ``CHECKS``. To extend:
+schedules, devices) are read from the registries that build them, so the two cannot disagree.
+Known keys without a rule are accepted as they are (config groups grow faster than this table); a
+rule whose key is absent is skipped. Cross-field checks go into ``CHECKS``. To extend:
 add a line to ``RULES`` here, or call ``add_rules({...})`` from the module that owns the keys.
 """
 from __future__ import annotations
 
+import difflib
+import functools
+import inspect
 import math
 import re
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from pathlib import Path
 
 from .activations import ACTIVATIONS, INNER
-from .assemble import DEVICE_PATTERN
 from .data import DATASETS
+from .dotted import flatten
 from .errors import ConfigError
 from .models import MODELS
 from .optim import OPTIMIZERS, SCHEDULES
 from .probes import PROBES
+
+
+DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"  # what assemble.resolve_device accepts
 
 
 @dataclass(frozen=True)
@@ -110,6 +127,8 @@ RULES: dict[str, Rule] = {
     "trainer.progress": Rule("bool"),
     "trainer.checkpoint_every": count(),
     "trainer.keep_checkpoints": count(),
+    "trainer.precision": Rule("str", choices=("fp32", "bf16")),
+    "trainer.grad_accum": positive_int(),  # and divides batch_size: see CHECKS
     # optimizer and schedule
     "optim.lr": Rule("number", low=0, low_open=True),
     "optim.weight_decay": Rule("number", low=0),
@@ -121,6 +140,7 @@ RULES: dict[str, Rule] = {
     "optim.schedule.name": Rule("str", choices=SCHEDULES),
     "model.name": Rule("str", choices=tuple(sorted(MODELS))),
     "activation.name": Rule("str", choices=tuple(sorted(ACTIVATIONS))),
+    "modules.activation": Rule("str", choices=tuple(sorted(ACTIVATIONS)), nullable=True),
     # the activation's own fields, checked with every other value so one error lists them all (the
     # constructors' checks stay for direct use)
     "activation.shift_x": Rule("number"),
@@ -163,9 +183,89 @@ def _steps_or_epochs(flat: dict) -> list[str]:
     return []
 
 
+def _accumulation(flat: dict) -> list[str]:
+    accum, batch = flat.get("trainer.grad_accum", 1), flat.get("trainer.batch_size")
+    if isinstance(accum, int) and accum >= 1 and isinstance(batch, int) and batch % accum:
+        return [f"trainer.grad_accum={accum}: must divide trainer.batch_size={batch} (each batch runs as "
+                f"grad_accum micro-batches)"]
+    return []
+
+
+def _replaced_activation(flat: dict) -> list[str]:
+    """``modules.activation`` swaps every site's activation: one chosen with ``activation=`` too would be lost
+    (finetuning swaps the source model's, so there it is allowed)."""
+    name, own = flat.get("modules.activation"), flat.get("activation.name")
+    if not name or flat.get("protocol.name") == "sparsity_finetune" or own in ("relu", name):
+        return []
+    return [f"modules.activation={name}: replaces the activation, so activation={own} would be lost; drop one of "
+            f"them (modules.activation=null keeps yours)"]
+
+
 def _known_probes(flat: dict) -> list[str]:
     names = sorted({k.split(".")[1] for k in flat if k.startswith("probes.")} - set(PROBES))
-    return [f"probes.{n}=...: must be a known probe, one of {', '.join(sorted(PROBES))}" for n in names]
+    out = []
+    for n in names:
+        near = difflib.get_close_matches(n, list(PROBES), n=1)
+        out.append(f"probes.{n}=...: must be a known probe{f' (did you mean probes.{near[0]}?)' if near else ''}, "
+                   f"one of {', '.join(sorted(PROBES))}")
+    return out
+
+
+def probe_settings(cls) -> dict:
+    """Setting -> default value of a probe class: the keyword parameters of its constructor and of
+    every base constructor it hands ``**kw`` on to (``sites`` and ``context`` are the driver's)."""
+    found: dict = {}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        for p in params:
+            if p.name not in ("self", "sites", "context") and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+                found.setdefault(p.name, p.default)
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break  # this constructor takes nothing further up
+    return found
+
+
+def _setting_fits(default, value) -> bool:
+    """A value of the kind the default has (None and defaults of None accept anything)."""
+    if default is inspect.Parameter.empty or default is None or value is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple))
+    return True
+
+
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
+          tuple: "a list"}
+
+
+def _probe_settings(probes: dict) -> list[str]:
+    """Each probe's settings against its constructor: an unknown one names the nearest valid one."""
+    out = []
+    for name, settings in probes.items():
+        if name not in PROBES or not isinstance(settings, dict):
+            continue
+        valid = probe_settings(PROBES[name])
+        for key, value in settings.items():
+            if key not in valid:
+                near = difflib.get_close_matches(key, list(valid), n=1)
+                out.append(f"probes.{name}.{key}: the {name} probe has no such setting"
+                           f"{f' (did you mean probes.{name}.{near[0]}?)' if near else ''}; its settings: "
+                           f"{', '.join(sorted(valid))}")
+            elif not _setting_fits(valid[key], value):
+                out.append(f"probes.{name}.{key}={value!r}: must be {_KINDS[type(valid[key])]}, like its default "
+                           f"{valid[key]!r}")
+    return out
 
 
 def _finite_numbers(flat: dict) -> list[str]:
@@ -187,7 +287,54 @@ def _run_label(flat: dict) -> list[str]:
             f"(it becomes part of the run folder's name)"]
 
 
-CHECKS = [_steps_or_epochs, _known_probes, _finite_numbers, _run_label]
+CHECKS = [_steps_or_epochs, _accumulation, _replaced_activation, _known_probes, _finite_numbers, _run_label]
+
+# Roots whose keys no YAML of conf/ lists: checked another way (probes), or not ours (hydra)
+OPEN_MAPS = ("hydra", "probes")
+# conf/ folders that are not groups of the run config (presets over all groups, study suites, Hydra's)
+NOT_GROUPS = ("experiment", "study", "hydra")
+
+
+@functools.lru_cache(maxsize=4)
+def known_keys(conf: Path | None = None) -> frozenset:
+    """Every dotted key a choice of a config group defines (``model.hidden_dim`` from conf/model/vit.yaml),
+    and the root config's own keys; an empty mapping in a YAML is an open map (anything under it)."""
+    import yaml
+
+    from .config import conf_dir
+
+    conf = Path(conf or conf_dir())
+    root = yaml.safe_load((conf / "config.yaml").read_text()) or {}
+    keys = set(flatten({k: v for k, v in root.items() if k not in ("defaults", "hydra")}))
+    for group in sorted(p for p in conf.iterdir() if p.is_dir() and p.name not in NOT_GROUPS):
+        for path in group.rglob("*.yaml"):
+            text = path.read_text()
+            node = {k: v for k, v in (yaml.safe_load(text) or {}).items() if k != "defaults"}
+            package = re.search(r"^# @package (\S+)", text, re.MULTILINE)
+            prefix = package.group(1) if package else ".".join(path.relative_to(conf).parent.parts)
+            prefix = "" if prefix == "_global_" else prefix.replace("_global_.", "") + "."
+            keys |= {prefix + k + (".*" if v == {} else "") for k, v in flatten(node).items()}
+    return frozenset(keys)
+
+
+def _open(key: str, known: frozenset) -> bool:
+    if key.split(".")[0] in OPEN_MAPS:
+        return True
+    parts = key.split(".")
+    return any(".".join(parts[:i]) + ".*" in known for i in range(1, len(parts)))
+
+
+def unknown_keys(flat: dict, known: frozenset | None = None) -> list[str]:
+    """Keys no YAML of conf/ defines (added with ``+``: nothing would read them), nearest known key named."""
+    known = known if known is not None else known_keys()
+    out = []
+    for key in sorted(flat):
+        if key in known or _open(key, known):
+            continue
+        near = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+        out.append(f"{key}: no config group defines this key, so nothing would read it"
+                   f"{f' (did you mean {near[0]}?)' if near else ''}; fix the name, or drop it")
+    return out
 
 
 def add_rules(rules: dict[str, Rule]) -> None:
@@ -195,23 +342,17 @@ def add_rules(rules: dict[str, Rule]) -> None:
     RULES.update(rules)
 
 
-def _flatten(node, prefix="") -> dict:
-    out = {}
-    if isinstance(node, dict) and node:
-        for k, v in node.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-        out[prefix[:-1]] = node
-    return out
-
-
-def problems(cfg) -> list[str]:
-    """One line per broken rule, ``key=value: must be ...``; empty when the config is fine."""
+def problems(cfg, known: frozenset | None = None) -> list[str]:
+    """One line per broken rule, ``key=value: must be ...``; empty when the config is fine. ``known``:
+    the known keys (default: ``known_keys()`` of conf/)."""
     from omegaconf import DictConfig, OmegaConf
 
     container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-    flat = {k: v for k, v in _flatten(container).items() if not k.startswith("hydra.")}
-    found = []
+    flat = flatten(container)
+    found = unknown_keys(flat, known)
+    unknown = {line.split(":")[0] for line in found}
+    flat = {k: v for k, v in flat.items() if k not in unknown}  # one line per unknown key, not two
+    found.extend(_probe_settings((container or {}).get("probes") or {}))
     for key, value in flat.items():
         rule = RULES.get(key) or next((r for pat, r in RULES.items() if "*" in pat and fnmatchcase(key, pat)), None)
         if rule is not None and not rule.ok(value):
@@ -228,6 +369,6 @@ def validate_config(cfg) -> None:
         lines = "\n".join(f"  {p}" for p in found)
         raise ConfigError(
             f"invalid config value{'s' if len(found) > 1 else ''}:\n{lines}\n"
-            f"Set {'them' if len(found) > 1 else 'it'} on the command line (e.g. {found[0].split('=')[0]}=...) or "
+            f"Fix {'them' if len(found) > 1 else 'it'} on the command line (e.g. {re.match(r'[^=:]*', found[0])[0]}=...) or "
             f"in the YAML under conf/; `sparsity-exp run --cfg job` prints the composed config."
         )

@@ -86,3 +86,41 @@ def test_keys_added_since_a_run_was_written_do_not_block_continuing_it():
     assert config_differences(old, other) == ["model.width: 64 -> 128"]
     # a key unknown to the table is still a difference when it appears
     assert config_differences(old, {**new, "seed": 1}) == ["seed: <absent> -> 1"]
+
+
+def _saved_run(compose, folder: Path, *overrides) -> Path:
+    from omegaconf import OmegaConf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.yaml").write_text(OmegaConf.to_yaml(compose(*overrides), resolve=True))
+    return folder
+
+
+def test_probe_overrides_use_hydras_grammar(compose, tiny, tmp_path):
+    """`sparsity-exp probe RUN <overrides>`: the grammar `run` takes, on the run's saved config."""
+    from sparsity_exp.assemble import load_run_config
+
+    run = _saved_run(compose, tmp_path / "run", *tiny, "probes=cheap")
+    cfg = load_run_config(run, ["+probes.neurons={train: true, dead_at_most: 0.1}",  # nested value, new key
+                                "++probes.sparsity.every=1", "++probes.spectrum.bins=7",  # ++: change / add
+                                "probes.sparsity.test=false", "~probes.spectrum.at_end",
+                                "trainer.device=cpu", "name='a=b,c'", "+model.dropout=0.0"])  # quoting as on the run command line
+    assert dict(cfg.probes.neurons) == {"train": True, "dead_at_most": 0.1}
+    assert cfg.probes.sparsity.every == 1 and cfg.probes.sparsity.test is False
+    assert cfg.probes.spectrum.bins == 7 and "at_end" not in cfg.probes.spectrum
+    assert cfg.trainer.device == "cpu" and cfg.name == "a=b,c" and cfg.model.dropout == 0.0
+    # probes=<preset> swaps the probe set (before the key overrides, as Hydra applies defaults first);
+    # the preset's ${trainer.log_every} resolves against the run's config
+    full = load_run_config(run, ["probes.hessian.samples=3", "probes=full"])
+    assert full.probes.hessian.samples == 3 and full.probes.gradients.every == full.trainer.log_every == 10
+
+
+def test_probe_command_measures_a_probe_added_with_a_nested_override(compose, tiny, tmp_path):
+    import pandas as pd
+
+    from sparsity_exp.cli import main
+
+    execute(compose(*tiny, "probes=none"), tmp_path)
+    assert main(["probe", str(tmp_path), "+probes.neurons={train: true}", "checkpoints=last"]) == 0
+    rows = pd.read_csv(tmp_path / "posthoc_metrics.csv")
+    assert set(rows.probe) == {"neurons"} and set(rows.split) == {"train", "test"} and set(rows.step) == {30}

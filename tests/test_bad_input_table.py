@@ -30,7 +30,7 @@ ROWS = [
     # class, run arguments (or a function of tmp_path giving them), expected error text
     ("value out of range", ["optim.lr=-1"], "optim.lr=-1: must be a number > 0"),
     ("wrong type", ["trainer.steps=abc"], "trainer.steps='abc': must be an integer"),
-    ("non-finite value", ["+model.init_gain=nan"], "model.init_gain=nan: must be a finite number"),
+    ("non-finite value", ["+model.dropout=nan"], "model.dropout=nan: must be a finite number"),
     ("unknown choice in a field", ["activation.name=foo"], "activation.name='foo': must be one of"),
     ("batch larger than the data", ["trainer.batch_size=100000"], "larger than the training set"),
     ("Hydra: unknown key", ["model.nope=1"], "could not be applied"),
@@ -42,6 +42,19 @@ ROWS = [
     ("truncated raw IDX", _truncated_idx, "is truncated or padded"),
     ("truncated .gz", _truncated_gz, "is damaged"),
     ("resume from a non-run", lambda t: [f"trainer.resume={t}"], "is not a run folder"),
+    # the one start-up check (validate.py), before any data or model is built
+    ("key no code reads", ["+trainer.stepz=10"],
+     "trainer.stepz: no config group defines this key, so nothing would read it (did you mean trainer.steps?)"),
+    ("unknown probe", ["+probes.sparsty.every=1"], "probes.sparsty=...: must be a known probe (did you mean probes.sparsity?)"),
+    ("unknown probe setting", ["+probes.sparsity.evry=1"],
+     "probes.sparsity.evry: the sparsity probe has no such setting (did you mean probes.sparsity.every?)"),
+    ("probe setting of the wrong kind", ["probes.sparsity.test=1"], "probes.sparsity.test=1: must be true or false"),
+    ("precision", ["trainer.precision=fp8"], "trainer.precision='fp8': must be one of fp32, bf16"),
+    ("grad_accum not dividing the batch", ["trainer.grad_accum=7"],
+     "trainer.grad_accum=7: must divide trainer.batch_size=32"),
+    ("unknown modules.activation", ["modules.activation=foo"], "modules.activation='foo': must be one of gelu, jsrelu"),
+    ("modules.activation over another activation", ["activation=gelu", "modules.activation=jsrelu"],
+     "so activation=gelu would be lost"),
 ]
 
 
@@ -68,3 +81,31 @@ def test_bad_subcommand_input_is_a_clear_error(cli, tmp_path, kind, args, says):
     out = cli(*args(tmp_path))
     assert out.returncode == 2 and "error:" in out.stderr and says in out.stderr, out.stderr[-800:]
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("override,says", [
+    ("+probes.kurtosis={every:1}", "probes.kurtosis=...: must be a known probe"),
+    ("probes.sparsity.evry=1", "the config has no key probes.sparsity.evry; add it with +probes.sparsity.evry=1"),
+    ("+probes.sparsity.evry=1", "(did you mean probes.sparsity.every?)"),
+    ("+probes.sparsity.every=1", "probes.sparsity.every is already in the config; drop the +"),
+    ("probes.sparsity.test=1", "probes.sparsity.test=1: must be true or false"),
+    ("+trainer.stepz=10", "(did you mean trainer.steps?)"),
+    ("probes=nope", "probes=nope: no such preset"),
+    ("model=vit", "a saved run's model cannot be swapped"),
+    ("probes.sparsity.every=1,2", "one value per key here"),
+    ("probes.sparsity.every={1", "cannot be read"),
+])
+def test_bad_probe_overrides_are_clear_errors(compose, capsys, tmp_path, override, says):
+    """`sparsity-exp probe` reads overrides with Hydra's grammar and checks the result as a run is
+    checked, before anything is built: no rows are written. (In process: the command's own code.)"""
+    from omegaconf import OmegaConf
+
+    from sparsity_exp.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(OmegaConf.to_yaml(compose(*TINY, "probes=cheap"), resolve=True))
+    assert main(["probe", str(run), override]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and says in err, err[-800:]
+    assert not (run / "posthoc_metrics.csv").exists()

@@ -215,3 +215,21 @@ def test_inverse_sqrt_schedule_passes_validation(compose):
     assert cfg.optim.schedule.name == "inverse_sqrt"
     validate_config(cfg)
     assert any("optim.schedule.name" in p for p in problems(compose("optim.schedule.name=wiggly")))
+
+
+def test_every_preset_and_study_arm_passes_the_start_up_check(compose):
+    """The one start-up check (validate.py: known keys, values, probe settings) accepts every paper
+    preset, its twin, every choice of every group and every arm of every study suite as composed."""
+    from sparsity_exp.config import conf_dir
+    from sparsity_exp.study.suite import load_suite, suite_path
+    from sparsity_exp.validate import problems
+
+    conf = conf_dir()
+    sets = [[f"experiment=paper/{p.stem}"] for p in sorted(PAPER.glob("*.yaml"))]
+    sets += [[f"{g.name}={p.stem}"] for g in sorted(conf.iterdir()) if g.name not in ("experiment", "study", "hydra")
+             and g.is_dir() for p in sorted(g.glob("*.yaml"))]
+    for suite in sorted((conf / "study").glob("*.yaml")):
+        arms = load_suite(suite_path(suite.stem, conf)).used_arms()
+        sets += [[o for o in arm.overrides if o != "data=auto"] for arm in arms]
+    found = {" ".join(s): problems(compose(*s)) for s in sets}
+    assert len(sets) > 60 and not {k: v for k, v in found.items() if v}

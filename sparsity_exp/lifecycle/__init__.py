@@ -7,5 +7,6 @@ that are never half-written, stopping on a signal and continuing later.
                    (``capture`` / ``restore``)
     state.py       random states and the training stream's position as plain tensors
     preempt.py     SIGTERM/SIGUSR1: finish the step, checkpoint, exit for requeueing
-    atomic.py      the one atomic writer (temporary file, fsync, rename) used by every file written
+    (the one atomic writer, temporary file, fsync, rename, is ``sparsity_exp/atomic.py`` on the ground
+     floor: record.py and collect.py use it too)
 """

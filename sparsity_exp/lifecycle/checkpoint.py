@@ -8,7 +8,7 @@ everything the next step depends on: model, optimizer, schedule, callbacks' and 
 position (``state.BatchStream``), the step, and the length of ``metrics.csv`` when it was written.
 Resuming (``restore``) truncates ``metrics.csv`` to that length, so no row is lost or written
 twice, and on CPU the resumed run ends with the same table as one that never stopped. Written
-atomically (``atomic.py``)."""
+atomically (``sparsity_exp/atomic.py``)."""
 from __future__ import annotations
 
 import csv
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from .atomic import atomic_path
+from ..atomic import atomic_path
 from .state import BatchStream, rng_state, set_rng_state
 
 REQUIRED = ("step", "model", "optimizer", "schedule", "rng", "data", "recorder")

@@ -19,8 +19,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
+from ..dotted import flatten
 from ..errors import ConfigError
 from ..record import METRICS_FILE
 from .checkpoint import REQUIRED, CheckpointError, list_checkpoints, load_checkpoint
@@ -47,24 +48,9 @@ ADDED_KEYS = {
 
 # ---------------------------------------------------------------- which folder, which checkpoint
 
-def flat(cfg) -> dict:
-    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-    out = {}
-
-    def walk(node, prefix):
-        if isinstance(node, dict) and node:
-            for k, v in node.items():
-                walk(v, f"{prefix}{k}.")
-        else:
-            out[prefix[:-1]] = node
-
-    walk(container, "")
-    return {k: v for k, v in out.items() if not k.startswith("hydra.")}
-
-
 def config_differences(old, new) -> list[str]:
     """``key: old -> new`` for every key (outside ``IGNORED``) on which two configs differ."""
-    a, b = flat(old), flat(new)
+    a, b = flatten(old), flatten(new)
     keys = sorted(k for k in set(a) | set(b) if not any(k == i or k.startswith(i + ".") for i in IGNORED))
     return [f"{k}: {a.get(k, '<absent>')} -> {b.get(k, '<absent>')}" for k in keys
             if a.get(k) != b.get(k) and not _added_since(k, a, b)]

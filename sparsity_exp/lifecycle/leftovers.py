@@ -3,9 +3,11 @@
 
   * temporary files of atomic writes cut short: ``checkpoints/.step_*.tmp`` (tens of MB each),
     ``.summary.json.*.tmp`` and other ``.<name>.*.tmp`` beside the run's files, ``arrays/tmp*.npz``;
-    nothing else writes them, and the lock says no other process is writing now;
-  * a completed run killed between its last checkpoint and its quick-look figure: the figure is
-    drawn from ``metrics.csv`` when the folder is next visited."""
+    nothing else writes them, and the lock says no other process is writing now.
+
+(A completed run killed between its last checkpoint and its quick-look figure gets the figure
+drawn when the folder is next visited: that is the run's business, ``run.ensure_quicklook``; the
+folder helpers draw nothing.)"""
 from __future__ import annotations
 
 import sys
@@ -25,18 +27,3 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
     if removed:
         print(f"removed {len(removed)} temporary file(s) left by an interrupted write in {run_dir}", file=sys.stderr)
     return removed
-
-
-def ensure_quicklook(run_dir: Path) -> bool:
-    """Draw ``quicklook.png`` of a completed run that lacks it; return whether it was drawn."""
-    import pandas as pd
-
-    from ..plots.quicklook import sparsity_per_layer
-    from ..record import METRICS_FILE
-
-    run_dir = Path(run_dir)
-    figure, metrics = run_dir / "quicklook.png", run_dir / METRICS_FILE
-    if figure.exists() or not metrics.is_file():
-        return False
-    sparsity_per_layer(pd.read_csv(metrics), figure)
-    return True

@@ -22,7 +22,7 @@ def _read(run_dir: Path) -> list[dict]:
 
 def start_segment(run_dir: Path, checkpoint: Path | None, step: int | None, started_at: float | None = None) -> None:
     """Record that a process starts training the run now (fresh when ``checkpoint`` is None)."""
-    from .atomic import write_json
+    from ..atomic import write_json
 
     entry = {"started_at": round(time.time() if started_at is None else started_at, 3)}
     if checkpoint is not None:
@@ -46,7 +46,7 @@ def snapshot(run_dir: Path) -> bytes | None:
 
 def restore(run_dir: Path, data: bytes | None) -> None:
     """Put the ledger back as ``snapshot`` found it (a continuation refused after it was recorded)."""
-    from .atomic import write_atomic
+    from ..atomic import write_atomic
 
     path = Path(run_dir) / FILE
     if data is None:

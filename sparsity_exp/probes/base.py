@@ -26,14 +26,16 @@ A row is ``(split, metric, layer, value)``; the probe's name is added when it is
 """
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
 
 from ..sites import MLPSite
+from .forward import observing, run_task  # noqa: F401 (public here too)
 from .masking import token_mask_for
+from .standalone import preserved, take_batches, test_passes, train_passes
 
 Row = tuple  # (split, metric, layer, value)
 
@@ -174,25 +176,6 @@ def layer_rows(split: str, metric: str, values, average: bool = True) -> Iterato
         yield (split, metric, "avg", float(sum(values) / len(values)))
 
 
-@contextmanager
-def observing(probes, split: str):
-    """Enter ``observe(split)`` of every probe in ``probes`` together."""
-    with ExitStack() as stack:
-        for p in probes:
-            stack.enter_context(p.observe(split))
-        yield
-
-
-def run_task(task, model, batch, train: bool, context: ProbeContext | None = None):
-    """``task(model, batch, train)`` with the batch's token masks (``task.token_masks(batch)``, a
-    sequence task's real tokens) set on ``context`` around the forward, for the probes observing it."""
-    masks = task.token_masks(batch) if context is not None and hasattr(task, "token_masks") else None
-    if not masks:
-        return task(model, batch, train=train)
-    with context.masked(masks):
-        return task(model, batch, train=train)
-
-
 class ProbeSet:
     """The probes of a run and the context they share; the one driver of their cycle.
 
@@ -286,8 +269,6 @@ class ProbeSet:
         """Post hoc, at a saved checkpoint (the context's model and step): the observing probes see
         ``batches`` lr-0 training passes and one pass over the test set, then every standalone
         measurement runs; the run is left as it was found (parameters, modes, RNG, loader)."""
-        from .standalone import preserved, take_batches, test_passes, train_passes
-
         ctx, observers = self.context, self.observers()
         if observers:
             with preserved(ctx.model, ctx.train_batches):

@@ -14,7 +14,7 @@ from itertools import islice
 import torch
 
 from ..batches import to_device
-from .base import observing, run_task
+from .forward import observing, run_task
 
 
 def local_generator(seed: int, step: int) -> torch.Generator:

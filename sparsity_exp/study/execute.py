@@ -3,7 +3,7 @@
 
 Which runs are still needed is decided the way ``trainer.resume=auto`` decides it: the arm's config is
 composed (Hydra's compose API, the same config files and overrides) and the newest run folder under
-the study's ``runs/`` whose config equals it (``resume.find_matching_run``) is its run. Arms whose
+the study's ``runs/`` whose config equals it (``lifecycle.folders.find_matching_run``) is its run. Arms whose
 seeds are all completed launch nothing, so rerunning a finished study runs nothing; two arms (or two
 claims) with the same config share their runs.
 """
