@@ -42,7 +42,7 @@ from pathlib import Path
 import torch
 
 from ..distributed import world_size
-from ..lifecycle.atomic import atomic_path
+from ..atomic import atomic_path
 
 from .base import Probe, layer_rows
 from .capture import capture

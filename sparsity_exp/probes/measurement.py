@@ -102,7 +102,7 @@ def measurement_indices(ctx, n: int, examples: int, batch_size: int) -> list[lis
                       f"its batches are kept first")
         chosen = [list(b) for b in recorded["batches"]] + chosen[len(recorded["batches"]):]
     if path is not None:
-        from ..lifecycle.atomic import write_json
+        from ..atomic import write_json
 
         write_json(path, {"seed": int(ctx.seed), "examples": examples, "batch_size": batch_size, "batches": chosen})
     return chosen
