@@ -52,6 +52,10 @@ class DeviceTensorBatches:
             if self.share != self.batch_size:
                 idx = idx[self.offset:self.offset + self.share]
             yield tuple(t[idx] for t in self.tensors)
+        if self.loader_order and self.shuffle and self.drop_last:
+            # asked past the last batch, DataLoader's RandomSampler ran out and drew one more permutation
+            # (the trainer's BatchStream never asks: it starts the next epoch after len() batches)
+            torch.randperm(self.n, generator=self.generator)
 
 
 class EpochSampledLoader:
