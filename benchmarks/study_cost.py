@@ -20,8 +20,9 @@ time minus the run's own wall time.
     OMP_NUM_THREADS=1 python benchmarks/study_cost.py [--arm mlp] [--suite cpu] [--repeats 3]
         [--data-root /usr/share/datasets/fashion-mnist] [--json out.json] [override ...]
 
-Timings on a shared machine are noisy: the three alternate, medians are printed, and the load
-average is printed with them.
+Timings on a shared machine are noisy: the three alternate, medians are printed with the load
+average, and CPU seconds (of the process, or of the child for the own-process run) beside wall time:
+with one thread, CPU time is far less disturbed by other jobs. The breakdown is in wall seconds.
 """
 from __future__ import annotations
 
@@ -174,30 +175,36 @@ def instrumented(timers: Timers):
             setattr(obj, name, orig)
 
 
-def in_process(overrides, timers: Timers | None = None) -> float:
+def in_process(overrides, timers: Timers | None = None) -> tuple[float, float]:
+    """(wall, CPU seconds of this process) of one run through run.execute()."""
     from sparsity_exp.run import execute
 
     cfg = _compose([*overrides, "trainer.progress=false"])
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         with instrumented(timers) if timers is not None else contextlib.nullcontext():
             execute(cfg, Path(tmp))
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu
 
 
-def own_process(overrides) -> tuple[float, float]:
-    """(wall seconds of the subprocess, the run's own wall_time_s from its summary)."""
+def own_process(overrides) -> tuple[float, float, float]:
+    """(wall seconds of the subprocess, its CPU seconds, the run's own wall_time_s from its summary)."""
+    import resource
+
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         subprocess.run([sys.executable, "-m", "sparsity_exp", "run", *overrides, "trainer.progress=false",
                         f"hydra.run.dir={tmp}/run"], check=True, env=env, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)
         wall = time.perf_counter() - start
-        return wall, json.loads((Path(tmp) / "run" / "summary.json").read_text())["wall_time_s"]
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        return wall, cpu, json.loads((Path(tmp) / "run" / "summary.json").read_text())["wall_time_s"]
 
 
-def bare_loop(overrides) -> float:
+def bare_loop(overrides) -> tuple[float, float]:
     """The same model, batches, steps and evaluations in a plain PyTorch loop."""
     from sparsity_exp.assemble import assemble
 
@@ -219,7 +226,7 @@ def bare_loop(overrides) -> float:
         model.train()
         return loss.item(), correct.item()
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     evaluate()
     for step in range(run.total_steps):
         try:
@@ -235,7 +242,7 @@ def bare_loop(overrides) -> float:
             loss.item()
         if (step + 1) % t.eval_every == 0 or step + 1 == run.total_steps:
             evaluate()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def main(argv=None) -> None:
@@ -251,16 +258,17 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as stage:
         overrides = [*arm_overrides(args.suite, args.arm, args.data_root, Path(stage)), *args.overrides]
         in_process(overrides)  # imports, data cache and warm-up of this process
-        own, own_inner, inproc, bare, parts = [], [], [], [], []
+        own, own_cpu, own_inner, inproc, inproc_cpu, bare, bare_cpu, parts = ([] for _ in range(8))
         loads = [os.getloadavg()[0]]
         for _ in range(args.repeats):
-            wall, inner = own_process(overrides)
-            own.append(wall)
-            own_inner.append(inner)
+            wall, cpu, inner = own_process(overrides)
+            own.append(wall), own_cpu.append(cpu), own_inner.append(inner)
             timers = Timers()
-            inproc.append(in_process(overrides, timers))
+            wall, cpu = in_process(overrides, timers)
+            inproc.append(wall), inproc_cpu.append(cpu)
             parts.append(timers.seconds)
-            bare.append(bare_loop(overrides))
+            wall, cpu = bare_loop(overrides)
+            bare.append(wall), bare_cpu.append(cpu)
             loads.append(os.getloadavg()[0])
     med = statistics.median
     breakdown = {k: med(p.get(k, 0.0) for p in parts) for k in sorted({k for p in parts for k in p})}
@@ -270,16 +278,21 @@ def main(argv=None) -> None:
     figures = {
         "suite": args.suite, "arm": args.arm, "overrides": overrides, "repeats": args.repeats,
         "load_average": loads, "own_process_s": own, "in_process_s": inproc, "bare_loop_s": bare,
+        "own_process_cpu_s": own_cpu, "in_process_cpu_s": inproc_cpu, "bare_loop_cpu_s": bare_cpu,
         "own_process_over_bare": med(own) / med(bare), "in_process_over_bare": med(inproc) / med(bare),
+        "own_process_over_bare_cpu": med(own_cpu) / med(bare_cpu),
+        "in_process_over_bare_cpu": med(inproc_cpu) / med(bare_cpu),
         "breakdown_s": breakdown,
     }
     print(f"arm {args.arm} of study {args.suite}: {' '.join(overrides)}")
     print(f"load average {', '.join(f'{v:.1f}' for v in loads)} (before and after each repeat); medians of "
           f"{args.repeats}")
-    print(f"own process   {med(own):7.2f} s   {figures['own_process_over_bare']:.2f}x bare")
-    print(f"in process    {med(inproc):7.2f} s   {figures['in_process_over_bare']:.2f}x bare   (a further seed in "
-          f"one process)")
-    print(f"bare loop     {med(bare):7.2f} s")
+    print(f"{'':14s}{'wall':>9s}{'':13s}{'CPU':>9s}")
+    print(f"own process   {med(own):7.2f} s  {figures['own_process_over_bare']:5.2f}x bare  {med(own_cpu):7.2f} s  "
+          f"{figures['own_process_over_bare_cpu']:5.2f}x bare")
+    print(f"in process    {med(inproc):7.2f} s  {figures['in_process_over_bare']:5.2f}x bare  {med(inproc_cpu):7.2f} s  "
+          f"{figures['in_process_over_bare_cpu']:5.2f}x bare   (a further seed in one process)")
+    print(f"bare loop     {med(bare):7.2f} s  {'':11s}  {med(bare_cpu):7.2f} s")
     print("breakdown of the in-process run (s):")
     for k, v in breakdown.items():
         print(f"  {k:52s} {v:7.2f}")
