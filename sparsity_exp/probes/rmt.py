@@ -43,7 +43,7 @@ from contextlib import contextmanager
 import torch
 
 from .base import Probe, layer_rows
-from .capture import capture
+from .capture import rows_of
 
 
 def anisotropy_alpha(c: torch.Tensor) -> tuple[float, float]:
@@ -170,12 +170,18 @@ class RMTProbe(Probe):
                 store[i].add_(product).mul_(self._since_fold)
         self._pending, self._pending_rows, self._since_fold = {}, 0, 1.0
 
-    def on_record(self, site, rec):
-        self._add("input", site.index, rec.x.float())
-        self._add("grad", site.index, rec.g.float())
+    def _observed(self, site, x: torch.Tensor, output: torch.Tensor) -> None:
+        """A training forward of ``site``: its key input's rows now, dL/da's rows when the backward
+        delivers them (padding rows left out, as capture.py does; no Record, the per-step cost)."""
+        if not torch.is_grad_enabled() or not output.requires_grad:
+            return  # no backward will come
+        mask = self.ctx.token_mask(site, output)
+        rows = rows_of(x, mask)
+        self._add("input", site.index, rows.float())
+        output.register_hook(lambda g: self._add("grad", site.index, rows_of(g, mask).float()))
         if site.index == self.sites[0].index:
-            self._pending_rows += rec.x.shape[0]
-        self._batch_rows = rec.x.shape[0] * self._accum
+            self._pending_rows += rows.shape[0]
+        self._batch_rows = rows.shape[0] * self._accum
 
     @contextmanager
     def observe(self, split: str):
@@ -183,8 +189,18 @@ class RMTProbe(Probe):
             yield
             return
         self._begin()
-        with capture(self.sites, self.on_record, grads=("g",), inputs=True, with_activation=False, masks=self.ctx):
+        inputs = {}
+        handles = []
+        try:
+            for s in self.sites:
+                handles.append(s.key.register_forward_pre_hook(
+                    lambda m, args, i=s.index: inputs.__setitem__(i, args[0])))
+                handles.append(s.act.register_forward_hook(
+                    lambda m, args, out, site=s: self._observed(site, inputs.pop(site.index), out)))
             yield
+        finally:
+            for h in handles:
+                h.remove()
 
     def rows(self, split: str):
         if split != "train":
