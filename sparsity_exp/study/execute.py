@@ -167,11 +167,13 @@ def run_pending(jobs: list[Job], runs: Path, log=print, logfile: Path | None = N
         launched += len(seeds.split(","))
     if not launches:
         return 0
-    proc = subprocess.Popen([sys.executable, "-m", "sparsity_exp.study.launch"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_child_env())
-    proc.stdin.write(json.dumps(launches))
-    proc.stdin.close()
+    if logfile is not None:
+        Path(logfile).parent.mkdir(parents=True, exist_ok=True)
     with open(logfile, "a") if logfile is not None else nullcontext() as f:
+        proc = subprocess.Popen([sys.executable, "-m", "sparsity_exp.study.launch"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_child_env())
+        proc.stdin.write(json.dumps(launches))
+        proc.stdin.close()
         for line in proc.stdout:
             if f is not None:
                 f.write(line)
