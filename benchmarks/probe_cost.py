@@ -7,7 +7,8 @@ Prints
   2. wall time of whole runs with probes=none|cheap|default|full and the ratios against none
      (targets: cheap <= 1.05, default <= 1.25).
 
-    OMP_NUM_THREADS=1 python benchmarks/probe_cost.py [--repeats 3] [--steps 1500] [override ...]
+    OMP_NUM_THREADS=1 python benchmarks/probe_cost.py [--repeats 3] [--presets none,cheap] [--skip-per-probe]
+        [override ...]
 
 Timings on a shared machine are noisy: the presets' runs alternate, and the ratios take the fastest
 of --repeats runs of each.
@@ -129,6 +130,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--skip-runs", action="store_true")
+    ap.add_argument("--presets", default=",".join(PRESETS), help="whole runs of these presets (none first)")
+    ap.add_argument("--skip-per-probe", action="store_true", help="whole runs only")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
     if torch.get_num_threads() > 1 and "OMP_NUM_THREADS" not in __import__("os").environ:
@@ -136,13 +139,13 @@ def main():
 
     walls, cpus = {}, {}
     if not args.skip_runs:
-        runs = {preset: [] for preset in PRESETS}
+        runs = {preset: [] for preset in args.presets.split(",")}
         for _ in range(args.repeats):  # interleaved, so a slow spell of the machine hits every preset
-            for preset in PRESETS:
+            for preset in runs:
                 runs[preset].append(run_wall(preset, args.overrides))
         for preset, got in runs.items():
             walls[preset], cpus[preset] = min(r[0] for r in got), min(r[1] for r in got)
-    costs, cfg = per_probe(args.overrides)
+    costs, cfg = ({}, _compose(args.overrides)) if args.skip_per_probe else per_probe(args.overrides)
     steps, log_every, eval_every = cfg.trainer.steps, cfg.trainer.log_every, cfg.trainer.eval_every
     evals = steps // eval_every + 2
     base = walls.get("none")

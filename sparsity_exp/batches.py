@@ -18,9 +18,19 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, T
 from .errors import ConfigError
 
 
+class DecodedTensors(TensorDataset):
+    """A map-style dataset decoded once into tensors (what its fixed transforms give, value for value),
+    batched on the device like any TensorDataset. It replaced a DataLoader over the same examples, so
+    its batches draw the shuffle generator as that DataLoader did (one int64 draw per epoch before
+    the permutation): the same examples in the same order as before, without per-example Python."""
+
+    loader_order = True
+
+
 class DeviceTensorBatches:
     def __init__(self, ds: TensorDataset, batch_size: int, shuffle: bool, drop_last: bool,
                  generator: torch.Generator, device: torch.device, rank: int = 0, world_size: int = 1):
+        self.loader_order = getattr(ds, "loader_order", False)
         self.tensors = [t.to(device) for t in ds.tensors]
         self.n = len(self.tensors[0])
         self.batch_size, self.shuffle, self.drop_last, self.generator = batch_size, shuffle, drop_last, generator
@@ -33,6 +43,8 @@ class DeviceTensorBatches:
 
     def __iter__(self):
         # every rank draws the same permutation (same seed), as a single process would
+        if self.loader_order:  # DataLoader's worker base seed, drawn first (see DecodedTensors)
+            torch.empty((), dtype=torch.int64).random_(generator=self.generator)
         order = torch.randperm(self.n, generator=self.generator) if self.shuffle else torch.arange(self.n)
         order = order.to(self.tensors[0].device)
         for b in range(len(self)):
@@ -40,6 +52,10 @@ class DeviceTensorBatches:
             if self.share != self.batch_size:
                 idx = idx[self.offset:self.offset + self.share]
             yield tuple(t[idx] for t in self.tensors)
+        if self.loader_order and self.shuffle and self.drop_last:
+            # asked past the last batch, DataLoader's RandomSampler ran out and drew one more permutation
+            # (the trainer's BatchStream never asks: it starts the next epoch after len() batches)
+            torch.randperm(self.n, generator=self.generator)
 
 
 class EpochSampledLoader:
@@ -79,7 +95,12 @@ def make_batches(ds: Dataset, batch_size: int, shuffle: bool, drop_last: bool, s
     if drop_last and len(ds) < batch_size:  # training: not one full batch per epoch
         raise ConfigError(f"trainer.batch_size={batch_size} is larger than the training set ({len(ds)} examples), "
                           f"so not one full batch can be drawn; set trainer.batch_size to at most {len(ds)}")
-    if world_size > 1 and not drop_last:
+    if world_size > 1 and getattr(ds, "loader_order", False):
+        ds = TensorDataset(*ds.tensors)  # under DDP a decoded set is sharded as its DataLoader was (below)
+        as_loader = True
+    else:
+        as_loader = False
+    if world_size > 1 and not drop_last and not as_loader:
         # evaluation: every world_size-th example, no padding, no example counted twice
         local = max(1, -(-batch_size // world_size))
         if isinstance(ds, TensorDataset):
@@ -88,7 +109,7 @@ def make_batches(ds: Dataset, batch_size: int, shuffle: bool, drop_last: bool, s
         return DataLoader(ds, batch_size=local, sampler=list(range(rank, len(ds), world_size)),
                           num_workers=num_workers, pin_memory=device.type == "cuda",
                           persistent_workers=num_workers > 0)
-    if isinstance(ds, TensorDataset) and repeats == 1:
+    if isinstance(ds, TensorDataset) and repeats == 1 and not as_loader:
         return DeviceTensorBatches(ds, batch_size, shuffle, drop_last, generator, device, rank, world_size)
     if world_size > 1:
         if repeats > 1:

@@ -120,3 +120,22 @@ def test_padding_tokens_are_left_out_when_marked():
     with observing([probe], "train"):
         model(h)  # no mask set: all 8 entries, zeros 4
     assert _rows_to_dict(probe.rows("train"))[("activation_sparsity", 0)] == pytest.approx(4 / 8)
+
+
+@pytest.mark.parametrize("name", ["relu", "jsrelu", "squared_relu", "gelu", "shifted", "mixed"])
+def test_fused_counts_equal_the_plain_sums_to_the_last_bit(name):
+    """The eager hooks' fused sums (_add_counts) against one plain sum per statistic (_counts), on
+    every activation, with exact zeros, flat-region values and a NaN among the entries."""
+    from sparsity_exp.activations import build_activation
+    from sparsity_exp.probes.sparsity import _add_counts, _counts
+
+    torch.manual_seed(0)
+    act = build_activation({"name": name})
+    h = torch.randn(6, 5, 40)
+    h[0, 0, :5] = torch.tensor([0.0, -0.0, 1e-7, -1e-7, float("nan")])
+    a = act(h)
+    row = torch.zeros(5, dtype=torch.float64)
+    _add_counts(row, act, h, a)
+    _add_counts(row, act, h[:2], a[:2])  # accumulates
+    plain = _counts(act, h, a, None) + _counts(act, h[:2], a[:2], None)
+    torch.testing.assert_close(row, plain, rtol=0, atol=0, equal_nan=True)  # NaN where sigma(NaN)^2 enters

@@ -114,24 +114,29 @@ def test_rmt_matches_direct_numpy():
     assert got[("inv_c", "avg")] == pytest.approx(8 * min(8, t_eff) / p)
 
 
-def test_rmt_every_step_matches_hand_recursion():
+@pytest.mark.parametrize("grad_accum,max_pending_rows", [(1, 4096), (2, 4096), (2, 20), (1, 1)])
+def test_rmt_every_step_matches_hand_recursion(grad_accum, max_pending_rows):
     """every: 1 under a changing lr: C <- (1 - lr_t wd) C + C_t with each step's own lr, against a
-    recursion on tensors taken by independent hooks; the bound with mp.py's uncapped T."""
+    float64 recursion on tensors taken by independent hooks; the bound with mp.py's uncapped T.
+    With gradient accumulation the step's micro-batches are averaged into its C_t; folds of the kept
+    rows at any boundary (max_pending_rows: every observation, mid-run, once at the end) and a
+    checkpoint taken mid-interval give the same C."""
     torch.manual_seed(1)
     model = LNMLP(in_features=5, num_classes=3, make_act=ReLU, width=6, depth=2)
     sites = find_sites(model)
     wd = 0.5
     opt = torch.optim.SGD(model.parameters(), lr=0.2, weight_decay=wd)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 / (1 + t))  # lr changes every step
-    host = ProbeContext(sites=sites, optimizer=opt)  # the driver's context: step, lr and wd from here
-    (probe,) = build_probes({"rmt": {"every": 1, "thr": 1e-3, "v": 1e-2}}, sites, host)
+    host = ProbeContext(sites=sites, optimizer=opt, grad_accum=grad_accum)  # step, lr and wd from here
+    (probe,) = build_probes({"rmt": {"every": 1, "thr": 1e-3, "v": 1e-2, "max_pending_rows": max_pending_rows}},
+                            sites, host)
     taken = {}
-    hooks = [s.key.register_forward_pre_hook(lambda m, a, i=s.index: taken.__setitem__(("x", i), a[0].detach()))
-             for s in sites]
+    hooks = [s.key.register_forward_pre_hook(
+        lambda m, a, i=s.index: taken.setdefault(("x", i), []).append(a[0].detach())) for s in sites]
 
     def grad_hook(i):
         def fn(module, args, out):
-            out.register_hook(lambda gr: taken.__setitem__(("g", i), gr.detach()))
+            out.register_hook(lambda gr: taken.setdefault(("g", i), []).append(gr.detach()))
         return fn
 
     hooks += [s.act.register_forward_hook(grad_hook(s.index)) for s in sites]
@@ -143,21 +148,27 @@ def test_rmt_every_step_matches_hand_recursion():
         lr = opt.param_groups[0]["lr"]
         x, y = torch.randn(batch, 5, generator=g), torch.randint(0, 3, (batch,), generator=g)
         with observing([probe], "train"):
-            F.cross_entropy(model(x), y).backward()
+            for xm, ym in zip(x.chunk(grad_accum), y.chunk(grad_accum)):
+                (F.cross_entropy(model(xm), ym) / grad_accum).backward()
         opt.step()
         opt.zero_grad()
         sched.step()
-        for key, u in taken.items():
-            u = u.double().numpy()
-            cov = u.T @ u / batch
+        for key, parts in taken.items():  # the step's C_t: mean over its micro-batches of each one's mean
+            cov = sum(u.double().numpy().T @ u.double().numpy() / len(u) for u in parts) / grad_accum
             hand[key] = cov if key not in hand else (1 - lr * wd) * hand[key] + cov
         taken.clear()
+        if step == 3:  # a checkpoint mid-interval folds what is kept; a resumed probe goes on from it
+            state = probe.state_dict()
+            (probe,) = build_probes({"rmt": {"every": 1, "thr": 1e-3, "v": 1e-2,
+                                             "max_pending_rows": max_pending_rows}}, sites, host)
+            probe.load_state_dict(state)
     for h in hooks:
         h.remove()
     assert len({round(gr, 6) for gr in [0.2 / (1 + t) for t in range(n_steps)]}) == n_steps
-    for s in sites:
-        np.testing.assert_allclose(probe._c_in[s.index].numpy(), hand[("x", s.index)], rtol=1e-5)
-        np.testing.assert_allclose(probe._c_grad[s.index].numpy(), hand[("g", s.index)], rtol=1e-5)
+    c_in, c_grad = probe.covariances()
+    for s in sites:  # float32 rows, float64 sums: agreement to float32 rounding
+        np.testing.assert_allclose(c_in[s.index].numpy(), hand[("x", s.index)], rtol=2e-6, atol=1e-9)
+        np.testing.assert_allclose(c_grad[s.index].numpy(), hand[("g", s.index)], rtol=2e-6, atol=1e-12)
     got = _rows(probe.rows("train"))
     a = np.trace(hand[("x", 1)]) / (hand[("x", 1)] ** 2).sum()
     an = np.linalg.norm(a * hand[("x", 1)] - np.eye(6)) * math.sqrt(6) / 6

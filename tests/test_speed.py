@@ -83,3 +83,40 @@ def test_tf32_flag_follows_the_config_on_cuda_only(compose):
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def test_decoded_mnist_like_set_gives_the_dataloaders_batches(tmp_path):
+    """data.augment=false decodes an MNIST-like set once into device tensors (data/images.py): every
+    training batch of two epochs and every test batch equal, value for value and in order, what the
+    DataLoader over torchvision's per-image transforms gave (the shuffle generator drawn as it drew)."""
+    from omegaconf import OmegaConf
+    from torchvision import transforms as T
+    from torchvision.datasets import FashionMNIST
+
+    from sparsity_exp.batches import DeviceTensorBatches, make_batches
+    from sparsity_exp.data import idx
+    from sparsity_exp.data.images import fashion_mnist
+    from sparsity_exp.lifecycle.state import BatchStream
+    from tests.idx import write_mnist_like
+
+    write_mnist_like(tmp_path, "FashionMNIST", n_train=70, n_test=23)
+    cfg = OmegaConf.create(dict(root=str(tmp_path), download=False, image_size=32, augment=False))
+    data = fashion_mnist(cfg)
+    cls = idx.local_dataset_class(FashionMNIST, idx.find_files(tmp_path, "FashionMNIST"))
+    transform = T.Compose([T.Pad(2), T.ToTensor()])
+    plain = {split: cls(str(tmp_path), train=split == "train", transform=transform) for split in ("train", "test")}
+    for split, shuffle, drop_last, size in (("train", True, True, 16), ("test", False, False, 10)):
+        ours = make_batches(getattr(data, split), size, shuffle, drop_last, seed=3, device=torch.device("cpu"))
+        theirs = make_batches(plain[split], size, shuffle, drop_last, seed=3, device=torch.device("cpu"))
+        assert isinstance(ours, DeviceTensorBatches) and not isinstance(theirs, DeviceTensorBatches)
+        for _ in range(2):  # two epochs: the generator advances alike
+            got, want = list(ours), list(theirs)
+            assert len(got) == len(want) > 0
+            for (x, y), (x2, y2) in zip(got, want):
+                assert torch.equal(x, x2) and torch.equal(y, y2) and x.dtype == x2.dtype and y.dtype == y2.dtype
+    # as the trainer draws them: an endless stream that starts each epoch after len() batches
+    ours, theirs = (BatchStream(make_batches(ds, 16, True, True, seed=4, device=torch.device("cpu")))
+                    for ds in (data.train, plain["train"]))
+    for _ in range(3 * 4 + 1):
+        (x, y), (x2, y2) = next(ours), next(theirs)
+        assert torch.equal(x, x2) and torch.equal(y, y2)

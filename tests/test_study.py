@@ -254,6 +254,28 @@ def test_rerunning_a_finished_study_runs_nothing(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "study" / "tiny" / "report.md").is_file()
 
 
+@pytest.mark.slow
+def test_arms_launch_in_one_process_and_a_failing_arm_stops_none(tmp_path):
+    """run_pending runs every arm's `run -m` in one process (study/launch.py), one after the other: a
+    launch whose jobs fail (bad input: the sweep exits 1) is logged with its code, the next arm still runs, each job
+    in its own folder."""
+    from sparsity_exp.study.suite import Arm
+
+    tiny = ["trainer.steps=2", "trainer.log_every=1", "trainer.eval_every=1", "model.width=8", "model.depth=1",
+            "probes=none", "trainer.checkpoint_every=0"]
+    arms = {"bad": Arm("bad", [*tiny, "model.depth=-1"]), "good": Arm("good", tiny)}
+    jobs = [execute.Job(arm, seed, arm.overrides) for arm in arms.values() for seed in (0, 1)]
+    runs, logged = tmp_path / "runs", []
+    assert execute.run_pending(jobs, runs, log=logged.append, logfile=tmp_path / "runs.log") == 4
+    exits = {line.split()[2].rstrip(":"): line.split()[4] for line in logged if line.startswith("[study]   arm")}
+    assert exits == {"bad": "1", "good": "0"}, logged
+    log = (tmp_path / "runs.log").read_text()
+    assert log.count("$ run -m") == 2 and "LAUNCHED good exit 0" in log
+    execute.locate(jobs, runs)
+    assert [j.status for j in jobs] == ["missing", "missing", "completed", "completed"]
+    assert len({j.folder for j in jobs[2:]}) == 2
+
+
 def test_study_refuses_the_keys_it_sets(tmp_path, monkeypatch, capsys):
     from sparsity_exp.study.main import cli as study
 

@@ -37,6 +37,10 @@ def _mnist_like(cfg, cls, folder: str, pretty: str) -> DataBundle:
     from torchvision import transforms as T
 
     root = Path(cfg.root).expanduser()
+    info = DataInfo(input_shape=(1, cfg.image_size, cfg.image_size), num_classes=10)
+    key = (folder, str(root.resolve()), cfg.image_size)
+    if not cfg.augment and key in _DECODED:  # decoded by an earlier run of this process
+        return DataBundle(*_DECODED[key], info=info)
     files = idx.find_files(root, folder)  # raw or .gz, read in place (a read-only root works)
     if files is not None:
         cls = idx.local_dataset_class(cls, files)
@@ -55,8 +59,24 @@ def _mnist_like(cfg, cls, folder: str, pretty: str) -> DataBundle:
         train_tf = test_tf
     train = cls(str(root), train=True, download=cfg.download, transform=train_tf)
     test = cls(str(root), train=False, download=cfg.download, transform=test_tf)
-    return DataBundle(train=train, test=test,
-                      info=DataInfo(input_shape=(1, cfg.image_size, cfg.image_size), num_classes=10))
+    if not cfg.augment:  # fixed transforms: decoded once, batched on the device (speed only, same values)
+        train, test = _DECODED[key] = tuple(_decoded(ds, pad) for ds in (train, test))
+    return DataBundle(train=train, test=test, info=info)
+
+
+_DECODED: dict = {}  # (folder, root, image size) -> (train, test) DecodedTensors: runs in one process decode once
+
+
+def _decoded(ds, pad: int):
+    """``ds`` (torchvision's MNIST-like set with Pad(pad) -> ToTensor) as tensors holding exactly what
+    its transform gives per image (zero padding on uint8, then /255 in float32): no PIL image per
+    example per epoch, which was most of a small run's time."""
+    from ..batches import DecodedTensors
+
+    x = ds.data.unsqueeze(1)  # uint8 [N, 1, 28, 28]
+    if pad > 0:
+        x = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    return DecodedTensors(x.to(torch.float32).div(255), ds.targets.to(torch.int64))
 
 
 def mnist(cfg) -> DataBundle:

@@ -12,6 +12,15 @@ k-th batch enters and C decays by r^k between observations (a subsample: the ani
 isotropic data then grows ~sqrt(k), so use ``every: 1`` for numbers to compare with the paper).
 The update stays on the device (no host synchronisation); only ``rows`` reads values back.
 
+Batched update (speed; the same C): an observation does not touch C. Its rows are kept on the
+device, each scaled by sqrt(w / P_t) (w = 1 / (rows x micro-batches), P_t = the product of the
+decays d_1..d_t since the last fold), and ``rows`` (or a checkpoint, or ``max_pending_rows`` kept
+rows) folds them in with one product: C <- P_n (C + X^T X), which is the recursion
+C <- d_t C + w U_t^T U_t unrolled, since P_n / P_t = prod_{s>t} d_s. One large product replaces a
+p x p outer product and a float64 p x p update per site per step. X^T X runs in the activations'
+precision (float32; on a CPU as BLAS's symmetric rank-k update, half the work) and is summed into
+the float64 C.
+
     a = tr C / ||C||_F^2;  alpha = tr(aC);  anisotropy = ||aC - I||_F sqrt(p)
     rel_anisotropy_* = anisotropy / p;      alpha_* = alpha / p          (the authors' 'ratio' tags)
     T = steps since the probe's first observation, inclusive (mp.py's step axis)
@@ -34,7 +43,7 @@ from contextlib import contextmanager
 import torch
 
 from .base import Probe, layer_rows
-from .capture import capture
+from .capture import rows_of
 
 
 def anisotropy_alpha(c: torch.Tensor) -> tuple[float, float]:
@@ -64,18 +73,39 @@ def mp_bound(p: int, steps: float, batch: int, alpha: float, anisotropy: float, 
             math.sqrt(2) / (c * v * math.sqrt(v)) * alpha**2 * common)
 
 
+def _gram(x: torch.Tensor) -> torch.Tensor:
+    """X^T X in x's precision. On a CPU through BLAS's symmetric rank-k update (scipy's ?syrk: half a
+    general product's work), its one triangle mirrored (exact: adding zeros); elsewhere x.T @ x."""
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        from scipy.linalg.blas import dsyrk, ssyrk
+
+        syrk = ssyrk if x.dtype == torch.float32 else dsyrk
+        # x^T (rows x p, C order) is p x rows in Fortran order: no copy; the Fortran-order upper
+        # triangle of the result is the lower one of its C-order transpose, the rest zeros
+        lower = torch.from_numpy(syrk(1.0, x.contiguous().numpy().T, trans=0).T)
+        full = lower + lower.T
+        full.diagonal().sub_(lower.diagonal())
+        return full
+    return x.T @ x
+
+
 class RMTProbe(Probe):
     name = "rmt"
     metrics = ("rel_anisotropy_input", "rel_anisotropy_grad", "alpha_input", "alpha_grad", "bound_re", "bound_im",
                "t_eff", "inv_c")
     posthoc = False  # the running covariances need the whole training trajectory
 
-    def __init__(self, sites, every: int = 0, thr: float = 1e-3, v: float = 1e-2, cap_t_eff: bool = False, **kw):
+    def __init__(self, sites, every: int = 0, thr: float = 1e-3, v: float = 1e-2, cap_t_eff: bool = False,
+                 max_pending_rows: int = 4096, **kw):
         super().__init__(sites, every, **kw)
         self.thr, self.v = float(thr), float(v)
         self.cap_t_eff = bool(cap_t_eff)
+        self.max_pending_rows = int(max_pending_rows)  # rows kept per covariance before a fold (memory bound)
         self._c_in = [None] * len(sites)
         self._c_grad = [None] * len(sites)
+        self._pending = {}  # (store name, site index) -> [scaled rows], since the last fold
+        self._pending_rows = 0  # rows kept for the first site's input covariance
+        self._since_fold = 1.0  # P_t: product of the decays of the observations since the last fold
         self._last_step = None  # step of the previous observation
         self._first_step = None
         self._decay = 1.0  # what C is multiplied by before this observation's batch enters
@@ -88,11 +118,18 @@ class RMTProbe(Probe):
     _STATE = ("_c_in", "_c_grad", "_last_step", "_first_step", "_decay", "_r", "_batch_rows")
 
     def state_dict(self) -> dict:
+        self._fold()
         return {k: getattr(self, k) for k in self._STATE}
 
     def load_state_dict(self, state: dict) -> None:
         for k in self._STATE:
             setattr(self, k, state[k])
+        self._pending, self._pending_rows, self._since_fold = {}, 0, 1.0
+
+    def covariances(self) -> tuple[list, list]:
+        """The running (input, grad) covariances per site, float64, with every observation folded in."""
+        self._fold()
+        return self._c_in, self._c_grad
 
     def _training_state(self) -> tuple[int, float, float, int]:
         """(step, lr, weight decay, micro-batches per step) of the step being observed, from the
@@ -110,26 +147,43 @@ class RMTProbe(Probe):
         self._last_step = step
         if self._first_step is None:
             self._first_step = step
-        self._decayed = set()
+        if self._pending and (self._pending_rows >= self.max_pending_rows or self._since_fold * self._decay < 1e-3):
+            self._fold()  # bounded memory; and 1 / P_t stays small enough for float32 rows
+        self._since_fold *= self._decay
 
-    def _add(self, store, i, u):
-        # The batch's u^T u in the activations' precision (float32: a third of float64's cost on a CPU),
-        # summed into a float64 running C: the sum over 10^5 steps keeps its digits. One decay per
-        # observation, then the mean over the step's rows (micro-batches each count 1/accum); python
-        # scalars only, so no host synchronisation.
-        outer = u.T @ u
+    def _add(self, name: str, i: int, u: torch.Tensor) -> None:
+        # the rows scaled by sqrt(w / P_t) (a copy: the activation or gradient may be reused later);
+        # python scalars only, so no host synchronisation
         weight = 1.0 / (max(1, u.shape[0]) * self._accum)
-        if store[i] is None:
-            store[i] = torch.zeros(outer.shape, dtype=torch.float64, device=outer.device)
-        elif (id(store), i) not in self._decayed:
-            store[i].mul_(self._decay)
-        store[i].add_(outer, alpha=weight)
-        self._decayed.add((id(store), i))
+        self._pending.setdefault((name, i), []).append(u * math.sqrt(weight / self._since_fold))
 
-    def on_record(self, site, rec):
-        self._add(self._c_in, site.index, rec.x.float())
-        self._add(self._c_grad, site.index, rec.g.float())
-        self._batch_rows = rec.x.shape[0] * self._accum
+    def _fold(self) -> None:
+        """C <- P (C + X^T X) for every covariance with kept rows, P the decays since the last fold.
+        The one large product per covariance; X^T X in float32 (as the per-batch products were), summed
+        into the float64 C, whose sum over 10^5 steps keeps its digits."""
+        if not self._pending:
+            return
+        for (name, i), chunks in self._pending.items():
+            store = self._c_in if name == "input" else self._c_grad
+            product = _gram(chunks[0] if len(chunks) == 1 else torch.cat(chunks))
+            if store[i] is None:
+                store[i] = product.to(torch.float64).mul_(self._since_fold)
+            else:
+                store[i].add_(product).mul_(self._since_fold)
+        self._pending, self._pending_rows, self._since_fold = {}, 0, 1.0
+
+    def _observed(self, site, x: torch.Tensor, output: torch.Tensor) -> None:
+        """A training forward of ``site``: its key input's rows now, dL/da's rows when the backward
+        delivers them (padding rows left out, as capture.py does; no Record, the per-step cost)."""
+        if not torch.is_grad_enabled() or not output.requires_grad:
+            return  # no backward will come
+        mask = self.ctx.token_mask(site, output)
+        rows = rows_of(x, mask)
+        self._add("input", site.index, rows.float())
+        output.register_hook(lambda g: self._add("grad", site.index, rows_of(g, mask).float()))
+        if site.index == self.sites[0].index:
+            self._pending_rows += rows.shape[0]
+        self._batch_rows = rows.shape[0] * self._accum
 
     @contextmanager
     def observe(self, split: str):
@@ -137,11 +191,24 @@ class RMTProbe(Probe):
             yield
             return
         self._begin()
-        with capture(self.sites, self.on_record, grads=("g",), inputs=True, with_activation=False, masks=self.ctx):
+        inputs = {}
+        handles = []
+        try:
+            for s in self.sites:
+                handles.append(s.key.register_forward_pre_hook(
+                    lambda m, args, i=s.index: inputs.__setitem__(i, args[0])))
+                handles.append(s.act.register_forward_hook(
+                    lambda m, args, out, site=s: self._observed(site, inputs.pop(site.index), out)))
             yield
+        finally:
+            for h in handles:
+                h.remove()
 
     def rows(self, split: str):
-        if split != "train" or self._c_in[0] is None:
+        if split != "train":
+            return []
+        self._fold()
+        if self._c_in[0] is None:
             return []
         t_eff = effective_memory(self._r, self.thr)
         steps = self._last_step - self._first_step + 1

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 
 import torch
 
-from ..activations import SiteActivation
+from ..activations import ReLU, SiteActivation
 from .base import Probe, layer_rows
 from .hooks import forward_hooks
 
@@ -63,7 +63,11 @@ class SparsityProbe(Probe):
                 stats = self._stats[split] = torch.zeros(len(self.sites), 5, dtype=torch.float64,
                                                          device=output.device)
             a = output.detach()
-            stats[site.index] += _counts(module, inputs[0].detach(), a, self.ctx.token_mask(site, a))
+            mask = self.ctx.token_mask(site, a)
+            if mask is None:
+                _add_counts(stats[site.index], module, inputs[0].detach(), a)
+            else:
+                stats[site.index] += _counts(module, inputs[0].detach(), a, mask)
         return fn
 
     def before_compile(self, device, micro_batches: int = 1) -> None:
@@ -124,6 +128,33 @@ class SparsityProbe(Probe):
         if any(getattr(site.act, "rest_value", 0.0) != 0.0 for site in self.sites):
             out += layer_rows(split, "rest_fraction", (s[:, _REST] / count).tolist())
         return out
+
+
+def _indicator_derivative(module) -> bool:
+    """sigma'(h) is ReLU's 1[h > 0]: sum sigma'(h)^2 is then the count of h > 0, exactly."""
+    return type(module).derivative is ReLU.derivative
+
+
+def _rest_is_zero(module) -> bool:
+    """at_rest(a) is zero_output(a) (rest value 0, the base class's test): |a - 0| = |a| exactly."""
+    return (module.rest_value == 0.0 and type(module).at_rest is SiteActivation.at_rest
+            and type(module).zero_output is SiteActivation.zero_output)
+
+
+def _add_counts(row: torch.Tensor, module, h: torch.Tensor, a: torch.Tensor) -> None:
+    """Add one unmasked forward's sums into ``row`` (float64 [5], _ZEROS .. _REST) in place: the
+    values of ``_counts`` to the last bit (integer counts are exact in float64; sigma'(h)^2 is summed
+    as there) in fewer passes: the counts in one stacked reduction (with the ReLU family's sum of
+    1[h > 0]^2 among them), the rest count reused when it is the zero count, the entries a number."""
+    entries = tuple(range(1, a.dim() + 1))  # every dim of the stacked masks but the first
+    indicator = _indicator_derivative(module)
+    masks = [module.zero_output(a), module.flat_region(h)] + ([h > 0] if indicator else [])
+    sums = torch.stack(masks).sum(entries)
+    row[_ZEROS:_ZEROS + len(masks)] += sums
+    if not indicator:
+        row[_DERIV2] += module.derivative(h).double().pow(2).sum()
+    row[_COUNT] += a.numel()
+    row[_REST] += sums[_ZEROS] if _rest_is_zero(module) else module.at_rest(a).sum()
 
 
 def _counts(module, h: torch.Tensor, a: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

@@ -9,10 +9,12 @@ claims) with the same config share their runs.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,26 +147,41 @@ def _child_env() -> dict:
 
 
 def run_pending(jobs: list[Job], runs: Path, log=print, logfile: Path | None = None) -> int:
-    """Launch one ``run -m`` per arm over the seeds it still lacks (its output appended to ``logfile``);
-    returns the number of runs launched."""
+    """Launch one ``run -m`` per arm over the seeds it still lacks, all in one process
+    (study/launch.py: start-up, imports and decoded data paid once; its output appended to
+    ``logfile``); returns the number of runs launched."""
+    from .launch import MARK
+
     pending: dict[tuple, list[Job]] = {}
     for job in jobs:
         if job.status != "completed":
             pending.setdefault(tuple(job.overrides), []).append(job)
-    launched = 0
+    launches, launched = [], 0
     for overrides, group in pending.items():
         seeds = ",".join(str(s) for s in dict.fromkeys(j.seed for j in group))
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        cmd = [sys.executable, "-m", "sparsity_exp", "run", "-m", *overrides, f"seed={seeds}",
-               f"results_dir={runs}", "trainer.resume=auto", "trainer.progress=false",
-               f"hydra.sweep.dir={runs}/multirun/{stamp}_{group[0].arm.name}"]
-        log(f"[study] arm {group[0].arm.name}: seeds {seeds} ({len(group)} run(s))\n  " + " ".join(cmd[2:]))
-        started = time.perf_counter()
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_child_env())
-        if logfile is not None:
-            with open(logfile, "a") as f:
-                f.write(f"$ {' '.join(cmd[2:])}\n{proc.stdout}\n")
-        log(f"[study]   exit {proc.returncode} after {time.perf_counter() - started:.0f} s"
-            + (f" (output in {logfile})" if logfile is not None else ""))
+        args = ["-m", *overrides, f"seed={seeds}", f"results_dir={runs}", "trainer.resume=auto",
+                "trainer.progress=false", f"hydra.sweep.dir={runs}/multirun/{stamp}_{group[0].arm.name}"]
+        log(f"[study] arm {group[0].arm.name}: seeds {seeds} ({len(group)} run(s))\n  run " + " ".join(args))
+        launches.append({"name": group[0].arm.name, "args": args})
         launched += len(seeds.split(","))
+    if not launches:
+        return 0
+    if logfile is not None:
+        Path(logfile).parent.mkdir(parents=True, exist_ok=True)
+    with open(logfile, "a") if logfile is not None else nullcontext() as f:
+        proc = subprocess.Popen([sys.executable, "-m", "sparsity_exp.study.launch"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_child_env())
+        proc.stdin.write(json.dumps(launches))
+        proc.stdin.close()
+        for line in proc.stdout:
+            if f is not None:
+                f.write(line)
+                f.flush()
+            if line.startswith(MARK):
+                _, name, _, code, _, seconds, _ = line.split()
+                log(f"[study]   arm {name}: exit {code} after {seconds} s"
+                    + (f" (output in {logfile})" if logfile is not None else ""))
+    if proc.wait():
+        log(f"[study]   exit {proc.returncode}" + (f" (output in {logfile})" if logfile is not None else ""))
     return launched
