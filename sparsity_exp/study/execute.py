@@ -23,6 +23,8 @@ from ..errors import ConfigError
 from ..lifecycle.folders import find_matching_run, read_status
 from .suite import Arm, Dataset, Suite
 
+MARK = "LAUNCHED"  # study/launch.py's line after each arm (here, not there: launch imports the cli, which imports us)
+
 # overrides the study sets on every run; a user override of these keys is refused
 STUDY_KEYS = ("results_dir", "seed", "trainer.resume", "hydra.sweep.dir")
 _FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
@@ -150,8 +152,6 @@ def run_pending(jobs: list[Job], runs: Path, log=print, logfile: Path | None = N
     """Launch one ``run -m`` per arm over the seeds it still lacks, all in one process
     (study/launch.py: start-up, imports and decoded data paid once; its output appended to
     ``logfile``); returns the number of runs launched."""
-    from .launch import MARK
-
     pending: dict[tuple, list[Job]] = {}
     for job in jobs:
         if job.status != "completed":

@@ -19,7 +19,7 @@ import sys
 import time
 import traceback
 
-MARK = "LAUNCHED"
+from .execute import MARK
 
 
 def main() -> int:
