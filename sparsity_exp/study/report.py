@@ -193,9 +193,11 @@ def claim_plot(claim: Claim, sides: list[ArmNumbers], path: Path) -> None:
 def write_report(out: Path, suite: Suite, verdicts: list[Verdict], sides: dict, info: dict) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     table = verdict_rows(verdicts)
+    for name, by_row in info.get("columns", {}).items():  # plan.seeds_section: seeds used, stage stopped at
+        table[name] = [by_row.get(row) for row in table["claim"]]
     table.to_csv(out / "verdicts.csv", index=False)
     forest_plot(verdicts, out / "forest.png")
-    lines = [f"# Study `{suite.name}`", ""]
+    lines = [f"# Study `{suite.name}`", "", *info.get("opening", [])]  # calibrate.py's warning, if any
     failures = control_failures(verdicts)
     if failures:
         lines += [f"> **WARNING: the negative control {', '.join(failures)} did not come out `not shown`**: the "
@@ -212,7 +214,7 @@ def write_report(out: Path, suite: Suite, verdicts: list[Verdict], sides: dict, 
               "(runs missing or failed), so the claim was not tested. Relative changes carry a percentile "
               "bootstrap CI over seeds in verdicts.csv (coarse with 3 seeds). The permutation p-value is exact "
               "(all relabellings); with 3 vs 3 seeds it cannot go below 0.05.", "",
-              "![forest plot](forest.png)", ""]
+              "![forest plot](forest.png)", "", *info.get("sections", [])]  # seeds/stages, calibration
     for v in verdicts:
         c, e = v.claim, v.effect
         lines += [f"## {v.row}: {c.statement}", "",
