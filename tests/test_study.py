@@ -99,6 +99,7 @@ seeds: [0, 1, 2, 3, 4]
 arms:
   ref: {overrides: [model.width=16]}
   treat: {overrides: [model.width=32]}
+  ref_reseeded: {base: ref, seed_offset: 100}
 claims:
   - {id: effect, paper_claim: 7, statement: treat is sparser, compare: arms, arms: [ref, treat],
      metric: {probe: sparsity, metric: activation_sparsity, split: test}, direction: increase, sesoi: 0.02}
@@ -107,7 +108,7 @@ claims:
      direction: increase, sesoi: 0.02}
   - {id: bounded, paper_claim: 4, statement: ratio stays below 100, compare: bound, bound: 100, arms: [ref],
      metric: {probe: spectrum, metric: ratio80, split: train}, direction: decrease, sesoi: 0}
-  - {id: control, paper_claim: 0, control: true, statement: nothing, compare: arms, arms: [ref, ref],
+  - {id: control, paper_claim: 0, control: true, statement: nothing, compare: arms, arms: [ref, ref_reseeded],
      metric: {probe: sparsity, metric: activation_sparsity, split: test}, direction: increase, sesoi: 0.01}
 """
 
@@ -138,7 +139,7 @@ def _synthetic(tmp_path, planted: float, ratio: float = 20.0):
         for seed in suite.seeds:
             end = 0.6 + (planted if arm.name == "treat" else 0.0)
             folder = _fake_run(tmp_path / "runs" / f"{arm.name}_{seed}", 0.5, end, ratio, noise)
-            jobs.append(execute.Job(arm, seed, arm.overrides, folder, "completed"))
+            jobs.append(execute.Job(arm, seed + arm.seed_offset, arm.overrides, folder, "completed"))
     verdicts, sides = judge_suite(suite, jobs)
     return suite, {v.row: v for v in verdicts}, sides
 
@@ -148,7 +149,9 @@ def test_planted_effect_is_found(tmp_path, planted, expected):
     _, verdicts, _ = _synthetic(tmp_path, planted)
     assert verdicts["effect"].effect.verdict == expected
     assert verdicts["effect"].effect.diff == pytest.approx(planted, abs=0.02)
-    assert verdicts["control"].effect.verdict == "not shown"
+    assert verdicts["control"].effect.verdict == "not shown"  # distinct runs of one config (seeds 100-104)
+    assert verdicts["control"].treatment.seeds == [100, 101, 102, 103, 104]
+    assert not np.allclose(verdicts["control"].effect.treatment, verdicts["control"].effect.reference)
     # the same runs: sparsity rose 0.5 -> ~0.6 (step0, paired) and ratio80 ~20 < 100 (bound)
     assert verdicts["emerge"].effect.verdict == "supported"
     assert verdicts["emerge"].effect.diff == pytest.approx(0.1 * (1 + 0.75) / 2, abs=0.01)  # mean of the last 2
