@@ -411,3 +411,22 @@ def test_dry_run_prints_commands_and_writes_nothing(tmp_path, monkeypatch, capsy
     assert "sparsity-exp run -m trainer.steps=2 model.width=8 model.depth=1 probes=cheap seed=0,1,2,3,100,101,102,103" in out
     assert "model.width: 8" in out and "trainer.steps: 2" in out and "0 (missing)" in out
     assert ran == [] and sorted(p.name for p in tmp_path.iterdir()) == ["tiny.yaml"]
+
+
+def test_placebo_data_order_keeps_the_init_and_changes_the_batches():
+    """trainer.data_seed_offset (the cpu suite's placebo arm): same initial weights, another batch order;
+    without it the default run is as before (batch order from the seed)."""
+    import torch
+
+    from sparsity_exp.assemble import assemble
+
+    base = ["data=digits", "model=mlp", "model.width=8", "model.depth=1", "trainer.device=cpu", "seed=3"]
+    plain = assemble(execute.compose(base))
+    placebo = assemble(execute.compose(base + ["++trainer.data_seed_offset=1000"]))
+    shifted = assemble(execute.compose(base[:-1] + ["seed=1003"]))
+    for a, b in zip(plain.model.parameters(), placebo.model.parameters()):
+        assert torch.equal(a, b)
+    # the first batch of each (drawn once: every pass over the batches draws a new permutation)
+    plain_x, placebo_x, shifted_x = (next(iter(asm.train_batches))[0] for asm in (plain, placebo, shifted))
+    assert not torch.equal(plain_x, placebo_x)
+    assert torch.equal(placebo_x, shifted_x)  # the order of seed 1003, the init of seed 3

@@ -5,4 +5,6 @@ over seeds and says, with an effect size and a confidence interval, whether each
   execute.py   every arm x seed through ``sparsity-exp run -m`` (trainer.resume=auto: what is done is skipped)
   stats.py     per-seed values from the metric table -> arm means, effects, CIs, a direction test, verdicts
   report.py    study/<suite>/report.md, verdicts.csv and the figures
+  plan.py      seeds per claim for 80% power (--plan) and the group-sequential stages of --seeds auto
+  calibrate.py the rule's false-positive rate and power measured on the suite's controls (report section)
 """

@@ -106,6 +106,10 @@ def judge_suite(suite: Suite, jobs: list[execute.Job]) -> tuple[list[Verdict], d
 
 def _seed_lists(args, suite_seeds: list[int]) -> tuple[list[int] | None, list[int] | None]:
     """(--seeds as given or None, the --seeds auto list: the suite's seeds then the next free integers)."""
+    if not 0 < args.alpha < 0.5:
+        raise ConfigError(f"--alpha {args.alpha}: the one-sided level per direction, between 0 and 0.5 (e.g. 0.025)")
+    if args.stages < 1:
+        raise ConfigError(f"--stages {args.stages}: give 1 or more looks (1 = judge once at --max-seeds)")
     if args.seeds == "auto":
         if args.max_seeds is None:
             raise ConfigError("--seeds auto needs --max-seeds N (the most seeds per arm), e.g. --max-seeds 10")
@@ -196,7 +200,8 @@ def _sequential(suite: Suite, args, all_seeds: list[int], out: Path, runs: Path,
         if not active:
             break
         needed = set().union(*(arms_of[r] for r in active))
-        jobs, dataset = execute.plan_jobs(suite, args.overrides, out, arms=needed, seeds=all_seeds[:n])
+        jobs, dataset = execute.plan_jobs(suite, args.overrides, out, arms=needed, seeds=all_seeds[:n],
+                                          link=not args.judge_only)
         execute.locate(jobs, runs)
         if k == 0 and args.judge_only:
             _refuse_blind(jobs, runs, out, "--judge-only")
