@@ -226,3 +226,16 @@ def calibration_section(cals: list[ControlCalibration], alpha: float = ALPHA) ->
                   f"{N_SIM} draws). " + ("All calibrations passed." if not fails else "Failed: " + "; ".join(fails)
                                          + "."), ""]
     return warning, "\n".join(lines)
+
+
+def annotate(verdicts: list, cals: list[ControlCalibration]) -> None:
+    """Put each control's measured rates beside its verdict (its reason: report section and verdicts.csv)."""
+    by_row = {c.row: c for c in cals}
+    for v in verdicts:
+        c = by_row.get(v.row)
+        if c is None or c.null is None:
+            continue
+        v.effect.reason += (f"; the rule's false-positive rate measured on these runs: {c.null.rate:.3f} simulated "
+                            f"(no effect), {c.resplit.rate:.3f} re-split, {c.boundary.rate if c.boundary else math.nan:.3f} "
+                            f"at an effect of exactly the SESOI; a planted {c.planted_k:g} x SESOI came out "
+                            f"{c.planted_outcome}")

@@ -274,6 +274,7 @@ def main(argv: list[str]) -> int:
     for claim in suite.claims:
         claim_plot(claim, sides[claim.id], out / f"claim_{claim.id}.png")
     cals = calibrate.calibrate(verdicts, suite, rule, args.alpha, planted_k=args.planted)
+    calibrate.annotate(verdicts, cals)
     opening, calibration = calibrate.calibration_section(cals, args.alpha)
     seeds_md, columns = plan.seeds_section(verdicts, splan, stages, records)
     wall = time.perf_counter() - started
