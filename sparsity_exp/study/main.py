@@ -157,7 +157,9 @@ def _dry_run(suite: Suite, args, out: Path, runs: Path, seeds: list[int]) -> int
         return {prefix[:-1]: node}
 
     base = flat(default)
-    print(f"[study] dry run of {suite.name}: {len(jobs)} arm x seed runs under {runs} (nothing is run or written)")
+    print(f"[study] dry run of {suite.name}: {len(jobs)} arm x seed runs under {runs} (nothing is run or written)"
+          + ("; --seeds auto: the most there can be, stages add seeds only where a claim is undecided"
+             if args.seeds == "auto" else ""))
     if dataset is not None:
         print(f"[study] data: {dataset.name} for the arms marked `data: auto`")
     for overrides, group in execute.pending_groups(jobs, everything=True).items():
