@@ -113,7 +113,10 @@ def assemble(cfg: DictConfig) -> Assembly:
     t = cfg.trainer
     ranks = {"rank": distributed.rank(), "world_size": distributed.world_size()}
     distributed.check_batch_size(t.batch_size)
-    train_batches = make_batches(data.train, t.batch_size, shuffle=True, drop_last=True, seed=cfg.seed,
+    # trainer.data_seed_offset (absent = 0): the batch order from seed + offset, the init still from seed (a
+    # study's placebo arm: the same SGD noise process, another draw of it)
+    order_seed = cfg.seed + int(OmegaConf.select(cfg, "trainer.data_seed_offset", default=0) or 0)
+    train_batches = make_batches(data.train, t.batch_size, shuffle=True, drop_last=True, seed=order_seed,
                                  device=device, num_workers=t.num_workers, repeats=data.train_repeats, **ranks)
     test_batches = make_batches(data.test, t.eval_batch_size, shuffle=False, drop_last=False, seed=cfg.seed,
                                 device=device, num_workers=t.num_workers, **ranks)

@@ -25,7 +25,8 @@ commands:
   study SUITE [overrides] [--out DIR] [--seeds 0,1,2] [--judge-only]
                     validation study: every arm x seed of conf/study/SUITE.yaml through `run -m`
                     (completed runs skipped), then a verdict per claim with effect and 95% CI in
-                    study/SUITE/report.md; `study --help` says more
+                    study/SUITE/report.md; --plan (seeds needed), --seeds auto --max-seeds N (sequential),
+                    --dry-run; `study --help` says more
 """
 
 

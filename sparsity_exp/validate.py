@@ -121,6 +121,7 @@ RULES: dict[str, Rule] = {
     "trainer.eval_every": positive_int(),
     "trainer.device": Rule("str", pattern=DEVICE_PATTERN, text="auto, cpu, cuda or cuda:N"),
     "trainer.num_workers": count(),
+    "trainer.data_seed_offset": count(),  # optional key (no default): batch order from seed + offset
     "trainer.jobs_per_gpu": positive_int(),
     "trainer.grad_clip": Rule("number", low=0),
     "trainer.label_smoothing": Rule("number", low=0, high=1, high_open=True),

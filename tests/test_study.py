@@ -144,7 +144,7 @@ def _synthetic(tmp_path, planted: float, ratio: float = 20.0, diverge: tuple | N
             if diverge == (arm.name, seed):  # what run.py writes when the loss went non-finite
                 (folder / "summary.json").write_text(json.dumps({"status": "failed", "error": "NonFiniteLoss: loss nan"}))
                 status = "failed"
-            jobs.append(execute.Job(arm, seed, arm.overrides, folder, status))
+            jobs.append(execute.Job(arm, seed + arm.seed_offset, arm.overrides, folder, status))
     verdicts, sides = judge_suite(suite, jobs)
     return suite, {v.row: v for v in verdicts}, sides
 
@@ -159,6 +159,7 @@ def test_planted_effect_is_found(tmp_path, planted, expected):
     control = verdicts["control"].effect
     assert control.test_name == "Welch t" and control.verdict in ("inconclusive", "no effect of interest")
     assert not np.array_equal(control.treatment, control.reference)  # distinct runs, not an arm with itself
+    assert verdicts["control"].treatment.seeds == [100, 101, 102, 103, 104]  # distinct runs of one config
     # the same runs: sparsity rose 0.5 -> ~0.6 (step0, paired) and ratio80 ~20 < 100 (bound)
     assert verdicts["emerge"].effect.verdict == "supported"
     assert verdicts["emerge"].effect.diff == pytest.approx(0.1 * (1 + 0.75) / 2, abs=0.01)  # mean of the last 2

@@ -6,4 +6,6 @@ over seeds and says, with an effect size and a confidence interval, whether each
   stats.py     per-seed values -> effects, t / Fieller intervals, margin and TOST tests, the four outcomes
                (stats.judge), multiplicity (stats.adjust); the rule a report prints (stats.RULE)
   report.py    study/<suite>/report.md, verdicts.csv and the figures
+  plan.py      seeds per claim for 80% power (--plan) and the group-sequential stages of --seeds auto
+  calibrate.py the rule's false-positive rate and power measured on the suite's controls (report section)
 """

@@ -65,13 +65,15 @@ def _has_idx(folder: Path) -> bool:
     return all((folder / n).is_file() or (folder / f"{n}.gz").is_file() for n in _FASHION_FILES)
 
 
-def find_fashion_mnist(root: Path, stage: Path) -> Path | None:
+def find_fashion_mnist(root: Path, stage: Path, link: bool = True) -> Path | None:
     """A data.root under which data=fashion_mnist finds its files, or None. torchvision's layout
     (<root>/FashionMNIST/raw) is used as it is; a folder holding the IDX files themselves (Debian's
     dataset-fashion-mnist: /usr/share/datasets/fashion-mnist/*.gz, read-only) is linked into
-    ``stage``/FashionMNIST/raw, where the loader may unpack them."""
+    ``stage``/FashionMNIST/raw, where the loader may unpack them (``link=False``, a dry run: only say where)."""
     if _has_idx(root / "FashionMNIST" / "raw"):
         return root
+    if _has_idx(root) and not link:
+        return stage
     if _has_idx(root):
         raw = stage / "FashionMNIST" / "raw"
         raw.mkdir(parents=True, exist_ok=True)
@@ -84,7 +86,7 @@ def find_fashion_mnist(root: Path, stage: Path) -> Path | None:
     return None
 
 
-def choose_dataset(suite: Suite, user: list[str], out: Path) -> tuple[Dataset | None, list[str], list[str]]:
+def choose_dataset(suite: Suite, user: list[str], out: Path, link: bool = True) -> tuple[Dataset | None, list[str], list[str]]:
     """The first available entry of ``suite.datasets``, the overrides it adds to ``data: auto`` arms, and
     the user overrides for every arm. ``data.root=`` is the study's to read: it goes to the ``data: auto``
     arms only (the embedded digits have no root)."""
@@ -95,7 +97,7 @@ def choose_dataset(suite: Suite, user: list[str], out: Path) -> tuple[Dataset | 
             given = [o for o in user if _key(o) == "data.root"]
             return ds, list(ds.overrides) + (given[-1:] if ds.root else []), rest
         if ds.needs == "fashion_mnist":
-            found = find_fashion_mnist(root, out / "data")
+            found = find_fashion_mnist(root, out / "data", link)
             if found is not None:
                 return ds, [*ds.overrides, f"data.root={found.resolve()}"], rest
             continue
@@ -106,14 +108,18 @@ def choose_dataset(suite: Suite, user: list[str], out: Path) -> tuple[Dataset | 
 
 # ------------------------------------------------------------------------------ planning and running
 
-def plan_jobs(suite: Suite, user: list[str], out: Path) -> tuple[list[Job], Dataset | None]:
-    dataset, data_overrides, user = choose_dataset(suite, user, out)
+def plan_jobs(suite: Suite, user: list[str], out: Path, arms: set[str] | None = None, seeds: list[int] | None = None,
+              link: bool = True) -> tuple[list[Job], Dataset | None]:
+    """The jobs of the suite's arms (or only ``arms``) over its seeds (or ``seeds``: a stage of --seeds auto)."""
+    dataset, data_overrides, user = choose_dataset(suite, user, out, link)
     jobs = []
     for arm in suite.used_arms():
+        if arms is not None and arm.name not in arms:
+            continue
         data = data_overrides if arm.data == "auto" else []
         if arm.data == "auto" and dataset is not None:
             arm.data = dataset.name
-        for seed in suite.seeds:
+        for seed in suite.seeds if seeds is None else seeds:
             jobs.append(Job(arm, seed + arm.seed_offset, [*data, *arm.overrides, *user]))
     return jobs, dataset
 
@@ -148,20 +154,31 @@ def _child_env() -> dict:
     return {**os.environ, "PYTHONPATH": tree + (os.pathsep + path if path else "")}
 
 
+def pending_groups(jobs: list[Job], everything: bool = False) -> dict[tuple, list[Job]]:
+    """The jobs still to run (or all of them), grouped by config: one ``run -m`` each."""
+    pending: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        if everything or job.status != "completed":
+            pending.setdefault(tuple(job.overrides), []).append(job)
+    return pending
+
+
+def run_command(group: list[Job], runs: Path) -> list[str]:
+    """The ``sparsity-exp run -m`` command line of one arm's seeds (argv after ``python -m sparsity_exp``)."""
+    seeds = ",".join(str(s) for s in dict.fromkeys(j.seed for j in group))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return ["run", "-m", *group[0].overrides, f"seed={seeds}", f"results_dir={runs}", "trainer.resume=auto",
+            "trainer.progress=false", f"hydra.sweep.dir={runs}/multirun/{stamp}_{group[0].arm.name}"]
+
+
 def run_pending(jobs: list[Job], runs: Path, log=print, logfile: Path | None = None) -> int:
     """Launch one ``run -m`` per arm over the seeds it still lacks, all in one process
     (study/launch.py: start-up, imports and decoded data paid once; its output appended to
     ``logfile``); returns the number of runs launched."""
-    pending: dict[tuple, list[Job]] = {}
-    for job in jobs:
-        if job.status != "completed":
-            pending.setdefault(tuple(job.overrides), []).append(job)
     launches, launched = [], 0
-    for overrides, group in pending.items():
+    for overrides, group in pending_groups(jobs).items():
         seeds = ",".join(str(s) for s in dict.fromkeys(j.seed for j in group))
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        args = ["-m", *overrides, f"seed={seeds}", f"results_dir={runs}", "trainer.resume=auto",
-                "trainer.progress=false", f"hydra.sweep.dir={runs}/multirun/{stamp}_{group[0].arm.name}"]
+        args = run_command(group, runs)[1:]  # after "run"
         log(f"[study] arm {group[0].arm.name}: seeds {seeds} ({len(group)} run(s))\n  run " + " ".join(args))
         launches.append({"name": group[0].arm.name, "args": args})
         launched += len(seeds.split(","))

@@ -12,12 +12,17 @@ import pandas as pd
 from ..collect import read_run
 from ..config import conf_dir
 from ..errors import ConfigError, UserError
-from . import execute
+from . import calibrate, execute, plan
 from .report import ArmNumbers, Verdict, claim_plot, control_failures, verdict_table, write_report
 from .stats import CORRECTIONS, adjust, judge, series, step0_value, window_value, window_values
 from .suite import Side, Suite, load_suite, suite_path
 
-USAGE = "sparsity-exp study SUITE [overrides] [--out DIR] [--seeds 0,1,2] [--judge-only] [--correction holm|bh|none]"
+USAGE = ("sparsity-exp study SUITE [overrides] [--out DIR] [--seeds 0,1,2 | --seeds auto --max-seeds N] "
+         "[--correction holm|bh|none] [--judge-only] [--plan] [--dry-run]")
+
+# The verdict rule the sequential stages, the plan's replay and the calibration apply (plan.Rule): the
+# four-outcome rule of stats.judge at a given one-sided level.
+VERDICT_RULE: plan.Rule = plan.default_rule
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,13 +30,30 @@ def _parser() -> argparse.ArgumentParser:
         "Run every arm x seed of a validation suite (conf/study/SUITE.yaml) through `run -m` with "
         "trainer.resume=auto (completed runs are skipped), then judge each claim: effect, 95% CI, verdict "
         "supported / no effect of interest / contradicted / inconclusive / no data (the rule: report.md, top). "
-        "Writes DIR/report.md, verdicts.csv and figures."))
+        "Writes DIR/report.md, verdicts.csv and figures, with a calibration of the rule on the suite's negative "
+        "controls (false-positive rate measured on its runs, planted positive)."))
     p.add_argument("suite", help="a suite under conf/study/ (cpu, gpu, paper) or a path to a suite YAML")
     p.add_argument("overrides", nargs="*", help="Hydra overrides for every run (trainer.device=cuda, "
                                                 "hydra/launcher=local, data.root=...)")
     p.add_argument("--out", type=Path, default=None, help="the study folder (default: study/SUITE)")
-    p.add_argument("--seeds", default=None, help="comma-separated seeds instead of the suite's")
-    p.add_argument("--judge-only", action="store_true", help="run nothing; judge the runs already there")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds instead of the suite's; `auto`: the "
+                   "suite's seeds first, then more seeds in stages (up to --max-seeds) only for the arms of claims "
+                   "still undecided, judged by a group-sequential alpha-spending rule")
+    p.add_argument("--max-seeds", type=int, default=None, help="with --seeds auto: the most seeds per arm (needed)")
+    p.add_argument("--stages", type=int, default=3, help="with --seeds auto: looks at the data, the first at the "
+                   "suite's seeds, evenly spaced up to --max-seeds (default 3)")
+    p.add_argument("--spending", choices=plan.SPENDING, default="obf", help="with --seeds auto: Lan-DeMets "
+                   "alpha-spending function, O'Brien-Fleming-like (obf: little alpha at early looks) or pocock")
+    p.add_argument("--alpha", type=float, default=None, help="one-sided level per direction of the verdicts, the "
+                   "sequential stages, the plan and the calibration (default 0.025 = the report's 95%% CI)")
+    p.add_argument("--planted", type=float, default=None, help="the calibration's planted positive, in SESOI "
+                   "units (default: the shift at which the plan gives 95%% power on the control's variance)")
+    p.add_argument("--judge-only", action="store_true", help="run nothing; judge the runs already there "
+                   "(refused when none are found and a report would be overwritten: give --out DIR)")
+    p.add_argument("--plan", action="store_true", help="run and write nothing; print per claim the seeds per "
+                   "arm needed for 80%% power, from the runs already there (a pilot)")
+    p.add_argument("--dry-run", action="store_true", help="run and write nothing; print each arm's composed "
+                   "config (what differs from the defaults), its `sparsity-exp run` command and each seed's status")
     p.add_argument("--correction", choices=sorted(CORRECTIONS), default="holm",
                    help="multiplicity adjustment over the suite's claims (negative controls excluded): Holm's "
                         "step-down (default, family-wise error), Benjamini-Hochberg (false discovery rate) or none")
@@ -95,9 +117,11 @@ def _rows(folder: Path) -> pd.DataFrame | None:
     return pd.concat(run.frames, ignore_index=True)
 
 
-def judge_suite(suite: Suite, jobs: list[execute.Job], correction: str = "holm") -> tuple[list[Verdict], dict]:
-    """Every claim's verdicts (stats.judge per comparison), then re-decided under ``correction`` over the
-    suite's non-control claims (stats.adjust)."""
+def judge_suite(suite: Suite, jobs: list[execute.Job], correction: str = "holm",
+                alpha: float | None = None) -> tuple[list[Verdict], dict]:
+    """Every claim's verdicts (stats.judge per comparison at the one-sided level ``alpha``, the suite's by
+    default), then re-decided under ``correction`` over the suite's non-control claims (stats.adjust)."""
+    alpha = suite.alpha if alpha is None else alpha
     rows = {job.folder: _rows(job.folder) for job in jobs if job.status == "completed"}
     verdicts, sides = [], {}
     for claim in suite.claims:
@@ -108,62 +132,224 @@ def judge_suite(suite: Suite, jobs: list[execute.Job], correction: str = "holm")
             t = by_label[treat.label]
             r = by_label[ref.label] if ref is not None else None
             treatment, steps = t.values, None
+            accuracy = (t.accuracy, r.accuracy) if r is not None else None
+            paired = claim.paired(treat, ref, suite.arms)
             if claim.compare == "arms":
                 reference = r.values
+                if paired and t.seeds != r.seeds:  # pairs over the seeds both arms have (stages add seeds per arm)
+                    common = [s for s in t.seeds if s in r.seeds]
+                    pick = lambda nums, xs: [xs[nums.seeds.index(s)] for s in common]  # noqa: E731
+                    treatment, reference = pick(t, t.values), pick(r, r.values)
+                    accuracy = (pick(t, t.accuracy), pick(r, r.accuracy))
             elif claim.compare == "step0":
                 reference = t.step0
             else:
                 reference = [claim.bound] * len(t.values)
                 if claim.window.from_step is not None:
                     treatment, steps = _window_table(t)
-            accuracy = (t.accuracy, r.accuracy) if r is not None else None
             effect = judge(treatment, reference, claim.compare, claim.direction, claim.sesoi, claim.sesoi_unit,
-                           paired=claim.paired(treat, ref, suite.arms), alpha=suite.alpha,
+                           paired=paired, alpha=alpha,
                            accuracy=accuracy, ni_margin=claim.ni_margin, steps=steps)
             verdicts.append(Verdict(row, claim, t, r, effect))
-    adjust([v.effect for v in verdicts], correction, suite.alpha, [v.claim.control for v in verdicts])
+    adjust([v.effect for v in verdicts], correction, alpha, [v.claim.control for v in verdicts])
     return verdicts, sides
+
+
+def _seed_lists(args, suite_seeds: list[int]) -> tuple[list[int] | None, list[int] | None]:
+    """(--seeds as given or None, the --seeds auto list: the suite's seeds then the next free integers)."""
+    if args.alpha is not None and not 0 < args.alpha < 0.5:
+        raise ConfigError(f"--alpha {args.alpha}: the one-sided level per direction, between 0 and 0.5 (e.g. 0.025)")
+    if args.stages < 1:
+        raise ConfigError(f"--stages {args.stages}: give 1 or more looks (1 = judge once at --max-seeds)")
+    if args.seeds == "auto":
+        if args.max_seeds is None:
+            raise ConfigError("--seeds auto needs --max-seeds N (the most seeds per arm), e.g. --max-seeds 10")
+        if args.max_seeds < len(suite_seeds):
+            raise ConfigError(f"--max-seeds {args.max_seeds} is below the suite's {len(suite_seeds)} seeds "
+                              f"{suite_seeds}; give at least {len(suite_seeds)}")
+        extra = [s for s in range(max(suite_seeds) + 1, max(suite_seeds) + 1 + args.max_seeds)]
+        return None, (list(suite_seeds) + extra)[:args.max_seeds]
+    if args.max_seeds is not None:
+        raise ConfigError("--max-seeds goes with --seeds auto")
+    if not args.seeds:
+        return None, None
+    try:
+        return [int(s) for s in args.seeds.split(",")], None
+    except ValueError:
+        raise ConfigError(f"--seeds {args.seeds!r}: give comma-separated integers (--seeds 0,1,2) or "
+                          f"`auto` with --max-seeds N") from None
+
+
+def _refuse_blind(jobs: list[execute.Job], runs: Path, out: Path, what: str) -> None:
+    """Judging without a single run would write `no data` everywhere: refuse where a report would be lost."""
+    if any(j.folder is not None for j in jobs):
+        return
+    if what == "--plan":
+        raise ConfigError(f"--plan reads the runs already there (a pilot) and found none of this suite under {runs}: "
+                          f"run the study first (sparsity-exp study SUITE), or give --out DIR where its runs are")
+    if (out / "report.md").exists():
+        raise ConfigError(f"--judge-only found no run of this suite under {runs}, so it would overwrite "
+                          f"{out / 'report.md'} with `no data`: run the study first, point --out at the study "
+                          f"folder that holds the runs, or give --out NEW_DIR to write an empty report elsewhere")
+
+
+def _dry_run(suite: Suite, args, out: Path, runs: Path, seeds: list[int]) -> int:
+    """Each arm's composed config (the keys that differ from a default `sparsity-exp run`), its command and
+    each seed's status; nothing is run or written."""
+    from omegaconf import OmegaConf
+
+    jobs, dataset = execute.plan_jobs(suite, args.overrides, out, seeds=seeds, link=False)
+    execute.locate(jobs, runs)
+    default = OmegaConf.to_container(execute.compose([]), resolve=False)
+
+    def flat(node, prefix=""):
+        if isinstance(node, dict):
+            return {k: v for key, sub in node.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
+        return {prefix[:-1]: node}
+
+    base = flat(default)
+    print(f"[study] dry run of {suite.name}: {len(jobs)} arm x seed runs under {runs} (nothing is run or written)"
+          + ("; --seeds auto: the most there can be, stages add seeds only where a claim is undecided"
+             if args.seeds == "auto" else ""))
+    if dataset is not None:
+        print(f"[study] data: {dataset.name} for the arms marked `data: auto`")
+    for overrides, group in execute.pending_groups(jobs, everything=True).items():
+        cfg = flat(OmegaConf.to_container(execute.compose(list(overrides)), resolve=False))
+        differ = {k: v for k, v in cfg.items() if base.get(k, "<absent>") != v and k != "seed"}
+        names = ", ".join(dict.fromkeys(j.arm.name for j in group))  # arms of one config share their runs
+        print(f"\n## arm {names}")
+        print("  overrides: " + (" ".join(overrides) or "(none)"))
+        print("  composed config, keys that differ from the defaults:")
+        for k in sorted(differ):
+            print(f"    {k}: {differ[k]}")
+        print("  command: sparsity-exp " + " ".join(execute.run_command(group, runs)))
+        print("  seeds: " + ", ".join(f"{j.seed} ({j.status})" for j in group))
+    return 0
+
+
+def _plan(suite: Suite, args, jobs: list[execute.Job], runs: Path, out: Path) -> int:
+    execute.locate(jobs, runs)
+    _refuse_blind(jobs, runs, out, "--plan")
+    verdicts, _ = judge_suite(suite, jobs, args.correction, args.alpha)
+    rows = [plan.plan_row(plan.comparison(v), args.alpha) for v in verdicts]
+    done = sum(j.status == "completed" for j in jobs)
+    print(f"[study] plan for {suite.name} from {done} completed run(s) under {runs} (nothing run or written)")
+    print(plan.plan_table(rows, args.alpha))
+    return 0
+
+
+def _sequential(suite: Suite, args, all_seeds: list[int], out: Path, runs: Path, rule: plan.Rule):
+    """--seeds auto: stage by stage, only the arms of rows still undecided get the stage's seeds."""
+    splan = plan.stage_plan(len(suite.seeds), len(all_seeds), args.stages, args.alpha, args.spending)
+    print(f"[study] --seeds auto: stages of {splan.sizes} seeds per arm; {splan.describe()}")
+    rows = [row for claim in suite.claims for row, _, _ in claim.comparisons()]
+    arms_of = {row: {s.arm for s in claim.sides} for claim in suite.claims for row, _, _ in claim.comparisons()}
+    final: dict = {}
+    records: dict = {}
+    every_job: dict = {}
+    launched, dataset = 0, None
+    for k, n in enumerate(splan.sizes):
+        active = [r for r in rows if r not in final]
+        if not active:
+            break
+        needed = set().union(*(arms_of[r] for r in active))
+        jobs, dataset = execute.plan_jobs(suite, args.overrides, out, arms=needed, seeds=all_seeds[:n],
+                                          link=not args.judge_only)
+        execute.locate(jobs, runs)
+        if k == 0 and args.judge_only:
+            _refuse_blind(jobs, runs, out, "--judge-only")
+        print(f"[study] stage {k + 1}/{len(splan.sizes)}: {len(active)} undecided row(s), arms {sorted(needed)}, "
+              f"{n} seeds each ({sum(j.status == 'completed' for j in jobs)}/{len(jobs)} already completed)")
+        if not args.judge_only:
+            started = execute.run_pending(jobs, runs, logfile=out / "runs.log")
+            launched += started
+            if started:
+                execute.locate(jobs, runs)
+        every_job.update({(j.arm.name, j.seed): j for j in jobs})
+        # the whole family judged on every run so far (each arm with the seeds it has), at this look's nominal
+        # level: the multiplicity correction applies at every look, the spending function across looks
+        verdicts, _ = judge_suite(suite, list(every_job.values()), args.correction, alpha=splan.alphas[k])
+        last = k == len(splan.sizes) - 1
+        for v in verdicts:
+            if v.row not in active:
+                continue
+            outcome = v.effect.verdict
+            records.setdefault(v.row, []).append((n, outcome))
+            if plan.decisive(outcome) or last:
+                v.effect.reason = (f"{outcome} at look {k + 1} of {len(splan.sizes)} ({n} seeds per arm, nominal "
+                                   f"one-sided level {splan.alphas[k]:.3g} of the {args.spending} spending function, "
+                                   f"interval at that level). " + v.effect.reason)
+                final[v.row] = (v, k + 1, n)
+    verdicts = [final[r][0] for r in rows]
+    stages = {r: final[r][1:] for r in rows}
+    jobs = list(every_job.values())
+    _, sides = judge_suite(suite, jobs, args.correction)
+    return verdicts, sides, jobs, launched, dataset, splan, stages, records
 
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_intermixed_args(argv)
     started = time.perf_counter()
-    try:
-        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
-    except ValueError:
-        raise ConfigError(f"--seeds {args.seeds!r}: give comma-separated integers, e.g. --seeds 0,1,2") from None
-    suite = load_suite(suite_path(args.suite, conf_dir()), seeds)
+    path = suite_path(args.suite, conf_dir())
+    suite = load_suite(path)
+    fixed, auto = _seed_lists(args, suite.seeds)
+    if fixed is not None:
+        suite = load_suite(path, fixed)
+    if args.alpha is None:
+        args.alpha = suite.alpha
     execute.check_user_overrides(args.overrides)
     out = (args.out or Path("study") / suite.name).resolve()
     runs = out / "runs"
-    out.mkdir(parents=True, exist_ok=True)
-    jobs, dataset = execute.plan_jobs(suite, args.overrides, out)
-    execute.locate(jobs, runs)
-    done = sum(j.status == "completed" for j in jobs)
-    print(f"[study] {suite.name}: {len(suite.claims)} claims, {len({tuple(j.overrides) for j in jobs})} distinct "
-          f"arms, {len(jobs)} arm x seed runs ({done} already completed) under {runs}")
-    launched = 0
-    if not args.judge_only:
-        launched = execute.run_pending(jobs, runs, logfile=out / "runs.log")
-        if launched:
-            execute.locate(jobs, runs)
+    if args.dry_run:
+        return _dry_run(suite, args, out, runs, auto or suite.seeds)
+    if args.plan:
+        jobs, _ = execute.plan_jobs(suite, args.overrides, out, seeds=auto, link=False)
+        return _plan(suite, args, jobs, runs, out)
+    rule = VERDICT_RULE
+    stages = records = splan = None
+    if auto:
+        out.mkdir(parents=True, exist_ok=True)
+        verdicts, sides, jobs, launched, dataset, splan, stages, records = _sequential(suite, args, auto, out, runs, rule)
+    else:
+        jobs, dataset = execute.plan_jobs(suite, args.overrides, out, link=not args.judge_only)
+        execute.locate(jobs, runs)
+        if args.judge_only:
+            _refuse_blind(jobs, runs, out, "--judge-only")
+        out.mkdir(parents=True, exist_ok=True)
+        done = sum(j.status == "completed" for j in jobs)
+        print(f"[study] {suite.name}: {len(suite.claims)} claims, {len({tuple(j.overrides) for j in jobs})} distinct "
+              f"arms, {len(jobs)} arm x seed runs ({done} already completed) under {runs}")
+        launched = 0
+        if not args.judge_only:
+            launched = execute.run_pending(jobs, runs, logfile=out / "runs.log")
+            if launched:
+                execute.locate(jobs, runs)
+        verdicts, sides = judge_suite(suite, jobs, args.correction, args.alpha)
     missing = [f"{j.arm.name} seed {j.seed} ({j.status})" for j in jobs if j.status != "completed"]
     if missing:
         print(f"[study] {len(missing)} run(s) not completed, judged without them: " + "; ".join(missing[:8]))
-    verdicts, sides = judge_suite(suite, jobs, args.correction)
     for claim in suite.claims:
         claim_plot(claim, sides[claim.id], out / f"claim_{claim.id}.png")
+    cals = calibrate.calibrate(verdicts, suite, rule, args.alpha, planted_k=args.planted)
+    calibrate.annotate(verdicts, cals)
+    opening, calibration = calibrate.calibration_section(cals, args.alpha)
+    seeds_md, columns = plan.seeds_section(verdicts, splan, stages, records)
     wall = time.perf_counter() - started
     data = (f"{dataset.name} (chosen from {[d.name for d in suite.datasets]}; arms marked `data: auto`)"
             if dataset else "as each arm's overrides say")
-    info = {"data": data, "correction": args.correction,
+    info = {"data": data, "correction": args.correction, "alpha": args.alpha,
             "runs": f"{launched} run(s) launched this time, {len(jobs) - len(missing)} of "
-                                  f"{len(jobs)} completed; this invocation took {wall:.0f} s wall."}
+                    f"{len(jobs)} completed; this invocation took {wall:.0f} s wall.",
+            "opening": opening, "sections": [seeds_md, calibration], "columns": columns}
     report = write_report(out, suite, verdicts, sides, info)
     print(verdict_table(verdicts))
+    print(seeds_md)
+    print(calibration)
     failures = control_failures(verdicts)
     if failures:
         print(f"[study] WARNING: negative control {'; '.join(failures)}: see {report}")
+    for line in calibrate.failures(cals):
+        print(f"[study] WARNING: calibration: {line}")
     print(f"[study] data: {data}")
     print(f"[study] {launched} run(s) launched; {wall:.0f} s wall; report: {report}")
     return 0

@@ -327,21 +327,24 @@ def claim_plot(claim: Claim, sides: list[ArmNumbers], path: Path) -> None:
 def write_report(out: Path, suite: Suite, verdicts: list[Verdict], sides: dict, info: dict) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     table = verdict_rows(verdicts)
+    for name, by_row in info.get("columns", {}).items():  # plan.seeds_section: seeds used, stage stopped at
+        table[name] = [by_row.get(row) for row in table["claim"]]
     table.to_csv(out / "verdicts.csv", index=False)
     forest_plot(verdicts, out / "forest.png")
     correction = info.get("correction", verdicts[0].effect.correction if verdicts else "holm")
     family = [v.row for v in verdicts if not v.claim.control and v.effect.verdict != NO_DATA]
-    lines = [f"# Study `{suite.name}`", ""]
+    lines = [f"# Study `{suite.name}`", "", *info.get("opening", [])]  # calibrate.py's warnings, if any
+    alpha = info.get("alpha", suite.alpha)
     failures = control_failures(verdicts)
     if failures:
         lines += [f"> **WARNING: negative control {'; '.join(failures)}**: its arms differ in nothing that "
                   f"matters, so it must come out `inconclusive` or `no effect of interest`; until it does, this "
                   f"suite's verdicts are not to be trusted (too few seeds, a window too short, or a bias in the "
                   f"pipeline).", ""]
-    lines += [f"Level: one-sided alpha = {suite.alpha:g} per test, two-sided {1 - 2 * suite.alpha:.0%} intervals; "
+    lines += [f"Level: one-sided alpha = {alpha:g} per test, two-sided {1 - 2 * alpha:.0%} intervals; "
               f"multiplicity: {CORRECTION_NAMES[correction]} over the family of {len(family)} claim row(s) "
               f"({', '.join(family) or 'none'}; negative controls judged unadjusted).", "",
-              "```", rule_text(suite.alpha, correction).rstrip(), "```", "",
+              "```", rule_text(alpha, correction).rstrip(), "```", "",
               verdict_table(verdicts), "",
               f"Suite `{suite.path.name}`; seeds {suite.seeds}; data: {info.get('data', 'as each arm says')}; "
               f"{info.get('runs', '')}", "",
@@ -353,7 +356,7 @@ def write_report(out: Path, suite: Suite, verdicts: list[Verdict], sides: dict, 
               "failed, diverged or are missing. verdicts.csv has every number (all three p-values raw and "
               "adjusted, theta in SESOI units, the exact permutation p of the direction, whose floor is 0.05 "
               "for 3 vs 3 seeds and 0.125 for 3 pairs).", "",
-              "![forest plot](forest.png)", ""]
+              "![forest plot](forest.png)", "", *info.get("sections", [])]  # seeds/looks, calibration
     for v in verdicts:
         c, e = v.claim, v.effect
         origin = ("negative control" if c.control else "exploratory claim (no numbered claim of the paper)"

@@ -411,7 +411,8 @@ def noninferiority(acc_t, acc_r, margin: float, paired: bool, alpha: float = ALP
 
 def judge(treatment, reference, kind: str, direction: str, sesoi: float, sesoi_unit: str = "difference",
           *, paired: bool | None = None, alpha: float = ALPHA, min_seeds: int = MIN_SEEDS,
-          accuracy: tuple | None = None, ni_margin: float | None = None, steps=None) -> Effect:
+          accuracy: tuple | None = None, ni_margin: float | None = None, steps=None,
+          permutation: bool = True) -> Effect:
     """The effect of ``treatment`` over ``reference`` and its verdict at the claim's own level (``RULE``).
 
     treatment, reference: per-seed values (nan = a seed without a value: failed, diverged, missing),
@@ -419,7 +420,8 @@ def judge(treatment, reference, kind: str, direction: str, sesoi: float, sesoi_u
     (reference: the same runs at step 0; always paired) or ``bound`` (reference: the constant bound,
     repeated; the treatment may be seeds x steps of the window, judged step by step). paired: for
     ``arms``, whether the arms share seeds (None: Welch). accuracy = (acc_t, acc_r) with ``ni_margin``:
-    the claim also needs accuracy non-inferiority."""
+    the claim also needs accuracy non-inferiority. permutation: also the exact permutation p-value (shown
+    beside the t tests, not used by the rule)."""
     t_all = np.asarray(treatment, float)
     r_all = np.asarray(reference, float)
     paired = True if kind in ("step0", "bound") else bool(paired)
@@ -441,7 +443,7 @@ def judge(treatment, reference, kind: str, direction: str, sesoi: float, sesoi_u
         return e
     diff_unit = Unit(1.0, 0.0, 1.0)
     e.diff, e.diff_ci = _interval(diff_unit, t, r, paired, alpha)
-    e.p_perm = permutation_p(t, r, direction, paired=paired)
+    e.p_perm = permutation_p(t, r, direction, paired=paired) if permutation else math.nan
     if abs(r.mean()) > 0:
         e.rel, e.rel_ci = _interval(Unit.of("relative", "increase", r.mean()), t, r, paired, alpha)
     if _is_fraction(t, r):  # the relative change of the non-zero fraction 1 - s: only for fractions in [0, 1]
