@@ -210,7 +210,10 @@ def _fieller(t, r, unit: Unit, paired: bool, alpha: float):
         def welch_df(theta0):  # Satterthwaite's df of the contrast N - theta0·D (it depends on theta0)
             vb = (s + theta0 * dr) ** 2 * vr
             with np.errstate(all="ignore"):
-                return (vt + vb) ** 2 / (vt ** 2 / (nt - 1) + vb ** 2 / (nr - 1))
+                df = (vt + vb) ** 2 / (vt ** 2 / (nt - 1) + vb ** 2 / (nr - 1))
+            # 0/0 where the contrast has no variance at theta0 (a constant treatment exactly at the unit's
+            # zero: theta0 = theta = +-100%); any finite df then gives the same (double) root
+            return np.where(vt + vb > 0, df, nt + nr - 2.0)
 
     def roots(df):
         q = stats.t.ppf(1 - alpha, df)
