@@ -203,3 +203,21 @@ def test_welch_ratio_with_a_constant_treatment_at_the_units_zero_is_bounded(unit
     t, r = np.asarray(t), np.asarray(r)
     by_hand = (_welch(t, 0.9 * r, "less") if unit == "relative" else _welch(t, 0.9 * r + 0.1, "greater"))
     assert welch.p_sup == pytest.approx(by_hand, rel=1e-9)
+
+
+def test_a_non_finite_value_is_a_seed_without_a_value():
+    """inf (a ratio metric over a zero, a blown-up probe) reaches judge() through step-0 values and bound
+    windows, which main.py does not filter; it must count as a failed seed, not as 'zero variance'."""
+    t = np.array([0.50, 0.60, 0.55, 0.58])
+    step0 = np.array([np.inf, 0.10, 0.12, 0.11])
+    e = stats.judge(t, step0, "step0", "increase", 0.02)
+    assert not e.zero_variance and e.n_treatment == 3
+    assert e.verdict == stats.judge(t[1:], step0[1:], "step0", "increase", 0.02).verdict == stats.SUPPORTED
+    e = stats.judge([0.5, np.inf, 0.55, 0.58], [0.1, 0.1, 0.12, 0.11], "arms", "increase", 0.02, paired=False)
+    assert e.n_treatment == 3 and e.n_failed_treatment == 1 and e.verdict == stats.SUPPORTED
+    window = 90 + np.arange(16.0).reshape(4, 4) * 0.1
+    window[1, 2] = np.inf
+    e = stats.judge(window, [100.0] * 4, "bound", "decrease", 0.0, steps=[1, 2, 3, 4])
+    assert not e.zero_variance and e.n_failed_treatment == 1 and e.verdict == stats.SUPPORTED
+    ni = stats.noninferiority([0.8, np.inf, 0.81, 0.82], [0.8, 0.81, 0.8, 0.82], 0.01, paired=True)
+    assert ni.outcome != "no data" and math.isfinite(ni.diff)

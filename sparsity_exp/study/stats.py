@@ -387,10 +387,18 @@ def _interval(unit: Unit, t, r, paired, alpha, sign: float = 1.0) -> tuple[float
     return sign * theta, Interval(lo, hi, "CI" if bounded else "unbounded")
 
 
+def _missing_if_non_finite(values) -> np.ndarray:
+    """Per-seed values as floats, +-inf as nan: an infinite value (a ratio over a zero, a blown-up probe)
+    is a seed without a value, like a failed or diverged one (main.py filters only the window values)."""
+    x = np.array(values, dtype=float)
+    x[np.isinf(x)] = np.nan
+    return x
+
+
 def noninferiority(acc_t, acc_r, margin: float, paired: bool, alpha: float = ALPHA,
                    min_seeds: int = MIN_SEEDS) -> NonInferiority:
     """Treatment accuracy not worse than the reference's by more than ``margin`` (one-sided t at alpha)."""
-    t, r = np.asarray(acc_t, float), np.asarray(acc_r, float)
+    t, r = _missing_if_non_finite(acc_t), _missing_if_non_finite(acc_r)
     if paired:
         ok = ~(np.isnan(t) | np.isnan(r))
         t, r = t[ok], r[ok]
@@ -423,8 +431,8 @@ def judge(treatment, reference, kind: str, direction: str, sesoi: float, sesoi_u
     repeated; the treatment may be seeds x steps of the window, judged step by step). paired: for
     ``arms``, whether the arms share seeds (None: Welch). accuracy = (acc_t, acc_r) with ``ni_margin``:
     the claim also needs accuracy non-inferiority."""
-    t_all = np.asarray(treatment, float)
-    r_all = np.asarray(reference, float)
+    t_all = _missing_if_non_finite(treatment)
+    r_all = _missing_if_non_finite(reference)
     paired = True if kind in ("step0", "bound") else bool(paired)
     if kind == "bound" and t_all.ndim == 2:
         return _judge_window(t_all, float(np.asarray(r_all).flat[0]) if r_all.size else math.nan, direction,
