@@ -221,3 +221,13 @@ def test_a_non_finite_value_is_a_seed_without_a_value():
     assert not e.zero_variance and e.n_failed_treatment == 1 and e.verdict == stats.SUPPORTED
     ni = stats.noninferiority([0.8, np.inf, 0.81, 0.82], [0.8, 0.81, 0.8, 0.82], 0.01, paired=True)
     assert ni.outcome != "no data" and math.isfinite(ni.diff)
+
+
+def test_the_report_says_its_intervals_are_unadjusted():
+    """The verdict follows the adjusted p-values while the table prints the claim's own 95% interval: an
+    interval beyond the SESOI beside `inconclusive` must not read as a contradiction."""
+    from sparsity_exp.study.report import verdict_table
+    from tests.test_study_stats import REF, _verdict
+
+    e = stats.judge(REF + 0.1, REF, "arms", "increase", 0.02, paired=True)
+    assert "[95% CI, unadjusted]" in verdict_table([_verdict(e)])

@@ -199,7 +199,7 @@ def verdict_rows(verdicts: list[Verdict]) -> pd.DataFrame:
 
 def verdict_table(verdicts: list[Verdict]) -> str:
     """The verdict table (markdown), as the command prints it and report.md shows it under the rule."""
-    head = ("| claim | §2 | compared | test | n (treat. / ref.) | effect in SESOI unit [95% CI] | SESOI "
+    head = ("| claim | §2 | compared | test | n (treat. / ref.) | effect in SESOI unit [95% CI, unadjusted] | SESOI "
             "| p (raw → adj.) | accuracy (treat. / ref.) | verdict |")
     lines = [head, "|" + "---|" * 10]
     for v in verdicts:
@@ -346,7 +346,8 @@ def write_report(out: Path, suite: Suite, verdicts: list[Verdict], sides: dict, 
               f"Suite `{suite.path.name}`; seeds {suite.seeds}; data: {info.get('data', 'as each arm says')}; "
               f"{info.get('runs', '')}", "",
               "Columns: effect in the claim's SESOI unit (difference; relative change; relative change of the "
-              "non-zero fraction 1 − s), natural sign, with its 95% interval (Fieller's for ratios; "
+              "non-zero fraction 1 − s), natural sign, with its 95% interval before any multiplicity adjustment "
+              "(the verdict uses the adjusted p-values; Fieller's for ratios; "
               "`unbounded` where the reference cannot be told from 0); p: the one-sided p-value of the "
               "verdict's test (sup: theta > SESOI, con: theta < −SESOI, tost: equivalence; for `inconclusive` "
               "the smallest), raw and after the adjustment; n: seeds with a value per arm, and the seeds that "
