@@ -230,4 +230,4 @@ def test_the_report_says_its_intervals_are_unadjusted():
     from tests.test_study_stats import REF, _verdict
 
     e = stats.judge(REF + 0.1, REF, "arms", "increase", 0.02, paired=True)
-    assert "[95% CI, unadjusted]" in verdict_table([_verdict(e)])
+    assert "[95% CI, unadjusted]" in verdict_table([_verdict(e, compare="step0")])
