@@ -231,3 +231,10 @@ def test_the_report_says_its_intervals_are_unadjusted():
 
     e = stats.judge(REF + 0.1, REF, "arms", "increase", 0.02, paired=True)
     assert "[95% CI, unadjusted]" in verdict_table([_verdict(e, compare="step0")])
+
+
+def test_an_arms_mean_leaves_out_non_finite_values_as_judge_does():
+    from sparsity_exp.study.report import ArmNumbers
+
+    nums = ArmNumbers("a", "a", [0, 1, 2, 3], [1.0, 2.0, 3.0, 1.0], [np.inf, 1.0, 2.0, 3.0], [])
+    assert nums.mean_ci("step0") == pytest.approx((2.0, *stats.t_interval([1.0, 2.0, 3.0])))

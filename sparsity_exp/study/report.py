@@ -39,7 +39,7 @@ class ArmNumbers:
         return ", ".join(f"seed {seed} {st}" for seed, st in zip(self.seeds, self.status) if st != "completed")
 
     def mean_ci(self, which="values"):
-        x = np.array([v for v in getattr(self, which) if not math.isnan(v)])
+        x = np.array([v for v in getattr(self, which) if math.isfinite(v)])  # inf: no value, as in stats.judge
         return (float(x.mean()) if len(x) else math.nan, *t_interval(x))
 
 
