@@ -238,3 +238,28 @@ def test_an_arms_mean_leaves_out_non_finite_values_as_judge_does():
 
     nums = ArmNumbers("a", "a", [0, 1, 2, 3], [1.0, 2.0, 3.0, 1.0], [np.inf, 1.0, 2.0, 3.0], [])
     assert nums.mean_ci("step0") == pytest.approx((2.0, *stats.t_interval([1.0, 2.0, 3.0])))
+
+
+@pytest.mark.parametrize("paired", [True, False])
+def test_noninferiority_by_hand(paired):
+    """Accuracy treatment - reference > -margin: the one-sided t of (acc_t + margin) vs acc_r; 'inferior'
+    where the other side (< -margin) is shown; the claim's p_sup is then the larger (intersection-union)."""
+    acc_r = np.array([0.816, 0.815, 0.818, 0.817])
+    acc_t = np.array([0.812, 0.813, 0.811, 0.815])
+    m = 0.01
+    ni = stats.noninferiority(acc_t, acc_r, m, paired=paired)
+    if paired:
+        p, p_other = _one_sample(acc_t + m - acc_r, "greater"), _one_sample(acc_t + m - acc_r, "less")
+        lo, hi = sps.ttest_1samp(acc_t - acc_r, 0).confidence_interval(1 - 2 * ALPHA)
+    else:
+        p, p_other = _welch(acc_t + m, acc_r, "greater"), _welch(acc_t + m, acc_r, "less")
+        ci = sps.ttest_ind(acc_t, acc_r, equal_var=False).confidence_interval(1 - 2 * ALPHA)
+        lo, hi = ci.low, ci.high
+    assert ni.p == pytest.approx(p, rel=1e-9) and (ni.ci.low, ni.ci.high) == pytest.approx((lo, hi))
+    assert ni.outcome == ("non-inferior" if p < ALPHA else "inferior" if p_other < ALPHA else "not shown")
+    worse = stats.noninferiority(acc_t - 0.05, acc_r, m, paired=paired)
+    assert worse.outcome == "inferior"
+    ref = np.array([0.85, 0.848, 0.853, 0.851])
+    e = stats.judge(ref + np.array([0.10, 0.098, 0.101, 0.099]), ref, "arms", "increase", 0.1, "nonzero_relative",
+                    paired=paired, accuracy=(acc_t, acc_r), ni_margin=m)
+    assert e.p_sup_joint == pytest.approx(max(e.p_sup, p))
