@@ -263,3 +263,13 @@ def test_noninferiority_by_hand(paired):
     e = stats.judge(ref + np.array([0.10, 0.098, 0.101, 0.099]), ref, "arms", "increase", 0.1, "nonzero_relative",
                     paired=paired, accuracy=(acc_t, acc_r), ni_margin=m)
     assert e.p_sup_joint == pytest.approx(max(e.p_sup, p))
+
+
+def test_the_report_states_the_level_the_suite_chose():
+    """A suite may set alpha (0.05: 90% intervals); the table must not call them 95% intervals."""
+    from sparsity_exp.study.report import verdict_table
+    from tests.test_study_stats import REF, _verdict
+
+    e = stats.judge(REF + 0.1, REF, "arms", "increase", 0.02, paired=True, alpha=0.05)
+    assert "[90% CI, unadjusted]" in verdict_table([_verdict(e, compare="step0")])
+    assert "95%" not in verdict_table([_verdict(e, compare="step0")])
