@@ -273,3 +273,8 @@ def test_the_report_states_the_level_the_suite_chose():
     e = stats.judge(REF + 0.1, REF, "arms", "increase", 0.02, paired=True, alpha=0.05)
     assert "[90% CI, unadjusted]" in verdict_table([_verdict(e, compare="step0")])
     assert "95%" not in verdict_table([_verdict(e, compare="step0")])
+
+
+def test_a_step0_claim_without_step0_values_says_why_it_has_no_data():
+    e = stats.judge([0.5, 0.6, 0.55], [np.nan, np.nan, 0.1], "step0", "increase", 0.02)
+    assert e.verdict == stats.NO_DATA and "none at step 0" in e.reason and "2 seed(s)" in e.reason

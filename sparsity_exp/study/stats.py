@@ -449,6 +449,9 @@ def judge(treatment, reference, kind: str, direction: str, sesoi: float, sesoi_u
         e.verdict = NO_DATA
         e.reason = (f"too few seeds with values ({len(t)} vs {len(r)}{' pairs' if paired else ''}; need {min_seeds}): "
                     f"run the study (not --judge-only), add seeds or see the failed runs")
+        no_step0 = int((np.isnan(r_all) & ~np.isnan(t_all)).sum()) if kind == "step0" else 0
+        if no_step0:  # the runs are there but the probe has no step-0 value: not a failed seed, say so
+            e.reason += f"; {no_step0} seed(s) have a value but none at step 0 (does the probe measure at step 0?)"
         return e
     diff_unit = Unit(1.0, 0.0, 1.0)
     e.diff, e.diff_ci = _interval(diff_unit, t, r, paired, alpha)
