@@ -46,6 +46,8 @@ alpha = {alpha:g} and the two-sided {level:.0%} interval for theta (Fieller's; t
                         (p_tost = the larger of the two one-sided p-values < alpha; impossible when delta = 0);
   inconclusive          anything else: the seeds cannot tell (more seeds may; `sparsity-exp study --plan`);
   no data               fewer than {min_seeds} seeds with a value in an arm (runs missing, failed or diverged).
+Seeds without a value are left out of the tests (valid only if they did not fail because of the arm); a
+verdict that left some out says how many.
 A bound claim ("stays below/above B") is judged at every measured step of its window (intersection-union:
 supported only when every step's interval lies beyond B; contradicted when some step's lies wholly on the
 other side, Bonferroni over the steps); its margin is B itself (no SESOI on top).
@@ -537,6 +539,10 @@ def redecide(e: Effect) -> None:
         e.reason = _bound_reason(e)
     if adj and e.verdict != INCONCLUSIVE:
         e.reason += f", and holds after the {e.correction} adjustment over {e.family_size} claims"
+    failed = e.n_failed_treatment + e.n_failed_reference
+    if failed and e.verdict != INCONCLUSIVE:  # the test sees only the survivors: a verdict must say so
+        e.reason += (f" (judged without {failed} seed(s) that failed, diverged or have no value: valid only if "
+                     f"they did not fail because of the arm)")
 
 
 def _judge_window(t: np.ndarray, bound: float, direction: str, sesoi_unit: str, *, alpha: float,
