@@ -284,10 +284,10 @@ def test_a_verdict_on_survivors_says_seeds_were_left_out():
     """Dropping a diverged seed is unbiased only if it diverged for reasons unrelated to the arm: a decided
     verdict over the survivors says how many seeds it left out."""
     e = stats.judge([0.7, np.nan, 0.71, 0.72], [0.6, 0.61, 0.59, 0.6], "arms", "increase", 0.02, paired=True)
-    assert e.verdict == stats.SUPPORTED and "without 1 seed(s)" in e.reason
+    assert e.verdict == stats.SUPPORTED and "without 1 run(s)" in e.reason
     stats.adjust([e, stats.judge([0.7, 0.71, 0.72], [0.6, 0.61, 0.59], "arms", "increase", 0.02, paired=True)])
-    assert e.verdict == stats.SUPPORTED and e.reason.count("without 1 seed(s)") == 1
+    assert e.verdict == stats.SUPPORTED and e.reason.count("without 1 run(s)") == 1
     window = 90 + np.arange(16.0).reshape(4, 4) * 0.1
     window[1, 2] = np.nan
     e = stats.judge(window, [100.0] * 4, "bound", "decrease", 0.0, steps=[1, 2, 3, 4])
-    assert e.verdict == stats.SUPPORTED and "without 1 seed(s)" in e.reason
+    assert e.verdict == stats.SUPPORTED and "without 1 run(s)" in e.reason

@@ -541,7 +541,7 @@ def redecide(e: Effect) -> None:
         e.reason += f", and holds after the {e.correction} adjustment over {e.family_size} claims"
     failed = e.n_failed_treatment + e.n_failed_reference
     if failed and e.verdict != INCONCLUSIVE:  # the test sees only the survivors: a verdict must say so
-        e.reason += (f" (judged without {failed} seed(s) that failed, diverged or have no value: valid only if "
+        e.reason += (f" (judged without {failed} run(s) that failed, diverged or have no value: valid only if "
                      f"they did not fail because of the arm)")
 
 
