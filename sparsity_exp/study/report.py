@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .stats import (CONTRADICTED, CORRECTION_NAMES, INCONCLUSIVE, NO_DATA, NO_EFFECT, SUPPORTED, Effect, rule_text,
-                    t_interval)
+from .stats import (ALPHA, CONTRADICTED, CORRECTION_NAMES, INCONCLUSIVE, NO_DATA, NO_EFFECT, SUPPORTED, Effect,
+                    rule_text, t_interval)
 from .suite import Claim, Suite
 
 COLORS = {SUPPORTED: "tab:green", NO_EFFECT: "tab:blue", CONTRADICTED: "tab:red", INCONCLUSIVE: "tab:gray",
@@ -39,7 +39,7 @@ class ArmNumbers:
         return ", ".join(f"seed {seed} {st}" for seed, st in zip(self.seeds, self.status) if st != "completed")
 
     def mean_ci(self, which="values"):
-        x = np.array([v for v in getattr(self, which) if not math.isnan(v)])
+        x = np.array([v for v in getattr(self, which) if math.isfinite(v)])  # inf: no value, as in stats.judge
         return (float(x.mean()) if len(x) else math.nan, *t_interval(x))
 
 
@@ -197,10 +197,16 @@ def verdict_rows(verdicts: list[Verdict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _level(verdicts: list[Verdict]) -> str:
+    """'95%': the two-sided level of the effect intervals (1 - 2 alpha; a suite may set its own alpha)."""
+    alpha = verdicts[0].effect.alpha if verdicts else ALPHA
+    return f"{1 - 2 * alpha:.0%}"
+
+
 def verdict_table(verdicts: list[Verdict]) -> str:
     """The verdict table (markdown), as the command prints it and report.md shows it under the rule."""
-    head = ("| claim | §2 | compared | test | n (treat. / ref.) | effect in SESOI unit [95% CI] | SESOI "
-            "| p (raw → adj.) | accuracy (treat. / ref.) | verdict |")
+    head = ("| claim | §2 | compared | test | n (treat. / ref.) | effect in SESOI unit "
+            f"[{_level(verdicts)} CI, unadjusted] | SESOI | p (raw → adj.) | accuracy (treat. / ref.) | verdict |")
     lines = [head, "|" + "---|" * 10]
     for v in verdicts:
         e, c = v.effect, v.claim
@@ -288,8 +294,8 @@ def forest_plot(verdicts: list[Verdict], path: Path) -> None:
     origin = lambda c: ("negative control" if c.control else "exploratory" if c.paper_claim is None  # noqa: E731
                         else f"§2.{c.paper_claim}")
     ax.set_yticklabels([f"{v.row} ({origin(v.claim)}; /{forest_scale(v)[1]})" for v in reversed(verdicts)], fontsize=8)
-    ax.set_xlabel("effect toward the prediction / SESOI, 95% interval (row ticks: the thresholds; dotted: unbounded)",
-                  fontsize=8)
+    ax.set_xlabel(f"effect toward the prediction / SESOI, {_level(verdicts)} interval (row ticks: the thresholds; "
+                  "dotted: unbounded)", fontsize=8)
     handles = [ax.plot([], [], "o-", color=c, label=k)[0] for k, c in COLORS.items()]
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title("All effects in SESOI units")
@@ -349,7 +355,9 @@ def write_report(out: Path, suite: Suite, verdicts: list[Verdict], sides: dict, 
               f"Suite `{suite.path.name}`; seeds {suite.seeds}; data: {info.get('data', 'as each arm says')}; "
               f"{info.get('runs', '')}", "",
               "Columns: effect in the claim's SESOI unit (difference; relative change; relative change of the "
-              "non-zero fraction 1 − s), natural sign, with its 95% interval (Fieller's for ratios; "
+              f"non-zero fraction 1 − s), natural sign, with its {_level(verdicts)} interval before any multiplicity "
+              "adjustment "
+              "(the verdict uses the adjusted p-values; Fieller's for ratios; "
               "`unbounded` where the reference cannot be told from 0); p: the one-sided p-value of the "
               "verdict's test (sup: theta > SESOI, con: theta < −SESOI, tost: equivalence; for `inconclusive` "
               "the smallest), raw and after the adjustment; n: seeds with a value per arm, and the seeds that "
@@ -392,7 +400,8 @@ def write_report(out: Path, suite: Suite, verdicts: list[Verdict], sides: dict, 
                   f"{_interval_text(e.rel_ci, _pct)}")
         if not math.isnan(e.nonzero_rel) and (c.metric.probe == "sparsity" or c.sesoi_unit == "nonzero_relative"):
             effect += f"; non-zero fraction {_pct(e.nonzero_rel)} {_interval_text(e.nonzero_rel_ci, _pct)}"
-        effect += (f" ({e.test_name}, 95%). theta (toward the prediction, {c.sesoi_unit}) {_f(e.aligned)} "
+        effect += (f" ({e.test_name}, {1 - 2 * e.alpha:.0%}). theta (toward the prediction, {c.sesoi_unit}) "
+                   f"{_f(e.aligned)} "
                    f"{_interval_text(e.aligned_ci)}; one-sided p: sup {_f(e.p_sup_joint, 2)}, con {_f(e.p_con, 2)}, "
                    f"tost {_f(e.p_tost, 2)}")
         if e.correction != "none" and not c.control and e.verdict != NO_DATA:

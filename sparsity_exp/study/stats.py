@@ -46,6 +46,8 @@ alpha = {alpha:g} and the two-sided {level:.0%} interval for theta (Fieller's; t
                         (p_tost = the larger of the two one-sided p-values < alpha; impossible when delta = 0);
   inconclusive          anything else: the seeds cannot tell (more seeds may; `sparsity-exp study --plan`);
   no data               fewer than {min_seeds} seeds with a value in an arm (runs missing, failed or diverged).
+Seeds without a value are left out of the tests (valid only if they did not fail because of the arm); a
+verdict that left some out says how many.
 A bound claim ("stays below/above B") is judged at every measured step of its window (intersection-union:
 supported only when every step's interval lies beyond B; contradicted when some step's lies wholly on the
 other side, Bonferroni over the steps); its margin is B itself (no SESOI on top).
@@ -210,7 +212,10 @@ def _fieller(t, r, unit: Unit, paired: bool, alpha: float):
         def welch_df(theta0):  # Satterthwaite's df of the contrast N - theta0·D (it depends on theta0)
             vb = (s + theta0 * dr) ** 2 * vr
             with np.errstate(all="ignore"):
-                return (vt + vb) ** 2 / (vt ** 2 / (nt - 1) + vb ** 2 / (nr - 1))
+                df = (vt + vb) ** 2 / (vt ** 2 / (nt - 1) + vb ** 2 / (nr - 1))
+            # 0/0 where the contrast has no variance at theta0 (a constant treatment exactly at the unit's
+            # zero: theta0 = theta = +-100%); any finite df then gives the same (double) root
+            return np.where(vt + vb > 0, df, nt + nr - 2.0)
 
     def roots(df):
         q = stats.t.ppf(1 - alpha, df)
@@ -384,10 +389,18 @@ def _interval(unit: Unit, t, r, paired, alpha, sign: float = 1.0) -> tuple[float
     return sign * theta, Interval(lo, hi, "CI" if bounded else "unbounded")
 
 
+def _missing_if_non_finite(values) -> np.ndarray:
+    """Per-seed values as floats, +-inf as nan: an infinite value (a ratio over a zero, a blown-up probe)
+    is a seed without a value, like a failed or diverged one (main.py filters only the window values)."""
+    x = np.array(values, dtype=float)
+    x[np.isinf(x)] = np.nan
+    return x
+
+
 def noninferiority(acc_t, acc_r, margin: float, paired: bool, alpha: float = ALPHA,
                    min_seeds: int = MIN_SEEDS) -> NonInferiority:
     """Treatment accuracy not worse than the reference's by more than ``margin`` (one-sided t at alpha)."""
-    t, r = np.asarray(acc_t, float), np.asarray(acc_r, float)
+    t, r = _missing_if_non_finite(acc_t), _missing_if_non_finite(acc_r)
     if paired:
         ok = ~(np.isnan(t) | np.isnan(r))
         t, r = t[ok], r[ok]
@@ -422,8 +435,8 @@ def judge(treatment, reference, kind: str, direction: str, sesoi: float, sesoi_u
     ``arms``, whether the arms share seeds (None: Welch). accuracy = (acc_t, acc_r) with ``ni_margin``:
     the claim also needs accuracy non-inferiority. permutation: also the exact permutation p-value (shown
     beside the t tests, not used by the rule)."""
-    t_all = np.asarray(treatment, float)
-    r_all = np.asarray(reference, float)
+    t_all = _missing_if_non_finite(treatment)
+    r_all = _missing_if_non_finite(reference)
     paired = True if kind in ("step0", "bound") else bool(paired)
     if kind == "bound" and t_all.ndim == 2:
         return _judge_window(t_all, float(np.asarray(r_all).flat[0]) if r_all.size else math.nan, direction,
@@ -440,6 +453,9 @@ def judge(treatment, reference, kind: str, direction: str, sesoi: float, sesoi_u
         e.verdict = NO_DATA
         e.reason = (f"too few seeds with values ({len(t)} vs {len(r)}{' pairs' if paired else ''}; need {min_seeds}): "
                     f"run the study (not --judge-only), add seeds or see the failed runs")
+        no_step0 = int((np.isnan(r_all) & ~np.isnan(t_all)).sum()) if kind == "step0" else 0
+        if no_step0:  # the runs are there but the probe has no step-0 value: not a failed seed, say so
+            e.reason += f"; {no_step0} seed(s) have a value but none at step 0 (does the probe measure at step 0?)"
         return e
     diff_unit = Unit(1.0, 0.0, 1.0)
     e.diff, e.diff_ci = _interval(diff_unit, t, r, paired, alpha)
@@ -525,6 +541,10 @@ def redecide(e: Effect) -> None:
         e.reason = _bound_reason(e)
     if adj and e.verdict != INCONCLUSIVE:
         e.reason += f", and holds after the {e.correction} adjustment over {e.family_size} claims"
+    failed = e.n_failed_treatment + e.n_failed_reference
+    if failed and e.verdict != INCONCLUSIVE:  # the test sees only the survivors: a verdict must say so
+        e.reason += (f" (judged without {failed} run(s) that failed, diverged or have no value: valid only if "
+                     f"they did not fail because of the arm)")
 
 
 def _judge_window(t: np.ndarray, bound: float, direction: str, sesoi_unit: str, *, alpha: float,
