@@ -1,5 +1,5 @@
 """AS_K, L0 coefficient, AS_V, L2 coefficient and AS_K/coef_L0 vs step (log y).
-PAPER.md §1.3, §2 claim 2.
+docs/paper.md §1.3, §2 claim 2.
 
 `python scripts/fig_augmented_flatness.py PATH... [--out DIR]`,
 PATH being run folders (collected now) or a table written by `sparsity-exp collect`."""

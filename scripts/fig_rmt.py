@@ -1,5 +1,5 @@
 """Relative anisotropy vs hidden width and the Marchenko-Pastur bound vs step (LN-MLP width sweep).
-PAPER.md §1.6, §4.5, §2 claim 5.
+docs/paper.md §1.6, §4.5, §2 claim 5.
 
 `python scripts/fig_rmt.py PATH... [--out DIR]`,
 PATH being run folders (collected now) or a table written by `sparsity-exp collect`."""

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-ZERO_TOL = 1e-6  # PAPER.md §1.1: activation habitat y in [-1e-6, 1e-6]
+ZERO_TOL = 1e-6  # docs/paper.md §1.1: activation habitat y in [-1e-6, 1e-6]
 
 
 class SiteActivation(nn.Module):
@@ -57,7 +57,7 @@ class ReLU(SiteActivation):
 
 
 class _JSReLUFunction(torch.autograd.Function):
-    """J-SquaredReLU (PAPER.md §3.2): (h^2/2 + h) 1[h > 0], gradient (h + 1) 1[h > 0] in closed form.
+    """J-SquaredReLU (docs/paper.md §3.2): (h^2/2 + h) 1[h > 0], gradient (h + 1) 1[h > 0] in closed form.
     Saves only the input, like the authors' C++ extension."""
 
     @staticmethod
@@ -136,7 +136,7 @@ INNER = {"squared_relu": (_squared_relu, _squared_relu_derivative), "jsrelu": (j
 
 
 class Shifted(SiteActivation):
-    """The shifted S-shaped activation of the validation experiment (PAPER.md §4.1):
+    """The shifted S-shaped activation of the validation experiment (docs/paper.md §4.1):
 
         f(h) = s_y + phi(u - c) - phi(-u - c),   u = h - s_x,
 
@@ -174,7 +174,7 @@ class Shifted(SiteActivation):
 
 
 class Mixed(SiteActivation):
-    """(1 - k_t) ReLU + k_t JSReLU with k_t = clip(t / T, 0, 1) (PAPER.md §3.2): the finetuning
+    """(1 - k_t) ReLU + k_t JSReLU with k_t = clip(t / T, 0, 1) (docs/paper.md §3.2): the finetuning
     transition from ReLU to JSReLU over T = ``steps`` optimizer steps (T = 0: JSReLU at once).
     ``set_step`` moves k_t; both parts are flat (and zero) for h <= 0."""
 

@@ -1,4 +1,4 @@
-"""Every figure of PAPER.md §2 and §4.7 from a collected table (and the runs' saved arrays).
+"""Every figure of docs/paper.md §2 and §4.7 from a collected table (and the runs' saved arrays).
 
 ``sparsity-exp figures PATH... [--out DIR] [--only NAME,...]``: collects the run folders under the
 paths (or reads a table written by ``sparsity-exp collect``), then makes every figure whose data
@@ -36,7 +36,7 @@ FIGURES = {
     "mp_bound": mp_bound,
     "flatness_vs_sparsity": flatness_vs_sparsity,
 }
-# figure kinds of PAPER.md §2 / §4.7, one script each under scripts/
+# figure kinds of docs/paper.md §2 / §4.7, one script each under scripts/
 KINDS = {
     "sparsity": ["sparsity"],
     "flat_region": ["flat_region"],

@@ -175,7 +175,7 @@ def test_augmented_flatness_identity_and_per_sample_scale():
         assert got[("coef_l2", i)] == pytest.approx((gz_b**2).sum(1).mean(), rel=1e-6)
         assert got[("a2", i)] == pytest.approx((a**2).sum(1).mean(), rel=1e-9)
         assert got[("l2_term", i)] == pytest.approx(((a**2).sum(1) * (gz_b**2).sum(1)).mean(), rel=1e-6)
-        # PAPER.md §1.3: for ReLU, ||a||_0 (nonzeros per sample) = AS_K / coefficient_L0
+        # docs/paper.md §1.3: for ReLU, ||a||_0 (nonzeros per sample) = AS_K / coefficient_L0
         l0 = (a > 0).sum(1).mean()
         assert got[("as_key", i)] / got[("coef_l0", i)] == pytest.approx(l0, rel=1e-9)
 

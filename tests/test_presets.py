@@ -13,7 +13,7 @@ from tests.conftest import ROOT
 PAPER = ROOT / "conf" / "experiment" / "paper"
 PRESETS = sorted(p.stem for p in PAPER.glob("*.yaml") if not p.stem.endswith("_cpu"))
 
-# preset -> dotted key -> the paper's value (PAPER.md §4)
+# preset -> dotted key -> the paper's value (docs/paper.md §4)
 PAPER_SETTINGS = {
     "shifted": {"model.hidden_dim": 768, "model.patch_size": 16, "data.name": "cifar10", "activation.name": "shifted",
                 "activation.half_width": 1.5, "optim.name": "adam", "optim.lr": 1e-4, "optim.weight_decay": 0.0,

@@ -49,7 +49,7 @@ def _mnist_like(cfg, cls, folder: str, pretty: str) -> DataBundle:
     pad = (cfg.image_size - 28) // 2
     test_tf = T.Compose([T.Pad(pad), T.ToTensor()]) if pad > 0 else T.ToTensor()
     if cfg.augment:
-        # PAPER.md §4.5: RandomCrop(32, padding 16) and RandomRotation(30) in training.
+        # docs/paper.md §4.5: RandomCrop(32, padding 16) and RandomRotation(30) in training.
         train_tf = T.Compose([
             T.RandomCrop(cfg.image_size, padding=cfg.crop_padding),
             T.RandomRotation(cfg.rotation),

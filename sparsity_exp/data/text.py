@@ -8,7 +8,7 @@ Corpora (``data.name``):
     online, Hugging Face ``datasets`` streaming of ``allenai/c4`` ``en`` (optional extra ``[hf]``).
 
 Documents are tokenized, each followed by EOS, concatenated and cut into chunks of the raw length
-that span corruption turns into exactly ``data.inputs_length`` input tokens (the T5 recipe, PAPER.md
+that span corruption turns into exactly ``data.inputs_length`` input tokens (the T5 recipe, docs/paper.md
 §4.4); only the last chunk of a split is short and gets padded. Span corruption is drawn afresh for
 every training example (seeded by the run) and fixed per example for the test split.
 """

@@ -2,7 +2,7 @@
 ``data.download=true``):
 
   * ``cifar10`` / ``cifar100``: the python-pickle batches (``cifar-10-batches-py`` /
-    ``cifar-100-python``) under ``data.root``, with the paper's CIFAR transforms (PAPER.md §4.1):
+    ``cifar-100-python``) under ``data.root``, with the paper's CIFAR transforms (docs/paper.md §4.1):
     train Resize(256) -> RandomCrop(224) -> RandomHorizontalFlip, test Resize(224), no normalisation;
   * ``imagenet``: an ImageFolder root (``<root>/train/<class>/*``, ``<root>/val/<class>/*``) with the
     torchvision reference recipe the paper used (§4.3): RandomResizedCrop(224) + flip + RandAugment

@@ -1,4 +1,4 @@
-"""The LayerNorm-ed pure residual MLP of PAPER.md §4.5.
+"""The LayerNorm-ed pure residual MLP of docs/paper.md §4.5.
 
     z_0 = P flatten(x)                       input projection
     z_l = z_{l-1} + V act(K LN(z_{l-1}) + b)   (value=true: a transformer-style MLP block)

@@ -1,5 +1,5 @@
 """T5: transformers' ``T5ForConditionalGeneration`` built from a ``T5Config`` (random init, nothing
-downloaded), with the ReLU feed-forward of the original T5 / ``t5-base`` (PAPER.md §4.4).
+downloaded), with the ReLU feed-forward of the original T5 / ``t5-base`` (docs/paper.md §4.4).
 
 Every feed-forward block's activation (``DenseReluDense.act``) is replaced by the configured
 SiteActivation. One MLP site per feed-forward block: norm = the layer's T5 RMS norm, key = ``wi``,

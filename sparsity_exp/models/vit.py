@@ -1,4 +1,4 @@
-"""Vision Transformer: torchvision's ``VisionTransformer`` built from config (PAPER.md §4.1, §4.3).
+"""Vision Transformer: torchvision's ``VisionTransformer`` built from config (docs/paper.md §4.1, §4.3).
 
 Module surgery only, no copy of the architecture:
   * each encoder block's MLP activation (``mlp[1]``, GELU in torchvision) is replaced by the

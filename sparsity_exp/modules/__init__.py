@@ -1,4 +1,4 @@
-"""The paper's interventions (PAPER.md §3), applied to any model through its MLP sites.
+"""The paper's interventions (docs/paper.md §3), applied to any model through its MLP sites.
 
 ``apply_interventions`` rewrites the sites of a model (built by ``assemble.py``, never here) as the
 config says and returns the Trainer callbacks that keep the modules' constraints and schedules and

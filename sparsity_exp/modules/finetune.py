@@ -1,4 +1,4 @@
-"""Sparsity finetuning (PAPER.md §4.3-4.4): start from an earlier run's weights, optionally through
+"""Sparsity finetuning (docs/paper.md §4.3-4.4): start from an earlier run's weights, optionally through
 LoRA adapters (peft), with a fresh optimizer and schedule.
 
 The starting model is built by ``assemble.py`` (``source_model``): ``protocol.init`` names a run

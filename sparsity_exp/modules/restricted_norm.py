@@ -1,4 +1,4 @@
-"""Restricted norm (PAPER.md §3.3): a lower bound on the affine weight gamma of the norm feeding each
+"""Restricted norm (docs/paper.md §3.3): a lower bound on the affine weight gamma of the norm feeding each
 MLP site, so the MLP input norm ||x~||^2 = sum_j gamma_j^2 n_j^2 stays >= d.
 
   clamp   (training from scratch): the norm loses its bias; gamma <- max(gamma, min_gamma) after

@@ -1,4 +1,4 @@
-"""Token-wise Gaussian weight noise (PAPER.md §3.4, the authors' 'MagicSynapse'), training mode only:
+"""Token-wise Gaussian weight noise (docs/paper.md §3.4, the authors' 'MagicSynapse'), training mode only:
 
     out = W x + b + eps * sigma_W * ||x||_2,   eps ~ N(0, I) per token and output unit,
     sigma_W = rho ||W||_F / sqrt(numel W),

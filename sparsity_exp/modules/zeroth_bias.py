@@ -1,4 +1,4 @@
-"""Zeroth biases (PAPER.md §3.1, the 'doubly biased' MLP): one trainable bias vector per token
+"""Zeroth biases (docs/paper.md §3.1, the 'doubly biased' MLP): one trainable bias vector per token
 position, zero at init, shared across samples, added to the MLP input after the norm (default) or to
 the MLP block output (the value layer's output, before the residual add).
 

@@ -1,4 +1,4 @@
-"""Flatness figures (PAPER.md §1.3, §2 claim 2, and the Hessian/sharpness probes).
+"""Flatness figures (docs/paper.md §1.3, §2 claim 2, and the Hessian/sharpness probes).
 
 augmented_flatness     layer-averaged AS_K, coefficient L0, AS_V, coefficient L2 vs step (log y), and
                        AS_K / coef_L0, which equals ||v||_0 (or ||a||_0, pre_dropout) for ReLU (its

@@ -1,4 +1,4 @@
-"""Gradient density (PAPER.md §1.2, §2 claim 9: small eta does not come from mis-aligning g).
+"""Gradient density (docs/paper.md §1.2, §2 claim 9: small eta does not come from mis-aligning g).
 
 gradient_density             E[g^2 | a>0] / E[g^2] (metric density_ratio) vs step, log y, one curve
                              per layer, one column per run group; the y axis names the probe's

@@ -1,4 +1,4 @@
-"""Marchenko-Pastur figures of the LN-MLP width sweep (PAPER.md §1.6, §4.5, §2 claim 5), aggregated
+"""Marchenko-Pastur figures of the LN-MLP width sweep (docs/paper.md §1.6, §4.5, §2 claim 5), aggregated
 as the authors' after_training/mp.py does.
 
 mp_anisotropy  "averaged relative anisotropy" of the input and gradient covariances against the hidden

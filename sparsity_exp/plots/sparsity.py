@@ -1,4 +1,4 @@
-"""Sparsity figures (PAPER.md §2 claims 1, 7, 8).
+"""Sparsity figures (docs/paper.md §2 claims 1, 7, 8).
 
 sparsity_vs_step   per-layer activation sparsity vs step, one figure per split (training batches,
                    test set), one panel per layer plus the average, one curve per run group
@@ -23,7 +23,7 @@ YLABELS = {
     "rest_fraction": "fraction of outputs = s_y",
     "derivative2": "mean σ'(h)²",
 }
-# Config keys of the shifted activation's offsets (PAPER.md §4.1), put first when grouping.
+# Config keys of the shifted activation's offsets (docs/paper.md §4.1), put first when grouping.
 SHIFT_KEY = re.compile(r"(^|\.)(s_x|shift_x|sx|s_y|shift_y|sy)$")
 
 

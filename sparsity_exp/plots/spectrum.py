@@ -1,4 +1,4 @@
-"""Spectral concentration of the key matrices (PAPER.md §1.5, §2 claim 4).
+"""Spectral concentration of the key matrices (docs/paper.md §1.5, §2 claim 4).
 
 spectrum_histograms  per run: one panel per layer, histograms of log10 of the non-zero eigenvalues
                      of K K^T (lambda > 0.1) for up to ``max_steps`` saved steps, read from
@@ -52,7 +52,7 @@ def layer_arrays(npz) -> dict[str, np.ndarray]:
 def majority_interval(eigenvalues, mass: float = 0.8, bins: int = 100, nonzero: float = NONZERO):
     """Narrowest run of contiguous histogram bins (``bins`` equal bins of log10 lambda over
     [log10 nonzero, log10 lambda_max]) holding at least ``mass`` of the non-zero eigenvalues, as
-    (lo, hi) in log10 units; None when no eigenvalue is non-zero (PAPER.md §1.5, notebook)."""
+    (lo, hi) in log10 units; None when no eigenvalue is non-zero (docs/paper.md §1.5, notebook)."""
     lam = np.asarray(eigenvalues, dtype=np.float64)
     logs = np.log10(lam[lam > nonzero])
     if logs.size == 0:

@@ -3,7 +3,7 @@
 For every site it records, as [rows, features] matrices (rows = samples x tokens, padding tokens
 left out when the task marks them on ``masks``, a ProbeContext; see masking.py):
 
-    x     input of the key layer (the normed block input, x~ in PAPER.md §1)
+    x     input of the key layer (the normed block input, x~ in docs/paper.md §1)
     h     pre-activation (input of the activation)
     a     activation output
     v     input of the value layer V (``value_inputs``): a after whatever sits between the activation

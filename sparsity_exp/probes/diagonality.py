@@ -1,4 +1,4 @@
-"""Diagonality (PAPER.md §1.5, the authors' DiagonalityPlugin): is eta^T K K^T eta dominated by its
+"""Diagonality (docs/paper.md §1.5, the authors' DiagonalityPlugin): is eta^T K K^T eta dominated by its
 diagonal, as the theory needs to turn flatness into sparsity?
 
 For p in ``powers`` (1, 2), per site, with x_t = |g_t|^p (g = dL/da on training batches, one row per

@@ -1,4 +1,4 @@
-"""Gradient-side probes on training batches (PAPER.md §1.2, §1.3 'older direct probes').
+"""Gradient-side probes on training batches (docs/paper.md §1.2, §1.3 'older direct probes').
 
 ``gradients`` (per MLP site, over the observed training batches):
   eta_small_<p>    fraction of entries with |eta| < p, p in ``thresholds`` (1e-9, 1e-6, 1e-3)
@@ -12,7 +12,7 @@
                    observed rows (v = V's input, after dropout): the gradient of V's effective weight
                    (base + LoRA delta) even where the weight itself is frozen; sites with V only
   grad_norm_wrt_values  (one model-wide row, layer 'avg' like t_eff) sqrt(sum over sites of value_grad_fro^2): the authors'
-                   'grad norm wrt values' (ActivationObservationPlugin, PAPER.md §1.3 direct probes)
+                   'grad norm wrt values' (ActivationObservationPlugin, docs/paper.md §1.3 direct probes)
 ``gradient_density``:
   density_ratio    E[g^2 | active] / E[g^2] (active = outside the zero-derivative region, i.e.
                    a > 0 for ReLU). ``ratio_mode: exact`` (default): over every entry, exact zeros
@@ -181,7 +181,7 @@ RATIO_MODES = ("exact", "binned")
 
 
 class GradientDensityProbe(_TrainGradientProbe):
-    """E[g^2 | active] / E[g^2] per layer, and histograms of log10|g| (PAPER.md §1.2)."""
+    """E[g^2 | active] / E[g^2] per layer, and histograms of log10|g| (docs/paper.md §1.2)."""
 
     name = "gradient_density"
     metrics = ("density_ratio", "below_range", "above_range")

@@ -1,4 +1,4 @@
-"""Random-matrix quantities of the Marchenko-Pastur experiment (PAPER.md §1.6, §4.5; the authors'
+"""Random-matrix quantities of the Marchenko-Pastur experiment (docs/paper.md §1.6, §4.5; the authors'
 CovariancePlugin in marchenko_pastur/mnist.py, and after_training/mp.py).
 
 Per site, running covariances accumulated over training with weight-decay forgetting:

@@ -1,4 +1,4 @@
-"""Activation and derivative sparsity (PAPER.md §1.1, §1.2).
+"""Activation and derivative sparsity (docs/paper.md §1.1, §1.2).
 
 Per MLP site, over every entry (samples x tokens x d_ff) of one observation:
   activation_sparsity  fraction of activation outputs with |a| <= 1e-6 (the paper's

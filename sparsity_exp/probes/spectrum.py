@@ -1,4 +1,4 @@
-"""Spectra of the key matrices (PAPER.md §1.5): eigenvalues of K K^T for every site.
+"""Spectra of the key matrices (docs/paper.md §1.5): eigenvalues of K K^T for every site.
 
 K is d_ff x d, so K K^T (d_ff x d_ff) has rank <= min(d_ff, d): its eigenvalues are those of the
 smaller Gram matrix (K^T K, d x d, for d_ff >= d), padded with exact zeros up to d_ff. They come

@@ -75,7 +75,7 @@ def mean_loss(model, task, batches) -> torch.Tensor:
 
 def train_passes(model, task, probes, batches, context=None) -> None:
     """Forward and backward of each batch in train mode under ``observe('train')`` with no
-    parameter update (PAPER.md §1.3's lr-0 protocol). Gradients come from ``torch.autograd.grad``,
+    parameter update (docs/paper.md §1.3's lr-0 protocol). Gradients come from ``torch.autograd.grad``,
     so nothing accumulates into ``.grad``. ``context``: the probes' ProbeContext, which carries the
     batches' token masks (sequence tasks) around each forward."""
     params = trainable(model)

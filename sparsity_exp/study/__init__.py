@@ -1,4 +1,4 @@
-"""Validation studies: ``sparsity-exp study SUITE [overrides]`` tests the paper's claims (PAPER.md §2)
+"""Validation studies: ``sparsity-exp study SUITE [overrides]`` tests the paper's claims (docs/paper.md §2)
 over seeds and says, with an effect size and a confidence interval, whether each one holds here.
 
   suite.py     conf/study/<suite>.yaml -> arms (override sets) and claims (what to compare, how to judge)
