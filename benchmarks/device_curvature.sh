@@ -10,7 +10,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/out}; mkdir -p "$OUT"
-export PYTHONPATH=$PWD:$PWD/.pysite OMP_NUM_THREADS=8 MPLBACKEND=Agg PYTHONUNBUFFERED=1
+# or as wheels in .whl/ (as benchmarks/device_all.sh takes them)
+if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl; fi
+export PYTHONPATH=$PWD:$PWD/.pysite:/tmp/site OMP_NUM_THREADS=8 MPLBACKEND=Agg PYTHONUNBUFFERED=1
 DEVICE=${DEVICE:-cuda}; export DEVICE
 part() { local name=$1 limit=$2; shift 2; [[ $name =~ ${ONLY:-.} ]] || return 0; echo "=== $name"; local t0=$SECONDS
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
