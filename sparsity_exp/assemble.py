@@ -29,6 +29,7 @@ from .lifecycle.checkpoint import CHECKPOINT_DIR, list_checkpoints, load_checkpo
 from .models import build_model, find_sites
 from .modules import apply_interventions
 from .probes.base import ProbeContext
+from .speed import set_backend_flags
 from .train import ClassificationTask, Seq2SeqTask
 from .validate import DEVICE_PATTERN, validate_config
 
@@ -106,6 +107,9 @@ def assemble(cfg: DictConfig) -> Assembly:
     """Everything the run of ``cfg`` needs, built in one order (every random draw from ``cfg.seed``)."""
     seed_everything(cfg.seed)
     device = resolve_device(cfg.trainer.device)
+    # TF32 or not, here for training and post hoc alike: the same checkpoint measured online and by
+    # `sparsity-exp probe` must use the same matmul precision on CUDA
+    set_backend_flags(cfg.trainer, device)
     data = build_data(cfg.data)
     model, init = initial_model(cfg, data.info)
     model = model.to(device)

@@ -25,7 +25,7 @@ from .optim import build_optimizer, build_schedule, param_groups
 from .plots.quicklook import sparsity_per_layer
 from .probes import ProbeSet, build_probes
 from .record import METRICS_FILE, Recorder, RecorderError
-from .speed import set_backend_flags, training_forwards
+from .speed import training_forwards
 from .train import NonFiniteLoss, Trainer
 from .validate import validate_config
 
@@ -136,7 +136,6 @@ def _train(cfg: DictConfig, run_dir: Path, resume_state: dict | None = None) -> 
     t = cfg.trainer
     optimizer = build_optimizer(cfg.optim, param_groups(run.model, cfg.optim), run.device)
     schedule = build_schedule(cfg.optim.schedule, optimizer, run.total_steps)
-    set_backend_flags(t, run.device)
     settings = precision_and_accumulation(t)
     with Recorder(run_dir, tensorboard=t.get("tensorboard", False)) if main else distributed.NullRecorder() as recorder:
         # one context, built whole; the probes after the interventions (they see the final

@@ -326,11 +326,12 @@ def _open(key: str, known: frozenset) -> bool:
 
 
 def unknown_keys(flat: dict, known: frozenset | None = None) -> list[str]:
-    """Keys no YAML of conf/ defines (added with ``+``: nothing would read them), nearest known key named."""
+    """Keys no YAML of conf/ defines and no rule of ``RULES`` declares (an optional key without a default,
+    such as ``trainer.data_seed_offset``): added with ``+``, nothing would read them; nearest known key named."""
     known = known if known is not None else known_keys()
     out = []
     for key in sorted(flat):
-        if key in known or _open(key, known):
+        if key in known or key in RULES or _open(key, known):
             continue
         near = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
         out.append(f"{key}: no config group defines this key, so nothing would read it"
