@@ -304,3 +304,35 @@ def test_a_claim_without_runs_is_no_data_not_a_verdict():
     assert e.verdict == stats.NO_DATA and "too few seeds" in e.reason
     e = stats.judge([], [], "step0", "increase", 0.01)
     assert e.verdict == stats.NO_DATA
+
+
+def test_planning_the_same_stage_twice_keeps_the_chosen_dataset(tmp_path):
+    """--seeds auto plans jobs once per look: a `data: auto` arm must get the dataset overrides every time
+    (an arm that forgot them after the first look would silently train later seeds on the fallback data)."""
+    root = tmp_path / "fmnist"
+    root.mkdir()
+    for name in execute._FASHION_FILES:  # the Debian layout: the IDX files themselves under data.root
+        (root / f"{name}.gz").write_bytes(b"")
+    suite_file = tmp_path / "suite.yaml"
+    suite_file.write_text("""
+seeds: [0, 1, 2]
+datasets:
+  - {name: fashion_mnist, needs: fashion_mnist, overrides: [data=fashion_mnist]}
+  - {name: digits, overrides: [data=digits]}
+arms:
+  ref: {data: auto, overrides: [model.width=16]}
+  other: {data: auto, overrides: [model.width=32]}
+  ref_reseeded: {base: ref, seed_offset: 100}
+claims:
+  - {id: effect, paper_claim: null, statement: s, compare: arms, arms: [ref, other],
+     metric: {probe: sparsity, metric: activation_sparsity, split: test}, direction: increase, sesoi: 0.02}
+  - {id: control, paper_claim: null, control: true, statement: c, compare: arms, arms: [ref, ref_reseeded],
+     metric: {probe: sparsity, metric: activation_sparsity, split: test}, direction: increase, sesoi: 0.02}
+""")
+    suite = load_suite(suite_file)
+    first, ds = execute.plan_jobs(suite, [f"data.root={root}"], tmp_path / "out")
+    again, _ = execute.plan_jobs(suite, [f"data.root={root}"], tmp_path / "out", seeds=[0, 1, 2, 3])
+    assert ds.name == "fashion_mnist"
+    assert all("data=fashion_mnist" in j.overrides for j in first + again)
+    assert [j.overrides for j in again[:3]] == [j.overrides for j in first[:3]]
+    assert suite.arms["ref"].data == "auto" and suite.arms["ref"].dataset == "fashion_mnist"

@@ -118,7 +118,7 @@ def plan_jobs(suite: Suite, user: list[str], out: Path, arms: set[str] | None = 
             continue
         data = data_overrides if arm.data == "auto" else []
         if arm.data == "auto" and dataset is not None:
-            arm.data = dataset.name
+            arm.dataset = dataset.name  # arm.data stays `auto`: a later stage plans the same jobs again
         for seed in suite.seeds if seeds is None else seeds:
             jobs.append(Job(arm, seed + arm.seed_offset, [*data, *arm.overrides, *user]))
     return jobs, dataset

@@ -382,7 +382,7 @@ def write_report(out: Path, suite: Suite, verdicts: list[Verdict], sides: dict, 
             arm = suite.arms[nums.arm]
             over = " ".join(f"`{o}`" for o in arm.overrides) or "(defaults)"
             if arm.data:
-                over = f"data: {arm.data}; " + over
+                over = f"data: {arm.dataset or arm.data}; " + over
             failed = nums.failures()
             lines.append(f"| {nums.label} | {over} | {nums.seeds}" + (f" ({failed})" if failed else "") + " | "
                          f"{', '.join(_f(x, 4) for x in nums.values)} | {_mean_ci_text(nums)} | "

@@ -85,7 +85,8 @@ class Arm:
     name: str
     overrides: list[str]
     seed_offset: int = 0
-    data: str | None = None  # the dataset entry chosen for `data: auto`, for the report
+    data: str | None = None  # `auto` (the study picks the dataset) or None, as the suite says
+    dataset: str | None = None  # the dataset entry chosen for `data: auto` (execute.plan_jobs), for the report
 
 
 @dataclass
