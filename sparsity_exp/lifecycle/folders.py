@@ -167,18 +167,32 @@ def resolve_run_dir(cfg, default: Path) -> Path:
     return path
 
 
-def find_matching_run(cfg, results_dir: Path, exclude: Path | None = None) -> Path | None:
-    """The newest run folder under ``results_dir`` (single runs and sweep jobs) with this config."""
+def run_configs(results_dir: Path) -> list[tuple[Path, dict]]:
+    """Every run folder under ``results_dir`` (single runs and sweep jobs) with its config, flattened:
+    read once for a caller that matches many configs against them (a study locating its runs; reading
+    each folder's config.yaml again for every job made that quadratic)."""
     if not results_dir.is_dir():
-        return None
-    found = []
+        return []
+    out = []
     for config in list(results_dir.glob("*/config.yaml")) + list(results_dir.glob("multirun/*/*/config.yaml")):
-        folder = config.parent
+        old = _read_config(config.parent)
+        if old is not None:
+            out.append((config.parent, flatten(old)))
+    return out
+
+
+def find_matching_run(cfg, results_dir: Path, exclude: Path | None = None,
+                      runs: list[tuple[Path, dict]] | None = None) -> Path | None:
+    """The newest run folder under ``results_dir`` (single runs and sweep jobs) with this config
+    (``runs``: the folders and configs of ``run_configs``, when the caller has read them already)."""
+    new = flatten(cfg)
+    found = []
+    for folder, old in run_configs(results_dir) if runs is None else runs:
         if exclude is not None and folder.resolve() == exclude.resolve():
             continue
-        old = _read_config(folder)
-        if old is None or config_differences(old, cfg) or RunLock.held(folder):
+        if config_differences(old, new) or RunLock.held(folder):
             continue
+        config = folder / "config.yaml"
         stamp = max(p.stat().st_mtime for p in (config, folder / "summary.json") if p.exists())
         found.append((stamp, str(folder), folder))
     return max(found)[2] if found else None

@@ -9,6 +9,7 @@ claims) with the same config share their runs.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from ..config import conf_dir, register_resolvers
 from ..errors import ConfigError
-from ..lifecycle.folders import find_matching_run, read_status
+from ..lifecycle.folders import find_matching_run, read_status, run_configs
 from .suite import Arm, Dataset, Suite
 
 MARK = "LAUNCHED"  # study/launch.py's line after each arm (here, not there: launch imports the cli, which imports us)
@@ -140,10 +141,17 @@ def compose(overrides: list[str]):
 
 
 def locate(jobs: list[Job], runs: Path) -> None:
-    """Fill each job's folder and status from the run folders under ``runs`` (matched by config)."""
+    """Fill each job's folder and status from the run folders under ``runs`` (matched by config). The
+    folders' configs are read once, and each arm's config is composed once (the seed set per job)."""
+    index = run_configs(runs)
+    composed: dict[tuple, object] = {}
     for job in jobs:
-        cfg = compose([*job.overrides, f"seed={job.seed}", f"results_dir={runs}", "trainer.resume=auto"])
-        job.folder = find_matching_run(cfg, runs)
+        key = tuple(job.overrides)
+        if key not in composed:
+            composed[key] = compose([*job.overrides, f"results_dir={runs}", "trainer.resume=auto"])
+        cfg = copy.deepcopy(composed[key])
+        cfg.seed = job.seed
+        job.folder = find_matching_run(cfg, runs, runs=index)
         job.status = read_status(job.folder).get("status", "partial") if job.folder else "missing"
 
 
