@@ -221,7 +221,8 @@ def calibration_section(cals: list[ControlCalibration], alpha: float = ALPHA) ->
         power = "n/a" if c.planted_power is None else f"{c.planted_power.rate:.3f} ({c.planted_power.total} draws)"
         lines.append(f"| {c.row} | {c.outcome} | {c.n[0]} vs {c.n[1]} | {rate(c.resplit)} | {rate(c.null)} | "
                      f"{rate(c.boundary)} | {planted} | {c.planted_outcome or 'n/a'} | {power} |")
-    lines += ["", "Re-split splits overlap (3 + 3 seeds give 20 of them), so that rate is coarse; the simulated rates "
+    lines += ["", "Re-splits of one set of runs overlap (all of them up to 2000, at random beyond; 3 + 3 seeds give "
+                  "only 20), so that rate is coarse; the simulated rates "
                   "draw normal values with each arm's own SD and seed count (seeded, "
                   f"{N_SIM} draws). " + ("All calibrations passed." if not fails else "Failed: " + "; ".join(fails)
                                          + "."), ""]
