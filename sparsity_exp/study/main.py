@@ -11,6 +11,7 @@ import pandas as pd
 
 from ..collect import read_run
 from ..config import conf_dir
+from ..dotted import flatten
 from ..errors import ConfigError, UserError
 from . import calibrate, execute, plan
 from .report import ArmNumbers, Verdict, claim_plot, control_failures, verdict_table, write_report
@@ -202,19 +203,14 @@ def _dry_run(suite: Suite, args, out: Path, runs: Path, seeds: list[int]) -> int
     execute.locate(jobs, runs)
     default = OmegaConf.to_container(execute.compose([]), resolve=False)
 
-    def flat(node, prefix=""):
-        if isinstance(node, dict):
-            return {k: v for key, sub in node.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
-        return {prefix[:-1]: node}
-
-    base = flat(default)
+    base = flatten(default)
     print(f"[study] dry run of {suite.name}: {len(jobs)} arm x seed runs under {runs} (nothing is run or written)"
           + ("; --seeds auto: the most there can be, stages add seeds only where a claim is undecided"
              if args.seeds == "auto" else ""))
     if dataset is not None:
         print(f"[study] data: {dataset.name} for the arms marked `data: auto`")
     for overrides, group in execute.pending_groups(jobs, everything=True).items():
-        cfg = flat(OmegaConf.to_container(execute.compose(list(overrides)), resolve=False))
+        cfg = flatten(OmegaConf.to_container(execute.compose(list(overrides)), resolve=False))
         differ = {k: v for k, v in cfg.items() if base.get(k, "<absent>") != v and k != "seed"}
         names = ", ".join(dict.fromkeys(j.arm.name for j in group))  # arms of one config share their runs
         print(f"\n## arm {names}")

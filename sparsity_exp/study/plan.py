@@ -31,7 +31,6 @@ where a t statistic with 2 df is far from the normal law the boundaries assume.
 """
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -50,11 +49,6 @@ Rule = Callable[..., str]
 
 
 # ------------------------------------------------------------------------------ the verdict rule
-
-@functools.lru_cache(maxsize=4096)
-def _t_quantile(p: float, df: float) -> float:
-    return float(sps.t.ppf(p, df))
-
 
 def default_rule(treatment, reference, kind: str, direction: str, sesoi: float, sesoi_unit: str = "difference",
                  alpha: float = ALPHA, paired: bool | None = None, min_seeds: int = stats.MIN_SEEDS) -> str:
