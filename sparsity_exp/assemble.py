@@ -187,6 +187,9 @@ def source_model(cfg, info) -> tuple[torch.nn.Module, dict]:
     model = build_model(src_cfg.model, info, src_cfg.activation)
     try:
         step = load_weights(model, ckpt)
+    except CheckpointUnreadable as exc:
+        raise ConfigError(f"protocol.init={cfg.protocol.init} is neither a run folder nor a readable checkpoint: {exc}; "
+                          f"give a run folder written by `sparsity-exp run` or its checkpoints/step_*.pt") from None
     except CheckpointMismatch as exc:
         raise ConfigError(f"checkpoint {ckpt} does not fit the model rebuilt from "
                           f"{run / 'config.yaml' if run else 'this run’s model settings'} "
@@ -202,12 +205,26 @@ class CheckpointMismatch(ValueError):
     pass
 
 
+class CheckpointUnreadable(UserError):
+    """A file that cannot be read as a checkpoint (truncated, damaged, not one at all): the file is named."""
+
+
 def load_weights(model: torch.nn.Module, path: Path, device="cpu") -> int:
-    """Load a checkpoint's model weights into ``model``; returns its step."""
-    state = load_checkpoint(path, map_location=device)
+    """Load a checkpoint's model weights into ``model``; returns its step. A file that is not a readable
+    checkpoint raises ``CheckpointUnreadable`` (a UserError naming it); weights of another model
+    ``CheckpointMismatch``."""
+    try:
+        state = load_checkpoint(path, map_location=device)
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many kinds on a damaged file
+        raise CheckpointUnreadable(
+            f"{path} cannot be read as a checkpoint ({type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:120]}); "
+            f"the file is truncated, damaged or not a checkpoint: move it out of the way or name another one") from None
+    if not isinstance(state, dict) or "model" not in state or "step" not in state:
+        raise CheckpointUnreadable(f"{path} is not a training checkpoint (no model weights and step in it); name a "
+                                   f"checkpoints/step_*.pt file written by `sparsity-exp run`")
     try:
         model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError) as exc:
+    except (RuntimeError, KeyError, TypeError, AttributeError) as exc:
         raise CheckpointMismatch(str(exc).splitlines()[0]) from None
     return int(state["step"])
 
@@ -243,8 +260,18 @@ def load_run(run_dir: Path, overrides=(), checkpoint: Path | None = None) -> Ass
     run = assemble(cfg)
     run.run_dir = Path(run_dir)
     if checkpoint is not None:
-        load_weights(run.model, checkpoint, run.device)
+        load_saved_weights(run, checkpoint)
     return run
+
+
+def load_saved_weights(run: Assembly, checkpoint: Path) -> int:
+    """``load_weights`` into a rebuilt run, a damaged or mismatched file said as a UserError naming it."""
+    try:
+        return load_weights(run.model, checkpoint, run.device)
+    except CheckpointMismatch as exc:
+        raise UserError(f"checkpoint {checkpoint} does not fit the model rebuilt from "
+                        f"{(run.run_dir or Path('.')) / 'config.yaml'} ({exc}); it belongs to another run: "
+                        f"move it out of the folder or choose others with checkpoints=...") from None
 
 
 def select_checkpoints(run_dir: Path, which: str = "all") -> list[tuple[int, Path]]:

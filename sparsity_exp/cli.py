@@ -2,6 +2,7 @@
 around it."""
 from __future__ import annotations
 
+import shutil
 import sys
 import traceback
 from pathlib import Path
@@ -18,6 +19,9 @@ commands:
                     run is `dead`); --all also lists folders of jobs refused at start
   figures PATH... [--out DIR] [--only NAME,...]
                     every figure whose data exist, from run folders or a collected table (PNG and PDF)
+  resume RUN_DIR [overrides]
+                    continue an interrupted or killed run in its folder with its own config (what the
+                    message after SIGTERM prints); overrides may change run settings (trainer.device=cpu)
   probe RUN_DIR [overrides]
                     measure a run's saved checkpoints with probes, no training (rows into
                     RUN_DIR/posthoc_metrics.csv); e.g. `probe RUN probes=full checkpoints=last`;
@@ -54,7 +58,7 @@ def _run(args: list[str]) -> int:
     # under torchrun: join the ranks first, so that all of them name one run folder
     if distributed.init_from_env() and not distributed.is_main():
         args = [*args, "hydra.output_subdir=null"]  # rank 0 alone writes the run folder
-    sweep = _Sweep()
+    sweep = _Sweep(_outcomes_folder(args))
     before = FolderSnapshot(run_dir_argument(args))  # Hydra rewrites .hydra/ before the run may refuse
 
     @hydra.main(config_path=config_path, config_name="config", version_base="1.3")
@@ -64,30 +68,106 @@ def _run(args: list[str]) -> int:
     sys.argv = ["sparsity-exp run", *args]
     try:
         code = _hydra_main(task, sweep)
+        return code if code is not None else sweep.report(_is_multirun(args))
     finally:
         distributed.shutdown()
-    return code if code is not None else sweep.report(_is_multirun(args))
+        if sweep.outcomes is not None:
+            import shutil
+
+            shutil.rmtree(sweep.outcomes, ignore_errors=True)
 
 
 class _Sweep:
     """What the jobs of one ``run`` command did, for the account at the end (a single run is a sweep
-    of one job)."""
+    of one job). Jobs may run in other processes (``hydra/launcher=local``: joblib workers; SLURM: other
+    machines), each with its own copy of this object: with ``outcomes`` set every job also writes its
+    outcome there as one JSON file, and the account reads them all."""
 
-    def __init__(self):
+    def __init__(self, outcomes: Path | None = None):
         self.started = False  # Hydra composed a config and called a job (else: Hydra's own error)
-        self.failed: list[str] = []
-        self.finished: list[str] = []
+        self.outcomes = outcomes
+        self.jobs: dict = {}  # job number -> {"job", "folder", "error"} of the jobs run in this process
+
+    def start(self, num) -> None:
+        self.started = True
+        if self.outcomes is not None:
+            _write_outcome(self.outcomes / f"job_{num}.started", {"job": num})
+
+    def record(self, num, folder: Path | None, error: str | None, refused: bool = False) -> None:
+        entry = {"job": num, "folder": str(folder) if folder else None, "error": error, "refused": refused}
+        self.jobs[num] = entry
+        if self.outcomes is not None:
+            _write_outcome(self.outcomes / f"job_{num}.json", entry)
+
+    def any_started(self) -> bool:
+        return self.started or (self.outcomes is not None and any(self.outcomes.glob("job_*")))
+
+    def collected(self) -> list[dict]:
+        """Every job's outcome (this process's and the files of the others), in job order; a job that
+        started and left no outcome (its process died) is a failure without an error message."""
+        import json
+
+        jobs = dict(self.jobs)
+        if self.outcomes is not None and self.outcomes.is_dir():
+            for path in self.outcomes.glob("job_*.json"):
+                entry = json.loads(path.read_text())
+                jobs.setdefault(entry["job"], entry)
+            for path in self.outcomes.glob("job_*.started"):
+                num = json.loads(path.read_text())["job"]
+                jobs.setdefault(num, {"job": num, "folder": None, "refused": False,
+                                      "error": "the job's process ended without a word (killed? out of memory?)"})
+        return [jobs[k] for k in sorted(jobs, key=lambda k: (str(type(k)), k))]
 
     def report(self, multirun: bool) -> int:
-        if self.failed:
-            print(f"\n{len(self.failed)} of {len(self.failed) + len(self.finished)} job(s) of the sweep failed; "
-                  f"folders that held a run keep summary.json (status 'failed') and error.txt:\n  "
-                  + "\n  ".join(self.failed), file=sys.stderr)
+        jobs = self.collected()
+        failed = [j for j in jobs if j["error"]]
+        finished = [j for j in jobs if not j["error"]]
+        if failed:
+            lines = []
+            for j in failed:
+                where = (f"folder {j['folder']}" if j["folder"] else "no folder (refused before it started)")
+                first = (j["error"].strip().splitlines() or ["?"])[0]
+                lines.append(f"  job {j['job']}: {first} [{where}]")
+            print(f"\n{len(failed)} of {len(jobs)} job(s) of the sweep failed; a folder that held a run keeps "
+                  f"summary.json (status 'failed') and error.txt:\n" + "\n".join(lines), file=sys.stderr)
             return 1
-        if len(self.finished) > 1 or (self.finished and multirun):
-            print(f"\nall {len(self.finished)} job(s) of the sweep completed; `sparsity-exp collect "
-                  f"{Path(self.finished[0]).parent}` gathers them into one table")
+        if len(finished) > 1 or (finished and multirun):
+            parents = sorted({str(Path(j["folder"]).parent) for j in finished if j["folder"]})
+            print(f"\nall {len(finished)} job(s) of the sweep completed; `sparsity-exp collect "
+                  f"{' '.join(_quoted(p) for p in parents)}` gathers them into one table")
         return 0
+
+
+def _quoted(path: str) -> str:
+    import shlex
+
+    return shlex.quote(path)
+
+
+def _write_outcome(path: Path, entry: dict) -> None:
+    import json
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(entry))
+    except OSError:  # the account then says this job left no word; the job itself goes on
+        pass
+
+
+def _outcomes_folder(args: list[str]) -> Path | None:
+    """Where the jobs of a sweep write their outcomes: a temporary folder on this machine, or for a
+    launcher that runs jobs elsewhere (SLURM) one under results_dir (a shared file system)."""
+    import tempfile
+    import uuid
+
+    if not _is_multirun(args):
+        return None
+    local = not any(a.startswith("hydra/launcher=") and a.split("=", 1)[1] not in ("local", "basic") for a in args)
+    if local:
+        return Path(tempfile.mkdtemp(prefix="sparsity-exp-sweep-"))
+    given = [a.split("=", 1)[1] for a in args if a.split("=", 1)[0].lstrip("+") == "results_dir"]
+    root = Path(given[-1] if given and "," not in given[-1] else "results").expanduser().absolute()
+    return root / ".sweep_outcomes" / uuid.uuid4().hex[:12]
 
 
 def _hydra_main(task, sweep: _Sweep) -> int | None:
@@ -96,14 +176,14 @@ def _hydra_main(task, sweep: _Sweep) -> int | None:
     try:
         task()
     except SystemExit as exc:
-        if exc.code == 1 and not sweep.started:  # Hydra could not compose the config: bad input, exit 2
+        if exc.code == 1 and not sweep.any_started():  # Hydra could not compose the config: bad input, exit 2
             print("error: the overrides above could not be applied (Hydra's message says which). Check the key "
                   "and group names with `sparsity-exp run --cfg job` and `sparsity-exp run --help`; a key that "
                   "is not in the config needs a leading + (e.g. +model.new_key=1)", file=sys.stderr)
             return 2
         raise
     except Exception as exc:  # raised while Hydra set the job up (e.g. an interpolation in an override)
-        if sweep.started:
+        if sweep.any_started():
             raise
         detail = (str(exc).strip().splitlines() or [""])[0]
         print(f"error: the config could not be set up from these overrides ({type(exc).__name__}: {detail}); "
@@ -120,15 +200,17 @@ def _job(cfg, sweep: _Sweep, before):
     from hydra.types import RunMode
 
     from . import distributed
-    from .errors import UserError
+    from .errors import StorageError, UserError
     from .lifecycle import folders
+    from .lifecycle.folder_guard import FolderSnapshot
     from .lifecycle.preempt import REQUEUE_EXIT_CODE, Preempted
     from .run import execute
     from .runlog import tee_to_run_log
     from .speed import place_local_job, set_threads
 
-    sweep.started = True
     hc = HydraConfig.get()
+    num = hc.job.get("num")
+    sweep.start(num)
     run_dir = distributed.agree_on_run_dir(Path(hc.runtime.output_dir))
     multirun = hc.mode == RunMode.MULTIRUN
     fresh = not folders.has_output(run_dir)
@@ -142,27 +224,41 @@ def _job(cfg, sweep: _Sweep, before):
             folders.discard_if_empty(run_dir)
             run_dir = target
             fresh = not folders.has_output(run_dir)
+            before = FolderSnapshot(run_dir)  # a refused continuation leaves that folder as it was
         with tee_to_run_log(run_dir, distributed.is_main()):
             summary = execute(cfg, run_dir)
-        sweep.finished.append(str(run_dir))
+        sweep.record(num, run_dir, None)
         return summary
     except Preempted as exc:
-        print(f"{exc}. Exit {REQUEUE_EXIT_CODE} (requeue); to continue, rerun the same command with "
-              f"trainer.resume=auto (or hydra.run.dir={run_dir})", file=sys.stderr)
+        print(f"{exc}. Exit {REQUEUE_EXIT_CODE} (requeue); {resume_hint(run_dir)}", file=sys.stderr)
         raise SystemExit(REQUEUE_EXIT_CODE)
+    except StorageError as exc:  # the file system refused a write: said in one line, exit 1
+        print(f"error: {exc}", file=sys.stderr)
+        if not multirun:
+            raise SystemExit(1)
+        sweep.record(num, run_dir, f"error: {exc}")
     except UserError as exc:
         _roll_back(run_dir, fresh, before, exc)
         print(f"error: {exc}", file=sys.stderr)
         if not multirun:
             raise SystemExit(2)
-        sweep.failed.append(f"job {hc.job.num} ({run_dir.name}): " + str(exc).replace("\n", "\n    "))
-    except Exception:
+        kept = run_dir.is_dir() and folders.has_output(run_dir)
+        sweep.record(num, run_dir if kept else None, f"error: {exc}", refused=not kept)
+    except Exception as exc:
         if not multirun:
             raise
         # In a sweep one failing job must not stop the others: its folder keeps error.txt.
-        print(f"job {hc.job.num} failed, see {run_dir / 'error.txt'}:\n{traceback.format_exc()}", file=sys.stderr)
-        sweep.failed.append(f"job {hc.job.num} ({run_dir}): see error.txt")
+        print(f"job {num} failed, see {run_dir / 'error.txt'}:\n{traceback.format_exc()}", file=sys.stderr)
+        sweep.record(num, run_dir, f"{type(exc).__name__}: {exc} (traceback in {run_dir / 'error.txt'})")
     return None
+
+
+def resume_hint(run_dir: Path) -> str:
+    """The command that continues ``run_dir``, quoted for a POSIX shell (folder names hold = and ,)."""
+    import shlex
+
+    return (f"to continue: sparsity-exp resume {shlex.quote(str(run_dir))} (a requeued sweep job: the same "
+            f"command with trainer.resume=auto)")
 
 
 def _roll_back(run_dir: Path, fresh: bool, before, exc) -> None:
@@ -215,7 +311,81 @@ def _missing_launcher(args: list[str]) -> str | None:
             if module and importlib.util.find_spec(module) is None:
                 return (f"hydra/launcher={name} needs the {package} plugin: "
                         f"pip install 'sparsity-exp[cluster]' (or pip install {package})")
+            if name == "slurm" and _is_multirun(args) and not _local_slurm_executor(args):
+                missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+                if missing:
+                    return (f"hydra/launcher=slurm submits jobs with SLURM's sbatch and runs them with srun, but "
+                            f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not on PATH here; run "
+                            f"the sweep on a SLURM login node (or `module load slurm`), or use hydra/launcher=local")
     return None
+
+
+def _local_slurm_executor(args: list[str]) -> bool:
+    """submitit's ``local`` executor (hydra/launcher=submitit_local) needs no SLURM tools."""
+    return any(a.startswith("hydra/launcher=submitit_local") for a in args)
+
+
+def _resume(args: list[str]) -> int:
+    """``sparsity-exp resume RUN_DIR [overrides]``: continue a run in its own folder with the run's own
+    config (``RUN_DIR/config.yaml``), no Hydra grammar for the folder's name (which holds = and ,).
+    Overrides (Hydra's grammar, as ``probe`` takes them) may change run settings such as
+    ``trainer.device=cpu``; one that changes the experiment is refused by the config comparison. A
+    refusal leaves the folder byte-identical."""
+    from omegaconf import OmegaConf, open_dict
+
+    from . import distributed
+    from .config import apply_overrides, register_resolvers
+    from .errors import StorageError, UserError
+    from .lifecycle import folders
+    from .lifecycle.folder_guard import FolderSnapshot
+    from .lifecycle.preempt import REQUEUE_EXIT_CODE, Preempted
+    from .run import execute
+    from .runlog import tee_to_run_log
+    from .speed import set_threads
+
+    if not args or args[0].startswith("-"):
+        print("error: resume needs a run folder first\nusage: sparsity-exp resume RUN_DIR [trainer.device=cpu ...]",
+              file=sys.stderr)
+        return 2
+    run_dir = Path(args[0]).expanduser()
+    register_resolvers()
+    snapshot = FolderSnapshot(run_dir)
+    try:
+        if not (run_dir / "config.yaml").is_file():
+            raise UserError(f"{run_dir} is not a run folder (no config.yaml); pass the folder a `sparsity-exp run` "
+                            f"wrote (its name is printed as 'run folder:' and in the interruption message)")
+        try:
+            cfg = OmegaConf.load(run_dir / "config.yaml")
+        except Exception as exc:  # noqa: BLE001 - a damaged YAML file
+            raise UserError(f"{run_dir / 'config.yaml'} cannot be read ({type(exc).__name__}); restore it from "
+                            f"{run_dir / '.hydra' / 'config.yaml'}, or start a new run") from None
+        cfg = apply_overrides(cfg, args[1:])
+        with open_dict(cfg):
+            cfg.trainer.resume = None  # this folder, continued (a recorded `auto` or `false` would look elsewhere)
+        _resolvable(cfg)
+        distributed.init_from_env()
+        set_threads(cfg.trainer.get("threads", "auto"), "")
+        if not folders.has_output(run_dir):
+            raise UserError(f"{run_dir} holds no run to continue (no summary.json, metrics.csv or checkpoints); "
+                            f"start it with `sparsity-exp run`")
+        with tee_to_run_log(run_dir, distributed.is_main()):
+            execute(cfg, run_dir)
+    except Preempted as exc:
+        print(f"{exc}. Exit {REQUEUE_EXIT_CODE} (requeue); {resume_hint(run_dir)}", file=sys.stderr)
+        return REQUEUE_EXIT_CODE
+    except StorageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except UserError as exc:
+        from .train import NonFiniteLoss
+
+        if distributed.is_main() and not isinstance(exc, NonFiniteLoss):
+            snapshot.restore()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        distributed.shutdown()
+    return 0
 
 
 def _table_command(command: str, args: list[str]) -> int:
@@ -267,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
         return _table_command(command, rest)
     if command == "probe":
         return _probe(rest)
+    if command == "resume":
+        return _resume(rest)
     if command == "study":
         from .study.main import cli as study_cli
 

@@ -29,7 +29,7 @@ import yaml
 
 from .errors import UserError
 from .atomic import atomic_path
-from .dotted import flatten
+from .dotted import flatten, is_run_setting
 from .record import COLUMNS, METRICS_FILE, POSTHOC_FILE
 from .lifecycle.liveness import running_state
 
@@ -207,9 +207,11 @@ def read_run(folder: Path) -> Run:
 
 def varying_keys(configs: list[dict]) -> list[str]:
     """Dotted config keys whose value differs between the runs (a key missing in some runs varies).
-    A run without a readable config (nothing to compare) does not make every key vary."""
+    A run without a readable config (nothing to compare) does not make every key vary. Run settings
+    (``dotted.RUN_SETTINGS``: trainer.resume, device, threads, progress, results_dir, ...) never vary:
+    a resumed run or one on another device is the same experiment."""
     configs = [c for c in configs if c]
-    keys = sorted(set().union(*configs)) if configs else []
+    keys = sorted(k for k in set().union(*configs) if not is_run_setting(k)) if configs else []
     out = []
     for key in keys:
         values = {json.dumps(c[key], sort_keys=True, default=str) if key in c else "<missing>" for c in configs}

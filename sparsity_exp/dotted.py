@@ -28,3 +28,16 @@ def flatten(cfg, encode=None) -> dict:
 
     walk(cfg or {}, "")
     return {k: v for k, v in out.items() if k != "hydra" and not k.startswith("hydra.")}
+
+
+# Settings that say where a run writes, how it shows progress and how it is resumed or placed, never
+# what it computes: a run continues under other values of them (lifecycle/folders.py), and they never
+# tell runs apart in a collected table or a figure's groups (collect.py, plots/common.py). A key under
+# one of them (``trainer.resume.x``) counts too. One home, so the three cannot disagree.
+RUN_SETTINGS = ("trainer.resume", "trainer.device", "trainer.progress", "trainer.num_workers", "trainer.threads",
+                "trainer.checkpoint_every", "trainer.keep_checkpoints", "trainer.jobs_per_gpu",
+                "trainer.tensorboard", "results_dir", "name", "data.root", "data.download")
+
+
+def is_run_setting(key: str) -> bool:
+    return any(key == s or key.startswith(s + ".") for s in RUN_SETTINGS)

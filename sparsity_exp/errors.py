@@ -11,3 +11,9 @@ class DatasetNotFound(UserError):
 
 class ConfigError(UserError):
     pass
+
+
+class StorageError(Exception):
+    """The run folder's file system refused a write (no space left, quota, read-only): not bad input
+    (exit 1), but said in one ``error:`` line naming the file and what to do. The run's summary says
+    ``failed`` and the folder keeps what it had, so the run can be resumed once there is room."""

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .probes import build_probes
 from .probes.base import ProbeSet
-from .assemble import load_run, load_weights, select_checkpoints
+from .assemble import load_run, load_saved_weights, select_checkpoints
 from .record import POSTHOC_FILE, Recorder
 
 
@@ -46,7 +46,7 @@ def probe_run(run_dir: Path, args=(), file=None) -> Path:
             print(f"probe {p.name}: needs the training trajectory, skipped post hoc", file=file)
         probe_set = ProbeSet([p for p in probes if p not in skipped], ctx)
         for step, path in chosen:
-            load_weights(run.model, path, run.device)
+            load_saved_weights(run, path)
             for site in run.sites:  # scheduled activations (mixing) as they were at that step
                 site.act.set_step(step)
             ctx.step = step

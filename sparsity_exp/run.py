@@ -4,6 +4,9 @@
 failure records); ``_train`` trains what ``assemble(cfg)`` built, with its probes and optimizer."""
 from __future__ import annotations
 
+import errno
+import json
+import shlex
 import sys
 import time
 import traceback
@@ -16,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import distributed
 from .assemble import assemble, make_task, resolve_device, seed_everything  # noqa: F401 (public names)
 from .lifecycle import leftovers, liveness, segments
-from .errors import ConfigError, UserError
+from .errors import ConfigError, StorageError, UserError
 from .lifecycle import folders
 from .atomic import write_atomic, write_json
 from .lifecycle.checkpoint import CheckpointError
@@ -67,7 +70,13 @@ def _execute(cfg: DictConfig, run_dir: Path) -> dict:
         print(f"{run_dir} already holds the completed run of this config; nothing to do.")
         print_summary(plan.completed, file=sys.stdout)
         return plan.completed
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    try:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRNOS:
+            raise
+        raise StorageError(f"cannot write {run_dir / 'config.yaml'}: {exc.strerror or exc}; free space on that file "
+                           f"system or set results_dir= to another one") from None
     if plan.restart:
         (run_dir / METRICS_FILE).unlink(missing_ok=True)  # no checkpoint: its rows will be written again
     resumed = {"resumed_from_step": int(plan.state["step"])} if plan.state is not None else {}
@@ -99,9 +108,36 @@ def _execute(cfg: DictConfig, run_dir: Path) -> dict:
         write_json(run_dir / "summary.json", {"status": "interrupted", "signal": getattr(exc, "signame", "SIGINT"),
                                               "step": step, "checkpoint": str(saved) if saved else None, **resumed})
         raise
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRNOS:
+            _mark_failed(run_dir, exc)
+            raise
+        raise _storage_error(run_dir, exc) from None
     except BaseException as exc:
         _mark_failed(run_dir, exc)
         raise
+    try:
+        return _finish(cfg, trainer, run_dir, started, resumed)
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRNOS:
+            raise
+        raise _storage_error(run_dir, exc) from None
+
+
+# a write the file system refused (no space, quota, read-only): said as such, the summary not left "running"
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
+def _storage_error(run_dir: Path, exc: OSError) -> StorageError:
+    where = exc.filename or run_dir
+    _mark_failed(run_dir, exc, fallback=True)
+    return StorageError(
+        f"cannot write {where}: {exc.strerror or exc} (errno {errno.errorcode.get(exc.errno, exc.errno)}); free "
+        f"space on that file system (or move the run elsewhere), then continue from the last checkpoint with: "
+        f"sparsity-exp resume {shlex.quote(str(run_dir))}")
+
+
+def _finish(cfg, trainer, run_dir: Path, started: float, resumed: dict) -> dict:
     summary = {**_summary(cfg, trainer, run_dir, segments.total_wall_time(run_dir, time.perf_counter() - started)),
                **resumed}
     metrics = pd.read_csv(run_dir / METRICS_FILE)
@@ -120,9 +156,28 @@ def ensure_quicklook(run_dir: Path) -> bool:
     return True
 
 
-def _mark_failed(run_dir: Path, exc: BaseException) -> None:
-    write_json(run_dir / "summary.json", {"status": "failed", "error": f"{type(exc).__name__}: {exc}"})
-    (run_dir / "error.txt").write_text(traceback.format_exc())
+def _mark_failed(run_dir: Path, exc: BaseException, fallback: bool = False) -> None:
+    """Status ``failed`` and the traceback into the folder. ``fallback`` (the file system refused a
+    write): when the atomic write of the summary fails too (a temporary file needs room), the summary is
+    overwritten in place, which reuses its own blocks, so it never stays ``running``."""
+    summary = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    try:
+        write_json(run_dir / "summary.json", summary)
+    except OSError:
+        if not fallback:
+            raise
+        try:
+            with open(run_dir / "summary.json", "r+b") as f:
+                data = json.dumps(summary).encode()
+                f.write(data)
+                f.truncate(len(data))
+        except OSError:
+            pass  # nothing more can be written there; the error message says what happened
+    try:
+        (run_dir / "error.txt").write_text(traceback.format_exc())
+    except OSError:
+        if not fallback:
+            raise
 
 
 def _train(cfg: DictConfig, run_dir: Path, resume_state: dict | None = None) -> Trainer:

@@ -38,6 +38,7 @@ from .probes import PROBES
 
 
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"  # what assemble.resolve_device accepts
+SEED_MAX = 2**32 - 1  # the largest seed numpy's legacy generator (and so seed_everything) accepts
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ def fraction(**kw) -> Rule:
 
 
 RULES: dict[str, Rule] = {
-    "seed": count(),
+    "seed": count(high=SEED_MAX),  # numpy's generators take seeds below 2**32
     "results_dir": Rule("str", pattern=r".+", text="a folder path"),
     # trainer
     "trainer.steps": Rule("int"),  # >= 1 unless epochs is set: see CHECKS
@@ -121,7 +122,7 @@ RULES: dict[str, Rule] = {
     "trainer.eval_every": positive_int(),
     "trainer.device": Rule("str", pattern=DEVICE_PATTERN, text="auto, cpu, cuda or cuda:N"),
     "trainer.num_workers": count(),
-    "trainer.data_seed_offset": count(),  # optional key (no default): batch order from seed + offset
+    "trainer.data_seed_offset": count(high=SEED_MAX),  # optional key (no default): batch order from seed + offset
     "trainer.jobs_per_gpu": positive_int(),
     "trainer.grad_clip": Rule("number", low=0),
     "trainer.label_smoothing": Rule("number", low=0, high=1, high_open=True),
@@ -164,7 +165,7 @@ RULES: dict[str, Rule] = {
     "model.final_norm": Rule("bool"),
     # data
     "data.test_fraction": Rule("number", low=0, high=1, low_open=True, high_open=True),
-    "data.split_seed": count(),
+    "data.split_seed": count(high=SEED_MAX),
     "data.root": Rule("str"),
     "data.download": Rule("bool"),
     "data.image_size": positive_int(),
@@ -365,12 +366,14 @@ def problems(cfg, known: frozenset | None = None) -> list[str]:
 
 
 def validate_config(cfg) -> None:
-    """Raise ``ConfigError`` listing every problem found, with what to do."""
+    """Raise ``ConfigError`` listing every problem found, with what to do. The first line is the first
+    problem itself and where to fix it (never a bare heading); further problems follow, one a line."""
     found = problems(cfg)
     if found:
-        lines = "\n".join(f"  {p}" for p in found)
+        key = re.match(r"[^=:]*", found[0])[0]
+        more = f"; {len(found) - 1} more problem{'s' if len(found) > 2 else ''} below" if len(found) > 1 else ""
+        rest = "".join(f"\n  {p}" for p in found[1:])
         raise ConfigError(
-            f"invalid config value{'s' if len(found) > 1 else ''}:\n{lines}\n"
-            f"Fix {'them' if len(found) > 1 else 'it'} on the command line (e.g. {re.match(r'[^=:]*', found[0])[0]}=...) or "
-            f"in the YAML under conf/; `sparsity-exp run --cfg job` prints the composed config."
+            f"{found[0]} (fix {key} on the command line, e.g. {key}=..., or in its YAML under conf/{more})"
+            f"{rest}\n`sparsity-exp run --cfg job` prints the composed config."
         )

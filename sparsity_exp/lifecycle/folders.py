@@ -15,22 +15,21 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from ..dotted import flatten
+from ..dotted import RUN_SETTINGS, flatten, is_run_setting
 from ..errors import ConfigError
 from ..record import METRICS_FILE
 from .checkpoint import REQUIRED, CheckpointError, list_checkpoints, load_checkpoint
 
 # Keys that may differ between a run and its continuation: where things are and how they are shown,
 # not what is computed.
-IGNORED = ("trainer.resume", "trainer.device", "trainer.progress", "trainer.num_workers",
-           "trainer.checkpoint_every", "trainer.keep_checkpoints", "trainer.jobs_per_gpu", "results_dir", "name", "data.root",
-           "data.download")
+IGNORED = RUN_SETTINGS  # dotted.py: where a run writes and how it is shown or placed
 LOCK_FILE = ".lock"
 # Keys added after runs were already written, with the value that computes what the run did before
 # the key existed (ANY: the key only feeds other keys, which are compared themselves). A run folder
@@ -51,7 +50,7 @@ ADDED_KEYS = {
 def config_differences(old, new) -> list[str]:
     """``key: old -> new`` for every key (outside ``IGNORED``) on which two configs differ."""
     a, b = flatten(old), flatten(new)
-    keys = sorted(k for k in set(a) | set(b) if not any(k == i or k.startswith(i + ".") for i in IGNORED))
+    keys = sorted(k for k in set(a) | set(b) if not is_run_setting(k))
     return [f"{k}: {a.get(k, '<absent>')} -> {b.get(k, '<absent>')}" for k in keys
             if a.get(k) != b.get(k) and not _added_since(k, a, b)]
 
@@ -113,8 +112,8 @@ def plan(cfg, run_dir: Path) -> Plan:
         if diff:
             raise ConfigError(
                 f"cannot continue {run_dir}: its config differs in {'; '.join(diff[:5])}"
-                f"{' ...' if len(diff) > 5 else ''}. Rerun with the run's own overrides "
-                f"(see {run_dir / '.hydra' / 'overrides.yaml'}), or leave hydra.run.dir/trainer.resume out for a new run"
+                f"{' ...' if len(diff) > 5 else ''}. Continue it with its own config: sparsity-exp resume "
+                f"{shlex.quote(str(run_dir))}; or leave hydra.run.dir/trainer.resume out for a new run"
             )
     if status == "completed":
         return Plan(completed=read_status(run_dir))

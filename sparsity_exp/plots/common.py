@@ -15,10 +15,11 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure  # no pyplot: any backend, no display needed
 
 from ..collect import BASE_COLUMNS
+from ..dotted import RUN_SETTINGS, is_run_setting
 from ..naming import shorten_items
 
 # Config keys that never make two runs scientifically different: not used to group runs.
-BOOKKEEPING = {"results_dir", "name", "trainer.progress", "trainer.device", "trainer.num_workers"}
+BOOKKEEPING = set(RUN_SETTINGS)  # never a figure group (dotted.py)
 SEED_KEYS = {"seed"}
 
 
@@ -41,7 +42,7 @@ def hue_keys(rows: pd.DataFrame, hue=None, exclude=()) -> list[str]:
                        f"{config_columns(rows)}")
         return keys
     return [c for c in config_columns(rows)
-            if c not in BOOKKEEPING and c not in exclude and c.split(".")[-1] not in SEED_KEYS
+            if c not in BOOKKEEPING and not is_run_setting(c) and c not in exclude and c.split(".")[-1] not in SEED_KEYS
             and rows.groupby("run")[c].first().nunique(dropna=False) > 1]
 
 
