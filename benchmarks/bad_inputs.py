@@ -49,6 +49,28 @@ def prepare(work: Path) -> dict:
     (bad_cfg / "summary.json").write_text('{"status": "interrupted"}\n')
     p["bad_cfg_run"] = bad_cfg
     (work / "table.csv").write_text("a,b\n1,2\n")
+    # issue 26: an interrupted copy of the run, damaged and foreign checkpoints, a non-checkpoint file
+    import json
+    import shutil
+
+    cut = work / "cut_run"
+    shutil.copytree(run, cut)
+    (cut / "checkpoints" / "step_00000004.pt").unlink()
+    (cut / "summary.json").write_text(json.dumps({"status": "interrupted", "step": 2}))
+    p["cut"] = cut
+    trunc = work / "trunc_ckpt_run"
+    shutil.copytree(run, trunc)
+    last = trunc / "checkpoints" / "step_00000004.pt"
+    last.write_bytes(last.read_bytes()[:200])
+    p["trunc_ckpt"] = trunc
+    other = work / "other_run"
+    subprocess.run(cli(["run", *TINY, "model.width=24", "trainer.checkpoint_every=2", f"hydra.run.dir={other}"]),
+                   env=env(), cwd=work, check=True, capture_output=True)
+    foreign = work / "foreign_ckpt_run"
+    shutil.copytree(run, foreign)
+    shutil.copy(other / "checkpoints" / "step_00000004.pt", foreign / "checkpoints" / "step_00000004.pt")
+    p["foreign_ckpt"] = foreign
+    (work / "empty_dir").mkdir()
     return p
 
 
@@ -129,6 +151,108 @@ def cases(p: dict) -> list[tuple[str, list[str]]]:
         ("probe: unknown setting in a nested value", ["probe", str(run), "+probes.sparsity={evry: 1}"]),
         ("probe: bad checkpoints", ["probe", str(run), "checkpoints=abc"]),
         ("probe: no argument", ["probe"]),
+    ] + extra_cases(p)
+
+
+# Issue 26: inputs beyond those above and beyond the tests' own, one or more per class: values that pass
+# the type check but that no code can use, keys of another choice (no effect under this one), settings
+# refused only late, damaged files, the resume command, launchers.
+def extra_cases(p: dict) -> list[tuple[str, list[str]]]:
+    w, f, run = p["work"], p["file"], p["run"]
+    vit = ["model=vit", "model.num_layers=1", "model.hidden_dim=16", "model.mlp_dim=32", "model.num_heads=2"]
+    t5 = ["model=t5", "model.d_model=16", "model.d_kv=8", "model.d_ff=32", "model.num_layers=1",
+          "model.num_decoder_layers=1", "model.num_heads=2", "data.inputs_length=16"]
+    return [
+        ("value: seed beyond the generators' range", ["run", *TINY, "seed=4294967296"]),
+        ("value: huge seed", ["run", *TINY, "seed=99999999999999999999"]),
+        ("value: split_seed beyond range", ["run", *TINY, "data.split_seed=4294967296"]),
+        ("value: vit heads not dividing the width", ["run", *TINY, *vit, "model.num_heads=3"]),
+        ("value: vit patch not dividing the image", ["run", *TINY, *vit, "model.patch_size=3"]),
+        ("value: vit image size other than the data's", ["run", *TINY, *vit, "model.image_size=10"]),
+        ("value: vit zero heads", ["run", *TINY, *vit, "model.num_heads=0"]),
+        ("value: t5 zero heads", ["run", *TINY, *t5, "model.num_heads=0"]),
+        ("value: t5 inputs_length 1", ["run", *TINY, *t5, "data.inputs_length=1"]),
+        ("value: t5 vocab smaller than the tokenizer's", ["run", *TINY, *t5, "model.vocab_size=10"]),
+        ("value: text noise density 0", ["run", *TINY, *t5, "data.noise_density=0"]),
+        ("value: text noise density 1.5", ["run", *TINY, *t5, "data.noise_density=1.5"]),
+        ("value: text mean span 0", ["run", *TINY, *t5, "data.mean_noise_span_length=0"]),
+        ("value: image model on text data", ["run", *TINY, *vit, "data=text"]),
+        ("value: t5 on image data", ["run", *TINY, *t5, "data=digits"]),
+        ("value: mlp on text data", ["run", *TINY, "data=text"]),
+        ("value: test fraction leaving a tiny training set", ["run", *TINY, "data.test_fraction=0.999"]),
+        ("value: threads 0", ["run", *TINY, "trainer.threads=0"]),
+        ("value: threads a word", ["run", *TINY, "trainer.threads=many"]),
+        ("value: compile mode unknown", ["run", *TINY, "trainer.compile=true", "trainer.compile_mode=fastest"]),
+        ("no effect: compile_mode without compile", ["run", *TINY, "trainer.compile_mode=max-autotune"]),
+        ("no effect: a ViT key under model=mlp", ["run", *TINY, "+model.patch_size=4"]),
+        ("no effect: a text-data key under data=digits", ["run", *TINY, "+data.inputs_length=32"]),
+        ("no effect: a shifted-activation key under relu", ["run", *TINY, "+activation.shift_x=2"]),
+        ("no effect: an adam key under sgd", ["run", *TINY, "+optim.betas=[0.9,0.99]"]),
+        ("value: noise rho negative", ["run", *TINY, "noise=on", "noise.rho=-1"]),
+        ("value: noise targets unknown", ["run", *TINY, "noise=on", "noise.targets=everything"]),
+        ("value: zeroth bias placement unknown", ["run", *TINY, "modules.zeroth_bias.enabled=true",
+                                                  "modules.zeroth_bias.placement=middle"]),
+        ("value: zeroth bias at V's output without V", ["run", *TINY, "modules.zeroth_bias.enabled=true",
+                                                        "modules.zeroth_bias.placement=output"]),
+        ("value: zeroth bias clip negative", ["run", *TINY, "modules.zeroth_bias.enabled=true",
+                                              "modules.zeroth_bias.clip=-1"]),
+        ("value: restricted norm mode unknown", ["run", *TINY, "modules.restricted_norm.enabled=true",
+                                                 "modules.restricted_norm.mode=sideways"]),
+        ("value: restricted norm uplift from scratch", ["run", *TINY, "modules.restricted_norm.enabled=true",
+                                                        "modules.restricted_norm.mode=uplift"]),
+        ("value: restricted norm min_gamma negative", ["run", *TINY, "modules.restricted_norm.enabled=true",
+                                                       "modules.restricted_norm.min_gamma=-1"]),
+        ("value: lora rank 0", ["run", *TINY, "protocol=sparsity_finetune", f"protocol.init={run}",
+                                "protocol.lora.rank=0"]),
+        ("value: lora targets unknown", ["run", *TINY, "protocol=sparsity_finetune", f"protocol.init={run}",
+                                         "protocol.lora.targets=some"]),
+        ("value: mixing steps negative", ["run", *TINY, "protocol=sparsity_finetune", f"protocol.init={run}",
+                                          "protocol.mixing_steps=-1"]),
+        ("path: protocol.init a text file", ["run", *TINY, "protocol=sparsity_finetune", f"protocol.init={f}"]),
+        ("path: protocol.init an empty folder", ["run", *TINY, "protocol=sparsity_finetune",
+                                                 f"protocol.init={w / 'empty_dir'}"]),
+        ("path: protocol.init a missing path", ["run", *TINY, "protocol=sparsity_finetune",
+                                                f"protocol.init={w / 'nowhere'}"]),
+        ("path: protocol.init a truncated checkpoint", ["run", *TINY, "protocol=sparsity_finetune",
+                                                        f"protocol.init={p['trunc_ckpt']}/checkpoints/step_00000004.pt"]),
+        ("probe: spectrum mass above 1", ["probe", str(run), "probes=cheap", "probes.spectrum.mass=1.5"]),
+        ("probe: hessian samples below the estimator's minimum", ["probe", str(run), "probes=full",
+                                                                  "probes.hessian.samples=1"]),
+        ("probe: gradient density zero bins", ["probe", str(run), "+probes.gradient_density={bins: 0}"]),
+        ("probe: gradient density range reversed", ["probe", str(run),
+                                                    "+probes.gradient_density={log10_range: [5.0, -10.0]}"]),
+        ("probe: sharpness rho negative", ["probe", str(run), "+probes.sharpness={rho: -1.0}"]),
+        ("probe: diagonality no powers", ["probe", str(run), "+probes.diagonality={powers: []}"]),
+        ("probe: neurons threshold above 1", ["probe", str(run), "+probes.neurons={dead_at_most: 2.0}"]),
+        ("probe: truncated checkpoint", ["probe", str(p["trunc_ckpt"]), "checkpoints=last"]),
+        ("probe: checkpoint of another model", ["probe", str(p["foreign_ckpt"]), "checkpoints=last"]),
+        ("probe: batches 0", ["probe", str(run), "batches=0"]),
+        ("probe: batches a word", ["probe", str(run), "batches=many"]),
+        ("probe: a sweep value", ["probe", str(run), "probes.sparsity.every=1,2"]),
+        ("probe: swap the model", ["probe", str(run), "model=vit"]),
+        ("resume: no argument", ["resume"]),
+        ("resume: missing folder", ["resume", str(w / "nowhere")]),
+        ("resume: a file", ["resume", str(f)]),
+        ("resume: another config", ["resume", str(p["cut"]), "optim.lr=0.5"]),
+        ("resume: unknown key", ["resume", str(p["cut"]), "+trainer.stepz=1"]),
+        ("resume: cuda without a GPU", ["resume", str(p["cut"]), "trainer.device=cuda"]),
+        ("resume: damaged config.yaml", ["resume", str(p["bad_cfg_run"])]),
+        ("resume: truncated newest checkpoint", ["resume", str(p["trunc_ckpt"])]),
+        ("folder: trainer.resume=auto with another config", ["run", *TINY, "trainer.resume=auto",
+                                                             "trainer.checkpoint_every=2", "optim.lr=0.7",
+                                                             f"results_dir={w / 'empty_dir'}", "trainer.device=cuda"]),
+        ("folder: resume=<folder> with cuda", ["run", *TINY, "trainer.checkpoint_every=2",
+                                               f"trainer.resume={p['cut']}", "trainer.device=cuda"]),
+        ("launcher: slurm without sbatch", ["run", "-m", *TINY, "hydra/launcher=slurm", "seed=0,1"]),
+        ("hydra: run dir with = and , unquoted", ["run", *TINY, f"hydra.run.dir={w}/a=1,b=2"]),
+        ("collect: --out is a folder", ["collect", str(run), "--out", str(w)]),
+        ("figures: unknown hue", ["figures", str(run), "--hue", "nope.key", "--out", str(w / "figs")]),
+        ("cli: study unknown suite", ["study", "nope"]),
+        ("value: log_every 0 via probes every", ["run", *TINY, "trainer.log_every=0"]),
+        ("value: eval batch 0", ["run", *TINY, "trainer.eval_batch_size=0"]),
+        ("value: warmup_start above 1", ["run", *TINY, "optim.schedule.warmup_start=2"]),
+        ("value: tensorboard a word", ["run", *TINY, "trainer.tensorboard=maybe"]),
+        ("value: precision bf16 with a word", ["run", *TINY, "trainer.precision=bf32"]),
     ]
 
 
@@ -148,32 +272,55 @@ def digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-def judge(name, args, work, run):
-    before = digest(run)
+def judge(name, args, work, watched):
+    before = {folder: digest(folder) for folder in watched}
     out = subprocess.run(cli(args), env=env(), cwd=work, capture_output=True, text=True, timeout=600)
     clear = out.returncode == 2 and "error:" in out.stderr and "Traceback" not in out.stderr
-    changed = digest(run) != before
+    changed = any(digest(folder) != h for folder, h in before.items())
     escaped = (work.parent / "escape").exists() or (work / "escape").exists()
     ok = clear and not changed and not escaped
-    last = (out.stderr.strip().splitlines() or [""])[-1][:160]
+    lines = out.stderr.strip().splitlines()
+    first = next((x for x in lines if x.startswith("error:")), (lines or [""])[-1])[:200]
+    last = (lines or [""])[-1][:160]
     why = "" if ok else f"  exit {out.returncode}{' FOLDER CHANGED' if changed else ''}: {last}"
-    return ok, f"{'OK     ' if ok else 'UNCLEAR'} {name}{why}"
+    row = {"name": name, "args": args, "exit": out.returncode, "first": first, "ok": ok,
+           "traceback": "Traceback" in out.stderr, "changed": changed}
+    return ok, f"{'OK     ' if ok else 'UNCLEAR'} {name}{why}", row
+
+
+def markdown(rows: list[dict], work: Path) -> str:
+    """The table: input, command (paths shortened to W/), exit code, the first `error:` line."""
+    def short(text: str) -> str:
+        return str(text).replace(str(work), "W").replace("|", "\\|")
+
+    out = ["| # | input | command | exit | first line of the error | clear |", "|---|---|---|---|---|---|"]
+    for i, r in enumerate(rows, 1):
+        cmd = "sparsity-exp " + " ".join(a for a in r["args"] if a not in TINY)
+        out.append(f"| {i} | {short(r['name'])} | `{short(cmd)}` | {r['exit']} | {short(r['first'])} | "
+                   f"{'yes' if r['ok'] else 'NO'} |")
+    return "\n".join(out) + "\n"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--only", default="")
+    parser.add_argument("--markdown", default=None, help="write the table (command, exit, first line) here")
+    parser.add_argument("--extra-only", action="store_true", help="only the issue-26 inputs (extra_cases)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bad_inputs_")) / "w"
     work.mkdir()
     p = prepare(work)
-    chosen = [c for c in cases(p) if args.only in c[0]]
+    chosen = [c for c in (extra_cases(p) if args.extra_only else cases(p)) if args.only in c[0]]
+    watched = [p[k] for k in ("run", "cut", "trunc_ckpt", "foreign_ckpt")]
     with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda c: judge(*c, work, p["run"]), chosen))
-    for _, line in results:
+        results = list(pool.map(lambda c: judge(*c, work, watched), chosen))
+    for _, line, _ in results:
         print(line)
-    clear = sum(ok for ok, _ in results)
+    if args.markdown:
+        Path(args.markdown).write_text(markdown([r for _, _, r in results], work))
+        print(f"table in {args.markdown}")
+    clear = sum(ok for ok, _, _ in results)
     print(f"{clear}/{len(results)} bad inputs got a clear error (exit 2, 'error:', no traceback, folder unchanged)")
     return 0 if clear == len(results) else 1
 

@@ -33,7 +33,7 @@ SHRINK = {
 # the group axes of the matrix (conf/<group>/*.yaml); noise and activation ride along pairwise
 AXES = ("model", "probes", "protocol", "modules")
 EXTRA_AXES = ("activation", "noise")
-TINY_TRAINER = ["trainer.steps=2", "trainer.log_every=1", "trainer.eval_every=2", "trainer.checkpoint_every=1",
+TINY_TRAINER = ["trainer.steps=2", "trainer.log_every=1", "trainer.eval_every=2", "trainer.checkpoint_every=2",
                 "trainer.batch_size=8", "trainer.eval_batch_size=64", "trainer.progress=false",
                 "trainer.device=cpu", "trainer.threads=1"]
 # per probe: settings that make its measurement cheap (applied only when the preset has the probe)
