@@ -22,6 +22,7 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -289,7 +290,69 @@ def _run_label(flat: dict) -> list[str]:
             f"(it becomes part of the run folder's name)"]
 
 
-CHECKS = [_steps_or_epochs, _accumulation, _replaced_activation, _known_probes, _finite_numbers, _run_label]
+def _compile_mode_alone(flat: dict) -> list[str]:
+    """``trainer.compile_mode`` chooses how torch.compile compiles: without ``trainer.compile=true``
+    nothing is compiled, so the setting would have no effect."""
+    mode = flat.get("trainer.compile_mode")
+    if mode in (None, "", "default") or flat.get("trainer.compile") is True:
+        return []
+    return [f"trainer.compile_mode={mode}: has no effect without trainer.compile=true; add trainer.compile=true, "
+            f"or drop trainer.compile_mode"]
+
+
+# groups whose choices carry a ``name`` that says which code reads them (model=vit_b16 is name: vit)
+NAMED_GROUPS = ("model", "data", "activation", "optim", "protocol")
+
+
+@functools.lru_cache(maxsize=4)
+def keys_by_choice(conf: Path | None = None) -> dict:
+    """group -> ``name`` -> the dotted keys the YAMLs of that name define, and the keys a YAML reads
+    through ``${oc.select:key,...}`` from anywhere (those have an effect under every choice)."""
+    import yaml
+
+    from .config import conf_dir
+
+    conf = Path(conf or conf_dir())
+    out: dict = {g: {} for g in NAMED_GROUPS}
+    defaults: dict = {}  # dotted key -> the values (JSON) its choices default to
+    selected = set()
+    for path in conf.rglob("*.yaml"):
+        selected |= set(re.findall(r"oc\.select:([A-Za-z0-9_.]+)", path.read_text()))
+    for group in NAMED_GROUPS:
+        for path in (conf / group).glob("*.yaml"):
+            node = {k: v for k, v in (yaml.safe_load(path.read_text()) or {}).items() if k != "defaults"}
+            if "name" in node:
+                flat = flatten(node)
+                out[group].setdefault(str(node["name"]), set()).update(f"{group}.{k}" for k in flat)
+                for k, v in flat.items():
+                    defaults.setdefault(f"{group}.{k}", set()).add(json.dumps(v, sort_keys=True))
+    return {"groups": out, "selected": frozenset(selected), "defaults": defaults}
+
+
+def _other_choices_keys(flat: dict) -> list[str]:
+    """A key that only another choice of its group defines (``+model.patch_size=4`` under model=mlp, a
+    ViT setting): it passes the key check (some YAML defines it) but nothing reads it under this choice."""
+    from .dotted import is_run_setting
+
+    found = keys_by_choice()
+    out = []
+    for key in sorted(flat):
+        group = key.split(".")[0]
+        own = found["groups"].get(group, {}).get(str(flat.get(f"{group}.name")))
+        parts = key.split(".")
+        if own is None or any(".".join(parts[:i]) in own for i in range(2, len(parts) + 1)) or is_run_setting(key) \
+                or key in found["selected"] or flat[key] in (None, False, 0, "", []) \
+                or json.dumps(flat[key], sort_keys=True) in found["defaults"].get(key, ()):  # off or a default
+            continue
+        if any(key in keys for keys in found["groups"][group].values()):
+            owners = sorted(n for n, keys in found["groups"][group].items() if key in keys)
+            out.append(f"{key}: a setting of {group} {' / '.join(owners)}, which nothing reads under "
+                       f"{group}.name={flat.get(f'{group}.name')}; drop it, or choose that {group}")
+    return out
+
+
+CHECKS = [_steps_or_epochs, _accumulation, _replaced_activation, _known_probes, _finite_numbers, _run_label,
+          _compile_mode_alone, _other_choices_keys]
 
 # Roots whose keys no YAML of conf/ lists: checked another way (probes), or not ours (hydra)
 OPEN_MAPS = ("hydra", "probes")

@@ -323,3 +323,21 @@ def test_probe_on_truncated_or_mismatched_checkpoint_names_the_file(finished, tm
     with pytest.raises(UserError, match=r"checkpoint .*step_00000004.pt does not fit the model rebuilt from"):
         probe_run(other, ["checkpoints=last"])
     assert cli.main(["probe", str(bad), "checkpoints=2"]) == 2
+
+
+def test_settings_without_effect_under_the_chosen_value_are_refused(compose):
+    """Keys that pass the key check (some YAML defines them) but that nothing reads under this choice,
+    and compile_mode without compile; a key read through ${oc.select:...} (activation.grad_clip feeds
+    trainer.grad_clip) and a neutral value stay allowed."""
+    from sparsity_exp.validate import problems
+
+    assert problems(compose("+model.patch_size=4")) == [
+        "model.patch_size: a setting of model vit, which nothing reads under model.name=mlp; drop it, or choose "
+        "that model"]
+    assert problems(compose("+data.inputs_length=32"))[0].startswith("data.inputs_length: a setting of data c4 / text")
+    assert problems(compose("+optim.betas=[0.9,0.99]"))[0].startswith("optim.betas: a setting of optim adam / adamw")
+    assert problems(compose("trainer.compile_mode=max-autotune")) == [
+        "trainer.compile_mode=max-autotune: has no effect without trainer.compile=true; add trainer.compile=true, "
+        "or drop trainer.compile_mode"]
+    assert problems(compose("+activation.grad_clip=2")) == []
+    assert problems(compose("+data.mixup_alpha=0.0")) == []  # a setting left at its neutral value
