@@ -52,7 +52,8 @@ def _settings_from_config(section: dict) -> dict:
     """A run's online augmented_flatness settings from its config.yaml (runs written before the probe
     recorded them): ``scale``, else the older ``per_sample`` flag; the active set then was pre-dropout."""
     if "scale" in section:
-        return {"scale": section["scale"], "active_set": section.get("active_set", "value_input")}
+        return {"scale": section["scale"], "active_set": section.get("active_set", "value_input"),
+                "loss_scale": float(section.get("loss_scale", 1.0))}
     if "per_sample" in section:
         return {"scale": "per_sample" if section["per_sample"] else "authors", "active_set": "pre_dropout"}
     return {}
@@ -91,6 +92,9 @@ def augmented_flatness(table: pd.DataFrame, out_dir: Path, hue=None) -> list[Pat
     present = [m for m in [*AUGMENTED, RATIO] if (avg.metric == m).any()]
     found = probe_settings(rows, "augmented_flatness", _settings_from_config)
     scale = settings_text(found, "scale", SCALE_NAMES)
+    loss_scale = settings_text(found, "loss_scale", {"1.0": ""})
+    if scale and loss_scale:  # gradients of loss_scale x the loss (the authors' fp16 GradScaler: 65536)
+        scale += f", x loss scale {loss_scale}²"
     active = settings_text(found, "active_set", ACTIVE_NAMES)
     label = {**AUGMENTED, RATIO: "AS_K / L0 coefficient (= " + (ACTIVE_L0.get(active, "‖a‖₀") if active else "‖a‖₀")
              + " for ReLU)"}
