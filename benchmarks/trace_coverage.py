@@ -1,7 +1,8 @@
 """Coverage of the Hessian probe's trace intervals (issue 27): nominal 95% against measured.
 
     OMP_NUM_THREADS=1 python benchmarks/trace_coverage.py [--reps 1000] [--out docs/trace_coverage.md]
-                                                          [--seed 0]
+                                                          [--seed 0] [--budgets 10,20,98]
+                                                          [--only tiny|spectra]
 
 Two tables, each row an estimator x budget x (batches | spectrum), every interval value +-
 t_{df}(0.975) x error with the df the probe records (probes/hessian.py ``two_level``,
@@ -12,7 +13,9 @@ probes/trace_estimators.py):
    w.r.t. the `mlp` set (K, V weights and biases, n = 98) computed exactly. The population trace is
    the mean of the 40 batch traces (the training set's batch-size-12 curvature). Each repetition
    draws a measurement set of k batches without replacement, estimates each batch's trace with the
-   estimator at m products on the exact matrix, and combines them with ``two_level``. Columns:
+   estimator at m products on the exact matrix (``--budgets``; 98 = n: Hutch++ and XTrace exact,
+   only the data's error left, the regime where the old rule failed), and combines them with
+   ``two_level``. Columns:
    `X_se` (new): coverage of the population trace by value +- t_{X_df} X_se (nan at k = 1: no
    interval, counted as not drawn); `old`: the rule before issue 27, value +- 1.96 x the clipped
    two-level SE (the vectors' SE alone at k = 1); `vectors`: coverage of the measurement set's own
@@ -103,7 +106,7 @@ def _q(df):
     return stats.t.ppf(0.975, df) if np.isfinite(df) else Z
 
 
-def tiny_table(reps: int, seed: int) -> list[dict]:
+def tiny_table(reps: int, seed: int, budgets=(10, 20, 98)) -> list[dict]:
     Hs = tiny_hessians()
     traces = np.array([float(torch.trace(H)) for H in Hs])
     population = float(traces.mean())
@@ -111,7 +114,7 @@ def tiny_table(reps: int, seed: int) -> list[dict]:
     gen = torch.Generator().manual_seed(seed)
     rows = []
     for method in ("hutchinson", "hutchpp", "xtrace"):
-        for m in (10, 20):
+        for m in budgets:
             for k in (1, 2, 4, 8):
                 new = old = vec = zero = drawn = 0
                 for _ in range(reps):
@@ -198,6 +201,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="markdown file to write (e.g. docs/trace_coverage.md)")
     ap.add_argument("--only", choices=("tiny", "spectra"), default=None, help="one table only")
+    ap.add_argument("--budgets", default="10,20,98", help="products per batch in the tiny-model table (98 = its "
+                    "dimension: Hutch++ and XTrace exact, the data's error alone)")
     args = ap.parse_args(argv)
     if args.reps < 10:
         print("error: --reps must be at least 10 (a coverage from fewer draws says nothing); e.g. --reps 1000",
@@ -205,7 +210,8 @@ def main(argv=None) -> int:
         return 2
     torch.set_num_threads(1)
     start = time.time()
-    tiny, population, traces = tiny_table(args.reps, args.seed) if args.only != "spectra" else ([], float("nan"),
+    budgets = tuple(int(b) for b in args.budgets.split(",") if b)
+    tiny, population, traces = tiny_table(args.reps, args.seed, budgets) if args.only != "spectra" else ([], float("nan"),
                                                                                                np.array([0.0]))
     spec = spectra_table(args.reps, args.seed) if args.only != "tiny" else []
     command = "OMP_NUM_THREADS=1 python benchmarks/trace_coverage.py " + " ".join(argv if argv is not None
