@@ -124,7 +124,7 @@ def tiny_table(reps: int, seed: int, budgets=(10, 20, 98)) -> list[dict]:
                     err = abs(value - population)
                     if np.isfinite(se):
                         drawn += 1
-                        new += err <= _q(df) * se
+                        new += err <= _q(df) * se + 1e-12 * abs(population)
                     # the rule before issue 27: data part clipped at 0, total 1.96 x (vectors' SE at k = 1)
                     if k > 1:
                         between = float(np.std([e[0] for e in est], ddof=1)) / math.sqrt(k)
@@ -133,7 +133,7 @@ def tiny_table(reps: int, seed: int, budgets=(10, 20, 98)) -> list[dict]:
                     else:
                         old_b = 0.0
                     old += err <= Z * math.hypot(se_v, old_b)
-                    vec += abs(value - traces[chosen].mean()) <= _q(df_v) * se_v
+                    vec += abs(value - traces[chosen].mean()) <= _q(df_v) * se_v + 1e-12 * abs(population)
                 rows.append({"estimator": method, "products": m, "batches": k,
                              "new": new / drawn if drawn else float("nan"), "old": old / reps,
                              "vectors": vec / reps, "zero": zero / reps})
