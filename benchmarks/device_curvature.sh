@@ -34,7 +34,7 @@ for method in ("hutchinson", "hutchpp", "xtrace"):
     dev.type == "cuda" and torch.cuda.synchronize(); t = time.perf_counter()
     rows = {(m, l): v for _, m, l, v in probe.measure(ctx)}
     dev.type == "cuda" and dev.type == "cuda" and torch.cuda.synchronize(); t = time.perf_counter() - t
-    print(method, f"{t:.2f} s", {m: round(rows[(m, "avg")], 4) for m in ("trace", "trace_se", "trace_se_vectors",
+    print(method, f"{t:.2f} s", {m: round(rows[(m, "avg")], 4) for m in ("trace", "trace_se", "trace_df", "trace_se_vectors",
           "trace_se_batches", "lambda_max", "feature_input_trace", "feature_input_trace_se")},
           "block_trace_0", round(rows[("block_trace", 0)], 4))
 PY

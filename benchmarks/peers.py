@@ -3,7 +3,8 @@
     OMP_NUM_THREADS=1 python benchmarks/peers.py [--samples 10,50] [--repeats 5] [--key-shape 3072x768]
                                                  [--authors-repeats 1] [--device cpu|cuda] [--json PATH]
                                                  [--rse-target 0.02] [--rse-repeats 5] [--pilot 50]
-                                                 [--train-steps 300] [Hydra overrides ...]
+                                                 [--train-steps 300] [--trace-rse-only]
+                                                 [Hydra overrides ...]
 
 Model and batch: the run's own (`sparsity-exp run` config plus the overrides; default the LN-MLP on
 digits with trainer.batch_size=128), model in eval mode, the first training batch. Comparisons:
@@ -24,7 +25,10 @@ digits with trainer.batch_size=128), model in eval mode, the first training batc
                            project_hutchinson: wall time to a trace of the trainable parameters'
                            Hessian with relative standard error t (--rse-target, 2%) on the model
                            after --train-steps steps of `sparsity-exp run` (probes=none, same
-                           overrides), its first training batch. project_s is the project's best
+                           overrides), its first training batch. Every standard error is
+                           calibrated (issue 27): the project's XTrace by its jackknife, and each
+                           error x t_{df}(0.975) / 1.96 so errors on few degrees of freedom count
+                           at their interval's width (`calibrated`). project_s is the project's best
                            estimator (probes.hessian.trace_estimator) at its budget. Budgets:
                            Hutchinson (project, PyHessian, curvlinops: the same estimator) from a
                            --pilot run's per-vector spread; the project's Hutch++/XTrace the smallest
@@ -221,6 +225,16 @@ def trained_model(overrides, steps: int, device, work: Path):
     return model.eval(), sites, batch
 
 
+def calibrated(se: float, df: float) -> float:
+    """The standard error an interval of +-1.96 would need: se x t_{df}(0.975) / 1.96, so errors on
+    different degrees of freedom compare (the 95% interval's half-width / 1.96; issue 27)."""
+    from scipy import stats
+
+    if not se > 0:
+        return float(se)
+    return float(se * (stats.t.ppf(0.975, df) if np.isfinite(df) else stats.norm.ppf(0.975)) / stats.norm.ppf(0.975))
+
+
 def trace_rse_comparisons(model, sites, batch, target: float, repeats: int, pilot: int, device) -> tuple[list, list]:
     """Wall time to a trace whose relative standard error is ``target``: the matvec budget each
     method needs (Hutchinson: from a pilot's per-vector spread, m = (sd / (target |trace|))^2, the
@@ -239,7 +253,8 @@ def trace_rse_comparisons(model, sites, batch, target: float, repeats: int, pilo
         with parameter_variables(model, sites, "trainable") as (variables, _):
             products, saved = _graph_bytes(lambda: HessianProducts(task(model, batch, train=True)[0], variables))
             block = block_size(None, None, saved, m, device)
-            return trace_estimate(method, products, variables, m, block, gen)
+            t, se, df = trace_estimate(method, products, variables, m, block, gen)
+            return t, calibrated(se, df)
 
     runs = {}  # (library, method) -> callable(m) -> (estimate, own error or nan)
     for method in ("hutchinson", "hutchpp", "xtrace"):
@@ -256,7 +271,7 @@ def trace_rse_comparisons(model, sites, batch, target: float, repeats: int, pilo
                 z = np.asarray(h.trace(maxIter=m, tol=float("-inf")))
             model.zero_grad(set_to_none=True)
             model.eval()
-            return float(z.mean()), float(z.std(ddof=1) / np.sqrt(len(z)))
+            return float(z.mean()), calibrated(float(z.std(ddof=1) / np.sqrt(len(z))), len(z) - 1)
 
         runs[("pyhessian", "hutchinson")] = pyhessian
     else:
@@ -280,8 +295,12 @@ def trace_rse_comparisons(model, sites, batch, target: float, repeats: int, pilo
 
     n = sum(p.numel() for p in model.parameters() if p.requires_grad)
     t, se = runs[("project", "hutchinson")](pilot)
-    budgets = {"hutchinson": max(2, int(np.ceil((se * np.sqrt(pilot) / (target * abs(t))) ** 2)))}
-    print(f"  pilot: trace {t:.4g}, Hutchinson sd {se * np.sqrt(pilot):.4g} -> {budgets['hutchinson']} vectors "
+    sd = se * np.sqrt(pilot) / calibrated(1.0, pilot - 1)  # the per-vector spread
+    m = max(2, int(np.ceil((sd / (target * abs(t))) ** 2)))
+    while calibrated(sd / np.sqrt(m), m - 1) > target * abs(t):  # the t quantile on m - 1 df
+        m += 1
+    budgets = {"hutchinson": m}
+    print(f"  pilot: trace {t:.4g}, Hutchinson sd {sd:.4g} -> {budgets['hutchinson']} vectors "
           f"for {target:.0%}")
     for method in ("hutchpp", "xtrace"):
         m = 12
@@ -390,6 +409,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rse-repeats", type=int, default=5, help="alternating timed runs per method at its budget")
     ap.add_argument("--pilot", type=int, default=50, help="Hutchinson vectors of the pilot that sizes its budget")
     ap.add_argument("--train-steps", type=int, default=300, help="training steps before the trace-to-RSE runs")
+    ap.add_argument("--trace-rse-only", action="store_true", help="only the trace-to-RSE runs (no per-product "
+                    "timings against PyHessian, no spectra)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("overrides", nargs="*", help="Hydra overrides of the run config (model, data, batch)")
     args = ap.parse_args(argv)
@@ -410,9 +431,11 @@ def main(argv=None) -> int:
         return 2
     torch.set_num_threads(1)
     print(f"one thread; minimum of {args.repeats} interleaved repeats; device {device}")
-    model, sites, batch = model_and_batch(args.overrides, device)
-    comparisons = hessian_comparisons(model, sites, batch, samples, args.repeats, device)
-    comparisons += spectrum_comparisons(shape, args.repeats, args.authors_repeats, device)
+    comparisons = []
+    if not args.trace_rse_only:
+        model, sites, batch = model_and_batch(args.overrides, device)
+        comparisons += hessian_comparisons(model, sites, batch, samples, args.repeats, device)
+        comparisons += spectrum_comparisons(shape, args.repeats, args.authors_repeats, device)
     import tempfile
 
     with tempfile.TemporaryDirectory() as work:

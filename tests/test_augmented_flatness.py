@@ -158,4 +158,43 @@ def test_settings_are_recorded_beside_the_rows(setup, tmp_path):
         F.cross_entropy(net(x), y).backward()
     probe.rows("train")
     saved = json.loads((tmp_path / "arrays" / "posthoc_augmented_flatness_settings.json").read_text())
-    assert saved == {"scale": "per_sample", "active_set": "value_input"}
+    assert saved == {"scale": "per_sample", "active_set": "value_input", "loss_scale": 1.0}
+
+
+def test_loss_scale_reproduces_a_grad_scaler_backward(setup):
+    """Issue 27: the authors' fp16 AMP runs backpropagate a fresh GradScaler's 2^16 x the loss and
+    their hooks fire inside that backward. loss_scale=2^16 on the plain backward gives what the
+    probe at loss_scale=1 sees inside a 2^16-scaled backward; AS and the coefficients are 2^32 ~
+    4.3e9 x the unscaled ones, a2 and the ratios unchanged. Gradient density: the log10|g| window
+    moves by log10(2^16) = 4.82 decades (below/above-range fractions against a hand count)."""
+    net, site, x, y = setup
+    scale = float(torch.amp.GradScaler("cpu", enabled=True).get_scale()) if hasattr(torch.amp, "GradScaler") else 2.0**16
+    assert scale == 2.0**16  # what a fresh GradScaler holds (init_scale)
+
+    def rows(probe_name, loss_factor, **settings):
+        (probe,) = build_probes({probe_name: {"every": 1, **settings}}, [site])
+        with observing([probe], "train"):
+            (F.cross_entropy(net(x), y) * loss_factor).backward()
+        net.zero_grad(set_to_none=True)
+        return {(m, layer): v for _, m, layer, v in probe.rows("train")}
+
+    plain = rows("augmented_flatness", 1.0)
+    option = rows("augmented_flatness", 1.0, loss_scale=scale)
+    inside = rows("augmented_flatness", scale)  # the hooks inside a scaled backward
+    assert set(option) == set(inside) == set(plain)
+    for key, value in inside.items():
+        assert option[key] == pytest.approx(value, rel=1e-12), key
+        factor = 1.0 if key[0] == "a2" else 2.0**32
+        assert option[key] == pytest.approx(factor * plain[key], rel=1e-12), key
+    assert 2.0**32 == pytest.approx(4.295e9, rel=1e-3)
+    with pytest.raises(ConfigError, match="loss_scale"):
+        build_probes({"augmented_flatness": {"loss_scale": 0}}, [site])
+    # gradient density: the window on |g| x 2^16
+    g = _hand(net, x, y)["g"].abs()
+    window = dict(log10_range=[-6.0, -1.0], bins=50)
+    got = rows("gradient_density", 1.0, loss_scale=scale, **window)
+    assert got[("below_range", 0)] == pytest.approx(float((g * scale < 1e-6).double().mean()), abs=1e-12)
+    assert got[("above_range", 0)] == pytest.approx(float((g * scale > 1e-1).double().mean()), abs=1e-12)
+    assert got[("above_range", 0)] != rows("gradient_density", 1.0, **window)[("above_range", 0)]
+    assert got[("density_ratio", 0)] == pytest.approx(rows("gradient_density", 1.0, **window)[("density_ratio", 0)],
+                                                      rel=1e-12)

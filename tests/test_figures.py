@@ -336,17 +336,22 @@ def test_hue_picks_the_grouping_key(tmp_path, drawn):
 
 
 def test_flatness_vs_sparsity_draws_standard_errors(tmp_path, drawn):
-    """A metric with a `<metric>_se` row gets +-1 SE bars at its points; one without gets none."""
+    """A metric with `<metric>_se` and `<metric>_df` rows gets 95% t-interval bars (t_{df}(0.975) x SE,
+    issue 27), one with `_se` alone +-1 SE, and the title says which; one without gets none."""
     from matplotlib.collections import LineCollection
+    from scipy import stats
 
     rows = [dict(run="a", step=s, split="train", probe="sparsity", metric="activation_sparsity", layer="avg",
                  value=s / 100) for s in (0, 50, 100)]
     rows += [dict(run="a", step=s, split="train", probe="hessian", metric=m, layer="avg", value=v)
-             for s in (0, 100) for m, v in (("trace", s + 10.0), ("trace_se", 1.0 + s / 100), ("lambda_max", 3.0))]
+             for s in (0, 100) for m, v in (("trace", s + 10.0), ("trace_se", 1.0 + s / 100), ("trace_df", 3.0),
+                                            ("lambda_max", 3.0))]
     assert_images(flatness_vs_sparsity(table(rows, tmp_path), tmp_path))
-    axes = {ax.get_title(): ax for ax in visible_axes(drawn[0])}
+    axes = {ax.get_title().split("\n")[0]: ax for ax in visible_axes(drawn[0])}
     assert set(axes) == {"Hessian trace", "largest Hessian eigenvalue"}
+    assert "95% t interval" in axes["Hessian trace"].get_title()
+    q = stats.t.ppf(0.975, 3)  # 3.18, not 1.96
     bars = [c for c in axes["Hessian trace"].collections if isinstance(c, LineCollection)]
     spans = sorted((float(seg[0][0]), float(seg[0][1]), float(seg[1][1])) for c in bars for seg in c.get_segments())
-    assert spans == [(0.0, 9.0, 11.0), (1.0, 108.0, 112.0)]
+    assert np.allclose(spans, [(0.0, 10 - q, 10 + q), (1.0, 110 - 2 * q, 110 + 2 * q)])
     assert not [c for c in axes["largest Hessian eigenvalue"].collections if isinstance(c, LineCollection)]

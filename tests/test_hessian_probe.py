@@ -66,11 +66,14 @@ def test_trace_uses_the_documented_vectors_and_its_standard_error_matches():
         z.append(v @ H @ v)
     z = np.array(z)
     assert got[("trace", "avg")] == pytest.approx(z.mean(), rel=1e-9)
-    assert got[("trace_se", "avg")] == pytest.approx(z.std(ddof=1) / math.sqrt(samples), rel=1e-9)
+    assert got[("trace_se_vectors", "avg")] == pytest.approx(z.std(ddof=1) / math.sqrt(samples), rel=1e-9)
+    assert got[("trace_df_vectors", "avg")] == pytest.approx(samples - 1)
+    # one batch: no error w.r.t. the training set (issue 27), not the vectors' error in its place
+    assert math.isnan(got[("trace_se", "avg")]) and math.isnan(got[("trace_df", "avg")])
     # and against the exact trace: unbiased, and the reported SE is the true one to sampling accuracy
     sd = _hutchinson_sd(H, list(range(len(H))), samples)
     assert abs(got[("trace", "avg")] - np.trace(H)) < 5 * sd
-    assert got[("trace_se", "avg")] == pytest.approx(sd, rel=0.25)
+    assert got[("trace_se_vectors", "avg")] == pytest.approx(sd, rel=0.25)
 
 
 def _one_site_sd(H, cols, samples):
@@ -113,8 +116,8 @@ def test_per_block_traces_use_per_site_vectors_and_block_size_independence():
         exact = np.trace(H[np.ix_(cols, cols)])
         sd = _one_site_sd(H, cols, samples)
         assert abs(got[("block_trace", i)] - exact) < 5 * sd, i
-        assert got[("block_trace_se", i)] == pytest.approx(sd, rel=0.25), i
-        assert got[("block_trace_se_vectors", i)] == got[("block_trace_se", i)]
+        assert got[("block_trace_se_vectors", i)] == pytest.approx(sd, rel=0.25), i
+        assert math.isnan(got[("block_trace_se", i)])  # one batch: no error w.r.t. the training set
         assert math.isnan(got[("block_trace_se_batches", i)])  # one batch: the data's part is unknown
         assert _hutchinson_sd(H, cols, samples) > sd  # what shared vectors would have given
     # shared vectors (one over all sites per product): the larger SE with the cross terms, same targets
@@ -122,7 +125,7 @@ def test_per_block_traces_use_per_site_vectors_and_block_size_independence():
     for i, cols in blocks.items():
         sd = _hutchinson_sd(H, cols, samples)
         assert abs(shared[("block_trace", i)] - np.trace(H[np.ix_(cols, cols)])) < 5 * sd, i
-        assert shared[("block_trace_se", i)] == pytest.approx(sd, rel=0.25), i
+        assert shared[("block_trace_se_vectors", i)] == pytest.approx(sd, rel=0.25), i
     with pytest.raises(Exception, match="site_vectors"):
         build_probes({"hessian": {"site_vectors": "each"}}, find_sites(model))
     # block_samples=0: no block rows
@@ -214,19 +217,22 @@ def test_feature_hessian_traces_per_token():
             sd = _one_site_sd(H, c, samples) / tokens[(i, where)]
             assert abs(value) > 1e-6  # a case with curvature to find
             assert abs(got[(f"feature_{where}_trace", i)] - value) < 5 * sd, (where, i)
-            assert got[(f"feature_{where}_trace_se", i)] == pytest.approx(sd, rel=0.3)
+            assert got[(f"feature_{where}_trace_se_vectors", i)] == pytest.approx(sd, rel=0.3)
         assert got[(f"feature_{where}_trace", "avg")] == pytest.approx(
             (got[(f"feature_{where}_trace", 0)] + got[(f"feature_{where}_trace", 1)]) / 2, rel=1e-9)
         # independent vectors per site: the mean's SE from the sites' SEs
-        assert got[(f"feature_{where}_trace_se", "avg")] == pytest.approx(
-            math.hypot(got[(f"feature_{where}_trace_se", 0)], got[(f"feature_{where}_trace_se", 1)]) / 2, rel=1e-9)
+        se = [got[(f"feature_{where}_trace_se_vectors", i)] for i in (0, 1)]
+        assert got[(f"feature_{where}_trace_se_vectors", "avg")] == pytest.approx(math.hypot(*se) / 2, rel=1e-9)
+        # Welch-Satterthwaite: two parts of samples - 1 df each
+        assert got[(f"feature_{where}_trace_df_vectors", "avg")] == pytest.approx(
+            (se[0] ** 2 + se[1] ** 2) ** 2 / ((se[0] ** 4 + se[1] ** 4) / (samples - 1)), rel=1e-9)
     shared = _measure(model, batch, samples=2, feature_samples=samples, site_vectors="shared")
     for where in ("input", "preact"):
         for i in (0, 1):
             c = cols[(i, where)]
             sd = _hutchinson_sd(H, c, samples) / tokens[(i, where)]  # cross terms from every other tensor
             assert abs(shared[(f"feature_{where}_trace", i)] - np.trace(H[np.ix_(c, c)]) / tokens[(i, where)]) < 5 * sd
-            assert shared[(f"feature_{where}_trace_se", i)] == pytest.approx(sd, rel=0.3)
+            assert shared[(f"feature_{where}_trace_se_vectors", i)] == pytest.approx(sd, rel=0.3)
     # a token's Hessian does not depend on the batch it sits in (B x the batch mean = the sample's loss)
     half = (batch[0][:6], batch[1][:6])
     H6, cols6, tokens6 = _feature_hessian(model, half)
@@ -250,19 +256,75 @@ def test_two_level_standard_errors_over_batches():
     assert got[("trace_se_vectors", "avg")] == 0.0
     assert got[("trace_se_batches", "avg")] == pytest.approx(exact.std(ddof=1) / math.sqrt(3), rel=1e-9)
     assert got[("trace_se", "avg")] == got[("trace_se_batches", "avg")]
+    assert got[("trace_df", "avg")] == 2 and got[("trace_df_vectors", "avg")] == math.inf
 
 
 def test_two_level_combines_by_hand():
     from sparsity_exp.probes.hessian import two_level
 
-    value, se, se_v, se_b = two_level([(10.0, 1.0), (14.0, 2.0)])
-    assert value == 12.0
+    value, se, df, se_v, df_v, se_b = two_level([(10.0, 1.0, 9.0), (14.0, 2.0, 19.0)])
+    assert value == 12.0 and df == 1.0
     assert se_v == pytest.approx(math.sqrt(1 + 4) / 2)
+    assert df_v == pytest.approx(25 / (1 / 9 + 16 / 19))  # Welch-Satterthwaite
     between2 = np.var([10.0, 14.0], ddof=1) / 2  # 4
     assert se_b == pytest.approx(math.sqrt(between2 - 5 / 4))
     assert se == pytest.approx(math.sqrt(between2))
-    # vector noise larger than the spread: the data's part is 0, the total the vectors'
-    assert two_level([(10.0, 5.0), (10.5, 5.0)])[1:] == pytest.approx((5 / math.sqrt(2), 5 / math.sqrt(2), 0.0))
+    # vector noise larger than the spread: the data's part is not estimable, nan (never a silent 0),
+    # and the total is widened to the vectors' part, on k - 1 df
+    value, se, df, se_v, df_v, se_b = two_level([(10.0, 5.0, 9.0), (10.5, 5.0, 9.0)])
+    assert se == se_v == pytest.approx(5 / math.sqrt(2)) and df == 1.0 and math.isnan(se_b) and df_v == 18.0
+    # one batch: no error w.r.t. the training set
+    value, se, df, se_v, df_v, se_b = two_level([(10.0, 1.0, 9.0)])
+    assert math.isnan(se) and math.isnan(df) and math.isnan(se_b) and se_v == 1.0 and df_v == 9.0
+    # exact per-batch values: df_vectors inf
+    assert two_level([(1.0, 0.0, math.inf), (2.0, 0.0, math.inf)])[4] == math.inf
+
+
+def test_two_level_interval_covers_the_training_set_trace():
+    """Issue 27 on the tiny model's exact per-batch Hessians: a training set of 20 batches, the
+    measurement set k = 2 of them drawn at random; 400 draws each. value +- t_{df}(0.975) se covers
+    the training-set trace (the mean over all 20 batches) in >= 93% of draws, with Hutchinson's 10
+    vectors per batch (vector error dominant) and with exact per-batch traces (data only, where the
+    old rule, 1.96 x the two-level SE, covers ~70%); the vectors' interval covers the measurement
+    set's own trace."""
+    from scipy import stats
+
+    from sparsity_exp.probes.hessian import two_level
+    from sparsity_exp.probes.trace_estimators import hutchinson
+
+    model = _tiny(1)
+    model.eval()
+    names = _mlp_names(model)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(240, 3, generator=g, dtype=torch.float64)
+    y = (x[:, 0] + 0.5 * torch.randn(240, generator=g, dtype=torch.float64) > 0).long()
+    Hs = [torch.tensor(_exact(model, (x[i:i + 12], y[i:i + 12]), names)) for i in range(0, 240, 12)]
+    traces = np.array([float(torch.trace(H)) for H in Hs])
+    population = traces.mean()
+    assert traces.std() > 0.1 * abs(population)  # batches differ: the data's part matters
+    rng = np.random.default_rng(1)
+    reps = 400
+
+    def draw(m):
+        return (torch.randint(0, 2, (m, len(Hs[0])), generator=g) * 2 - 1).double()
+
+    for exact in (False, True):
+        hits = old_hits = vec_hits = 0
+        for _ in range(reps):
+            chosen = rng.choice(len(Hs), 2, replace=False)
+            est = [(traces[b], 0.0, math.inf) if exact else hutchinson(lambda X, H=Hs[b]: X @ H, draw, 10)
+                   for b in chosen]
+            value, se, df, se_v, df_v, se_b = two_level(est)
+            assert not se_b == 0.0
+            hits += abs(value - population) <= stats.t.ppf(0.975, df) * se
+            old_hits += abs(value - population) <= 1.96 * math.hypot(se_v, 0.0 if math.isnan(se_b) else se_b)
+            if not exact:
+                vec_hits += abs(value - traces[chosen].mean()) <= stats.t.ppf(0.975, df_v) * se_v
+        assert hits / reps >= 0.93, (exact, hits / reps)
+        if exact:
+            assert old_hits / reps < 0.85, old_hits / reps  # what the test guards against
+        else:
+            assert vec_hits / reps >= 0.92, vec_hits / reps
 
 
 @pytest.mark.parametrize("method", ["hutchpp", "xtrace"])
@@ -273,10 +335,13 @@ def test_probe_trace_estimators_against_the_exact_trace(method):
     # budget >= dimension: exact
     got = _measure(model, batch, samples=len(H), trace_estimator=method, block_samples=0, features=False,
                    iterations=3)
-    assert got[("trace", "avg")] == pytest.approx(np.trace(H), rel=1e-9) and got[("trace_se", "avg")] == 0.0
+    assert got[("trace", "avg")] == pytest.approx(np.trace(H), rel=1e-9) and got[("trace_se_vectors", "avg")] == 0.0
+    assert got[("trace_df_vectors", "avg")] == math.inf
     # a random draw with a smaller budget: within 4 of its own SE
     got = _measure(model, batch, samples=60, trace_estimator=method, block_samples=0, features=False, iterations=3)
-    assert 0 < got[("trace_se", "avg")] and abs(got[("trace", "avg")] - np.trace(H)) < 4 * got[("trace_se", "avg")]
+    se = got[("trace_se_vectors", "avg")]
+    assert 0 < se and abs(got[("trace", "avg")] - np.trace(H)) < 4 * se
+    assert got[("trace_df_vectors", "avg")] == pytest.approx({"hutchpp": 60 - 40 - 1, "xtrace": 30 - 1}[method])
     with pytest.raises(Exception, match="samples >= "):
         build_probes({"hessian": {"trace_estimator": method, "samples": 2}}, find_sites(model))
     with pytest.raises(Exception, match="trace_estimator"):
@@ -303,6 +368,6 @@ def test_lora_sites_are_measured_at_their_effective_weights():
     assert not torch.allclose(find_sites(adapted)[0].key.get_base_layer().weight, plain.blocks[0].key.weight)
     settings = dict(samples=20, iterations=500, tol=1e-10)
     got, want = _measure(adapted, batch, **settings), _measure(plain, batch, **settings)
-    for metric in ("trace", "trace_se", "lambda_max", "top_abs_eigenvalue", ("block_trace", 1), "feature_preact_trace"):
+    for metric in ("trace", "trace_se_vectors", "lambda_max", "top_abs_eigenvalue", ("block_trace", 1), "feature_preact_trace"):
         key = metric if isinstance(metric, tuple) else (metric, "avg")
         assert got[key] == pytest.approx(want[key], rel=1e-6), key

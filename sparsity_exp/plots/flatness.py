@@ -8,8 +8,10 @@ augmented_flatness     layer-averaged AS_K, coefficient L0, AS_V, coefficient L2
 flatness_vs_sparsity   each Hessian/sharpness metric (layer 'avg') against the layer-averaged activation
                        sparsity of the same run at the nearest logged step: one point per (run, step),
                        a run's points joined in step order, colours by run group; a metric with a
-                       standard-error row (`<metric>_se`, the Hessian probe's Hutchinson estimates) gets
-                       +-1 SE error bars
+                       standard-error row (`<metric>_se`, the Hessian probe's traces) gets 95% interval
+                       bars, +- t_{df}(0.975) x SE on the `<metric>_df` row's degrees of freedom (issue 27:
+                       t quantiles wherever an interval is drawn); rows from before df were recorded get
+                       +-1 SE, and the panel says which
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from .common import (Skip, colors, figure_legend, hue_keys, lines_per_group, ordered_groups, panels,
                      pick_split, save, select)
@@ -49,7 +52,8 @@ def _settings_from_config(section: dict) -> dict:
     """A run's online augmented_flatness settings from its config.yaml (runs written before the probe
     recorded them): ``scale``, else the older ``per_sample`` flag; the active set then was pre-dropout."""
     if "scale" in section:
-        return {"scale": section["scale"], "active_set": section.get("active_set", "value_input")}
+        return {"scale": section["scale"], "active_set": section.get("active_set", "value_input"),
+                "loss_scale": float(section.get("loss_scale", 1.0))}
     if "per_sample" in section:
         return {"scale": "per_sample" if section["per_sample"] else "authors", "active_set": "pre_dropout"}
     return {}
@@ -88,6 +92,9 @@ def augmented_flatness(table: pd.DataFrame, out_dir: Path, hue=None) -> list[Pat
     present = [m for m in [*AUGMENTED, RATIO] if (avg.metric == m).any()]
     found = probe_settings(rows, "augmented_flatness", _settings_from_config)
     scale = settings_text(found, "scale", SCALE_NAMES)
+    loss_scale = settings_text(found, "loss_scale", {"1.0": ""})
+    if scale and loss_scale:  # gradients of loss_scale x the loss (the authors' fp16 GradScaler: 65536)
+        scale += f", x loss scale {loss_scale}²"
     active = settings_text(found, "active_set", ACTIVE_NAMES)
     label = {**AUGMENTED, RATIO: "AS_K / L0 coefficient (= " + (ACTIVE_L0.get(active, "‖a‖₀") if active else "‖a‖₀")
              + " for ReLU)"}
@@ -104,7 +111,7 @@ def flatness_vs_sparsity(table: pd.DataFrame, out_dir: Path, hue=None, sparsity_
     ys = ys[[(p, m) in FLATNESS for p, m in zip(ys.probe, ys.metric)]]
     if ys.empty:
         raise Skip("no hessian / sharpness rows: enable those probes (probes=full)")
-    se = table[table.metric.str.endswith("_se") & (table.layer.astype(str) == "avg")]
+    se = table[table.metric.str.endswith(("_se", "_df")) & (table.layer.astype(str) == "avg")]
     xs = select(table, "activation_sparsity", probe="sparsity", layer="avg")
     if xs.empty:
         raise Skip("no activation_sparsity rows to put on the x axis: enable the sparsity probe")
@@ -117,6 +124,7 @@ def flatness_vs_sparsity(table: pd.DataFrame, out_dir: Path, hue=None, sparsity_
     fig, axes = panels(len(panels_keys), ncols=3, size=(4.0, 3.2))
     points = 0
     for ax, (probe, metric, split) in zip(axes, panels_keys):
+        kinds = set()
         for color, (label, g) in zip(palette, groups):
             first = True
             for run, y in g[(g.probe == probe) & (g.metric == metric) & (g.split == split)].groupby("run"):
@@ -124,10 +132,17 @@ def flatness_vs_sparsity(table: pd.DataFrame, out_dir: Path, hue=None, sparsity_
                 if x.empty:
                     continue
                 y = y[["step", "value", "source"] if "source" in y else ["step", "value"]].sort_values("step")
-                err = se[(se.run == run) & (se.probe == probe) & (se.metric == f"{metric}_se") & (se.split == split)]
-                if not err.empty:  # the estimate's standard error at the same step (and source)
+                mine = se[(se.run == run) & (se.probe == probe) & (se.split == split)]
+                err, df = mine[mine.metric == f"{metric}_se"], mine[mine.metric == f"{metric}_df"]
+                if not err.empty:  # the estimate's standard error (and its df) at the same step (and source)
                     on = [c for c in ("step", "source") if c in y and c in err]
                     y = y.merge(err[on + ["value"]].rename(columns={"value": "se"}), on=on, how="left")
+                    if not df.empty:
+                        y = y.merge(df[on + ["value"]].rename(columns={"value": "df"}), on=on, how="left")
+                        y["se"] = y.se * stats.t.ppf(0.975, y.df)  # the 95% interval's half-width
+                        kinds.add("95% t interval")
+                    else:
+                        kinds.add("+-1 SE (no df recorded)")
                 y = y.sort_values("step")
                 both = pd.merge_asof(y, x.rename(columns={"value": "x"}), on="step", direction="nearest")
                 ax.plot(both.x, both.value, "-", color=color, lw=0.6, alpha=0.5)
@@ -138,7 +153,8 @@ def flatness_vs_sparsity(table: pd.DataFrame, out_dir: Path, hue=None, sparsity_
                 first = False
                 points += len(both)
         title = FLATNESS[(probe, metric)]
-        ax.set_title(title if split in ("train", "avg") else f"{title} ({split})", fontsize=9)
+        title = title if split in ("train", "avg") else f"{title} ({split})"
+        ax.set_title(title + (f"\nbars: {', '.join(sorted(kinds))}" if kinds else ""), fontsize=9)
         ax.set_xlabel(f"activation sparsity ({x_split}, layer avg)")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)

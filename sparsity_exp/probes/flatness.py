@@ -26,6 +26,15 @@ HEAD, around lines 977-1090, added in commit b106fad) fixes two conventions, the
   then B^2 x the ``authors`` values for a batch of B samples (a2 unchanged); the ratios AS_K /
   coef_l0 and AS_V / coef_l2 do not depend on the scale.
 
+``loss_scale`` (default 1.0; either scale): the gradients of loss_scale x the loss. The authors'
+  ViT augmented-flatness and gradient-density runs use AMP with a fresh fp16 GradScaler, whose scale
+  is 2^16 = 65536 (torch.amp.GradScaler's init_scale), and their hooks fire inside the scaled
+  backward: their logged AS_K, AS_V, coefficients and l2_term are loss_scale^2 = 2^32 ~ 4.3e9 x this
+  probe's ``scale: authors`` values (a2 and the ratios unchanged), their log10|g| histograms sit
+  log10(2^16) = 4.82 decades above the project's. ``loss_scale: 65536.0`` reproduces their numbers
+  (tests/test_augmented_flatness.py checks the factor against a scaled backward). A GradScaler
+  that has already backed off after overflows holds a smaller scale: use the value it logged.
+
 ``active_set: value_input`` (default, the authors'): an entry is active where V's input is > 0, i.e.
   after the dropout between the activation and V (a > 0 for a value-free block). ``active_set:
   pre_dropout``: active = outside the activation's zero-derivative region, sigma'(h) != 0 (h > 0 for
@@ -106,7 +115,7 @@ class AugmentedFlatnessProbe(_TrainGradientProbe):
         s = self.take(split)
         if s is None:
             return []
-        self.record_settings(scale=self.scale_name, active_set=self.active_set)
+        self.record_settings(scale=self.scale_name, active_set=self.active_set, loss_scale=self.loss_scale)
         samples, rows = s[:, _SAMPLES].clamp(min=1), s[:, _ROWS].clamp(min=1)
         out = list(layer_rows(split, "as_key", (s[:, _AS_K] / samples).tolist()))
         out += layer_rows(split, "coef_l0", (s[:, _L0_NUM] / s[:, _ACTIVE].clamp(min=1)).tolist())

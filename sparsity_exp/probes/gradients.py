@@ -31,7 +31,11 @@
 
 Scale: gradients of the training loss as the step computes it (the batch mean), like the authors'
 hooks; ``per_sample: true`` multiplies them by the batch size, giving per-sample gradients for a
-loss that averages per-sample losses over the batch.
+loss that averages per-sample losses over the batch. ``loss_scale`` (default 1.0) multiplies them
+by a loss scale: the authors' ViT gradient-density runs backpropagate an fp16 GradScaler's 2^16 x
+the loss, so their log10|g| histograms (and window) sit log10(65536) = 4.82 decades above the
+project's at 1.0; ``loss_scale: 65536.0`` puts the project's histograms, below_range and
+above_range on theirs (density_ratio does not depend on it; probes/flatness.py, docs/paper.md §1.3).
 """
 from __future__ import annotations
 
@@ -63,9 +67,16 @@ class _TrainGradientProbe(Probe):
     value_inputs = False  # also capture V's input (after dropout), see capture.py
     n_stats = 0
 
-    def __init__(self, sites, every: int = 0, per_sample: bool = False, **kw):
+    def __init__(self, sites, every: int = 0, per_sample: bool = False, loss_scale: float = 1.0, **kw):
         super().__init__(sites, every, **kw)
         self.per_sample = bool(per_sample)
+        try:
+            self.loss_scale = float(loss_scale)
+        except (TypeError, ValueError):
+            self.loss_scale = float("nan")
+        if not (self.loss_scale > 0 and self.loss_scale < float("inf")):
+            raise TypeError(f"loss_scale={loss_scale!r} must be a positive number (1.0: the loss as it is; 65536.0 = "
+                            f"2^16: the authors' fp16 GradScaler, docs/paper.md §1.3)")
         self._stats = None
 
     def _acc(self, device) -> torch.Tensor:
@@ -78,8 +89,10 @@ class _TrainGradientProbe(Probe):
         # so its gradients are world_size times those of the global batch-mean loss: undo that.
         # Per sample: the micro-batch's samples times the accumulation steps, since each micro-batch
         # loss is weighted by its share of the whole batch (Trainer._forward_backward).
+        # loss_scale: the gradients of loss_scale x the loss, as a backward inside an AMP GradScaler
+        # sees them (the authors' fp16 runs: a fresh scaler's 2^16; docs/paper.md §1.3)
         accum = int(self.ctx.grad_accum or 1)
-        return float(rec.samples) * accum if self.per_sample else 1.0 / world_size()
+        return (float(rec.samples) * accum if self.per_sample else 1.0 / world_size()) * self.loss_scale
 
     def on_record(self, site, rec) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -255,7 +268,8 @@ class GradientDensityProbe(_TrainGradientProbe):
         if self.ratio_mode == "binned":
             mean_all, mean_active = self._binned_means(hist)
         ratio = torch.where(mean_all > 0, mean_active / mean_all, torch.full_like(mean_all, float("nan")))
-        self.record_settings(ratio_mode=self.ratio_mode, log10_range=[self.lo, self.hi], bins=self.bins)
+        self.record_settings(ratio_mode=self.ratio_mode, log10_range=[self.lo, self.hi], bins=self.bins,
+                             loss_scale=self.loss_scale)
         entries = s[:, 1].clamp(min=1)
         if self._save_due() and hist is not None and self.ctx.recorder is not None:
             h = hist.cpu().numpy()

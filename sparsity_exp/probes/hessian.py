@@ -15,26 +15,34 @@ Parameter set (``params``), the same default for every arm so arms are compared 
   all        every parameter of the model
 
 Rows (split 'train'; model-wide values on layer 'avg', per-site values on the site's index). Every
-trace-like metric X comes with four rows, from per-batch estimates X_b (b = 1..k) and their
-standard errors over the random vectors se_b (two levels: vectors within a batch, batches within
-the training set; ``two_level``):
+trace-like metric X comes with six rows, from per-batch estimates X_b (b = 1..k), their standard
+errors over the random vectors se_b and those errors' degrees of freedom (two levels: vectors within
+a batch, batches within the training set; ``two_level``):
   X             mean over batches of X_b: the estimate of E_batch[tr ...], the batch-size-B
                 curvature of the training set
-  X_se_vectors  sqrt(sum_b se_b^2) / k: the random vectors' part of the error
-  X_se_batches  sqrt(max(0, std_b(X_b)^2 / k - X_se_vectors^2)): the data's part (nan when
-                batches: 1, where it cannot be estimated)
-  X_se          sqrt(X_se_vectors^2 + X_se_batches^2), the total; with batches: 1 it is
-                X_se_vectors, the error of the one batch's value only (the batch-to-batch spread of
-                the trace is of the order of its vector error: 46.2 vs 50.8 on two batches of the
-                default LN-MLP, issue 19), so use batches >= 2 where runs or steps are compared
+  X_se          the error w.r.t. the training set (the population the measurement set is drawn
+                from): the between-batch standard error std_b(X_b) / sqrt(k), never below
+                X_se_vectors; nan at batches: 1 (one batch cannot tell the others' spread: the
+                batch-to-batch spread of the trace is of the order of its vector error, 46.2 vs 50.8
+                on two batches of the default LN-MLP, issue 19)
+  X_df          X_se's degrees of freedom, k - 1: draw intervals as X +- t_{X_df}(0.975) X_se
+  X_se_vectors  sqrt(sum_b se_b^2) / k: the random vectors' part, the error w.r.t. the
+                measurement set's own trace (its k batches, fixed: probes/measurement.py)
+  X_df_vectors  its Welch-Satterthwaite degrees of freedom (inf where every batch's value is exact)
+  X_se_batches  sqrt(X_se^2 - X_se_vectors^2): the data's part; nan where it cannot be estimated
+                (batches: 1, or the k values spread less than their vector errors: X_se is then
+                widened to X_se_vectors; never a silent 0)
+The measurement set is the same at every step and in every arm that shares a seed: X_se is the
+error of one value against the training set's, not the error of a difference between steps or arms
+(their batch parts are shared; the vector parts are independent between measurements).
 The metrics:
   trace (avg)                tr H_b by ``trace_estimator`` with ``samples`` Hessian-vector
                              products per batch (probes/trace_estimators.py): hutchinson (mean of
                              v.Hv over Rademacher v; se_b its standard error), hutchpp (Hutch++,
                              Meyer et al. 2021: the top of the spectrum from a sketch, exactly, plus
                              Hutchinson on the rest; se_b the rest's standard error) or xtrace
-                             (XTrace, Epperly et al. 2024: leave-one-out sketches; se_b the paper's
-                             error estimate). Hutch++/XTrace keep ~samples/3 (samples/2) vectors of
+                             (XTrace, Epperly et al. 2024: leave-one-out sketches; se_b the jackknife
+                             over its vectors, calibrated by simulation, issue 27). Hutch++/XTrace keep ~samples/3 (samples/2) vectors of
                              the parameters' size in memory
   block_trace (site i)       tr of H_b's diagonal block of site i: Hutchinson with ``block_samples``
                              Rademacher vectors per site and batch, each zero off site i's
@@ -288,37 +296,70 @@ def hutchinson(products: HessianProducts, tensors: list, samples: int, block: in
     return torch.cat(rows) if rows else torch.zeros((0, len(tensors)), dtype=torch.float64)
 
 
-def mean_se(z: torch.Tensor) -> tuple[float, float]:
-    """Mean of the per-vector estimates and its standard error (nan below two vectors)."""
+def mean_se(z: torch.Tensor) -> tuple[float, float, float]:
+    """Mean of the per-vector estimates, its standard error and that error's degrees of freedom
+    (n - 1; nan below two vectors)."""
     n = z.numel()
     mean = float(z.mean()) if n else float("nan")
     se = float(z.std(correction=1) / math.sqrt(n)) if n > 1 else float("nan")
-    return mean, se
+    return mean, se, float(n - 1) if n > 1 else float("nan")
 
 
-def two_level(estimates: list) -> tuple[float, float, float, float]:
-    """(value, se, se_vectors, se_batches) from per-batch (estimate, vector standard error) pairs of
-    k batches drawn from the training set: value = mean of the k estimates; se_vectors =
-    sqrt(sum se_b^2) / k, the random vectors' part; the between-batch standard error
-    std(estimates) / sqrt(k) covers both (each batch's estimate varies by its batch and by its
-    vectors), so se_batches = sqrt(max(0, that^2 - se_vectors^2)) is the data's part; se =
-    sqrt(se_vectors^2 + se_batches^2). With one batch the data's part cannot be estimated:
-    se_batches is nan and se = se_vectors (the error of this batch's value only)."""
-    values = torch.tensor([e for e, _ in estimates], dtype=torch.float64)
+def satterthwaite(ses, dfs) -> float:
+    """Welch-Satterthwaite degrees of freedom of sqrt(sum se_i^2): (sum se_i^2)^2 / sum se_i^4 /
+    df_i (inf where every part is exact, se_i = 0, or has infinitely many)."""
+    if any(math.isnan(se) or (se > 0 and not df > 0) for se, df in zip(ses, dfs)):
+        return float("nan")
+    num = sum(se**2 for se in ses) ** 2
+    den = sum(se**4 / df for se, df in zip(ses, dfs) if se > 0 and math.isfinite(df))
+    return num / den if den > 0 else float("inf")
+
+
+def two_level(estimates: list) -> tuple:
+    """(value, se, df, se_vectors, df_vectors, se_batches) from per-batch (estimate, vector
+    standard error, its df) triples of the k batches of the measurement set, a seeded draw of k
+    batches from the training set:
+
+    value       the mean of the k estimates
+    se_vectors  sqrt(sum se_b^2) / k: the random vectors' part, the error w.r.t. the measurement
+                set's own trace (the mean of its k batches' traces); df_vectors its
+                Welch-Satterthwaite degrees of freedom
+    se          the error w.r.t. the training set's trace (the expected trace of a batch drawn
+                from the training set, the population the measurement set was drawn from): the
+                between-batch standard error std(estimates) / sqrt(k), which covers both the
+                batches and the vectors (each batch's estimate varies by its batch and by its
+                vectors), df = k - 1; never below se_vectors (where the k estimates happen to
+                spread less than their vector errors the total is widened to se_vectors, with
+                the same df = k - 1). nan at k = 1: one batch says nothing about the others
+    se_batches  the data's part sqrt(between^2 - se_vectors^2), nan where it cannot be estimated:
+                k = 1, or the between-batch spread fell below the vector part (issue 27: never a
+                silent 0)
+
+    Intervals: value +- t_{df}(0.975) se (a t quantile, not 1.96). The measurement set is the same
+    at every step and in every arm sharing a seed, so se is the error of one value against the
+    training set's, not of a difference between steps or arms (the batches' part of the error is
+    shared by them; the vectors' part is independent between measurements)."""
+    estimates = [tuple(e) + (float("nan"),) * (3 - len(e)) for e in estimates]
+    values = torch.tensor([e[0] for e in estimates], dtype=torch.float64)
     k = len(values)
     value = float(values.mean())
-    se_vectors = math.sqrt(sum(se**2 for _, se in estimates)) / k
+    ses, dfs = [e[1] for e in estimates], [e[2] for e in estimates]
+    se_vectors = math.sqrt(sum(se**2 for se in ses)) / k
+    df_vectors = satterthwaite(ses, dfs)
+    nan = float("nan")
     if k < 2:
-        return value, se_vectors, se_vectors, float("nan")
+        return value, nan, nan, se_vectors, df_vectors, nan
     between = float(values.std(correction=1)) / math.sqrt(k)
-    se_batches = math.sqrt(max(0.0, between**2 - se_vectors**2))
-    return value, math.sqrt(se_vectors**2 + se_batches**2), se_vectors, se_batches
+    if between >= se_vectors:
+        return value, between, float(k - 1), se_vectors, df_vectors, math.sqrt(between**2 - se_vectors**2)
+    return value, se_vectors, float(k - 1), se_vectors, df_vectors, nan
+
+
+SE_PARTS = ("", "_se", "_df", "_se_vectors", "_df_vectors", "_se_batches")
 
 
 def se_rows(metric: str, layer, parts: tuple) -> list:
-    value, se, se_vectors, se_batches = parts
-    return [("train", metric, layer, value), ("train", f"{metric}_se", layer, se),
-            ("train", f"{metric}_se_vectors", layer, se_vectors), ("train", f"{metric}_se_batches", layer, se_batches)]
+    return [("train", f"{metric}{suffix}", layer, v) for suffix, v in zip(SE_PARTS, parts)]
 
 
 class FlatProducts:
@@ -348,8 +389,8 @@ class FlatProducts:
 
 
 def trace_estimate(method: str, products: HessianProducts, tensors: list, samples: int, block: int, gen,
-                   part: int | None = None) -> tuple[float, float]:
-    """(estimate, error) of the trace of batch ``part``'s Hessian with ``samples`` products by
+                   part: int | None = None) -> tuple[float, float, float]:
+    """(estimate, error, df) of the trace of batch ``part``'s Hessian with ``samples`` products by
     ``method`` (probes/trace_estimators.py); Hutchinson streams its vectors block by block."""
     if method == "hutchinson":
         return mean_se(hutchinson(products, tensors, samples, block, gen, part=part).sum(1))
@@ -407,9 +448,10 @@ def extreme_eigenvalues(products: HessianProducts, iterations: int, tol: float, 
 
 class HessianProbe(Probe):
     name = "hessian"
-    # every trace X with X_se (total), X_se_vectors (random vectors) and X_se_batches (data)
+    # every trace X with X_se (total, w.r.t. the training set) and its X_df, X_se_vectors (random vectors, w.r.t.
+    # the measurement set) and its X_df_vectors, X_se_batches (data)
     metrics = tuple(f"{m}{se}" for m in ("trace", "block_trace", "feature_input_trace", "feature_preact_trace")
-                    for se in ("", "_se", "_se_vectors", "_se_batches")) + ("lambda_max", "top_abs_eigenvalue")
+                    for se in SE_PARTS) + ("lambda_max", "top_abs_eigenvalue")
 
     def __init__(self, sites, batches: int = 1, samples: int = 20, iterations: int = 50, tol: float = 1e-3,
                  krylov: int = 6, params: str = "mlp", trace_estimator: str = "hutchinson",
@@ -495,7 +537,9 @@ class HessianProbe(Probe):
                 out += se_rows(metric, i, two_level([pb[(i, where)] for pb in per_batch]))
             if sites and self.separate:  # the mean over sites per batch (independent vectors per site), then batches
                 means = [(sum(pb[(i, where)][0] for i in sites) / len(sites),
-                          math.sqrt(sum(pb[(i, where)][1] ** 2 for i in sites)) / len(sites)) for pb in per_batch]
+                          math.sqrt(sum(pb[(i, where)][1] ** 2 for i in sites)) / len(sites),
+                          satterthwaite([pb[(i, where)][1] for i in sites], [pb[(i, where)][2] for i in sites]))
+                         for pb in per_batch]
                 out += se_rows(metric, "avg", two_level(means))
             elif sites:  # shared vectors: the sites' estimates are correlated, the mean's SE from per-vector means
                 means = [mean_se(torch.stack([pb[("z", i, where)] for i in sites]).mean(0)) for pb in per_batch]
