@@ -50,6 +50,7 @@ class Verdict:
     treatment: ArmNumbers
     reference: ArmNumbers | None
     effect: Effect
+    judged: dict = field(default_factory=dict)  # main.judge_suite: the per-seed arrays judged (seeds.csv)
 
 
 def _f(x, digits=3) -> str:
@@ -206,8 +207,10 @@ def _level(verdicts: list[Verdict]) -> str:
     return level_text(levels.pop()) if len(levels) == 1 else "each row's own level (column `level`)"
 
 
-def verdict_table(verdicts: list[Verdict]) -> str:
-    """The verdict table (markdown), as the command prints it and report.md shows it under the rule."""
+def verdict_table(verdicts: list[Verdict], amended: dict | None = None) -> str:
+    """The verdict table (markdown), as the command prints it and report.md shows it under the rule;
+    ``amended``: row -> the amendments (lock.py) that touched its claim, marked beside the verdict."""
+    amended = amended or {}
     head = ("| claim | §2 | compared | test | n (treat. / ref.) | effect in SESOI unit "
             "[CI, unadjusted] | level | SESOI | p (raw → adj.) | accuracy (treat. / ref.) | verdict |")
     lines = [head, "|" + "---|" * 11]
@@ -224,7 +227,9 @@ def verdict_table(verdicts: list[Verdict]) -> str:
             f" → {_f(p_adj, 2)}" if e.correction != "none" and not c.control else "")
         lines.append(f"| {v.row} | {claim_label(c)} | {compared} | {e.test_name} | {_n_text(v)} | "
                      f"{fmt(value)} {_interval_text(ci, fmt)} | {level_text(e.alpha)} | {_sesoi_text(c)} | {p_text} | "
-                     f"{_f(acc_t)} / {_f(acc_r)}{_ni_text(e)} | **{e.verdict}** |")
+                     f"{_f(acc_t)} / {_f(acc_r)}{_ni_text(e)} | **{e.verdict}**"
+                     + (f" (after amendment {', '.join(map(str, amended[v.row]))})" if v.row in amended else "")
+                     + " |")
     return "\n".join(lines)
 
 
@@ -338,11 +343,14 @@ def write_report(out: Path, suite: Suite, verdicts: list[Verdict], sides: dict, 
     table = verdict_rows(verdicts)
     for name, by_row in info.get("columns", {}).items():  # plan.seeds_section: seeds used, stage stopped at
         table[name] = [by_row.get(row) for row in table["claim"]]
+    amended = info.get("amended", {})
+    table["amendments"] = [" ".join(map(str, amended.get(row, []))) for row in table["claim"]]
     table.to_csv(out / "verdicts.csv", index=False)
     forest_plot(verdicts, out / "forest.png")
     correction = info.get("correction", verdicts[0].effect.correction if verdicts else "holm")
     family = [v.row for v in verdicts if not v.claim.control and v.effect.verdict != NO_DATA]
-    lines = [f"# Study `{suite.name}`", "", *info.get("opening", [])]  # calibrate.py's warnings, if any
+    lines = [f"# Study `{suite.name}`", "", *info.get("header", []),  # lock.py: the lock's hash and state
+             *info.get("opening", [])]  # calibrate.py's warnings, if any
     alpha = info.get("alpha", suite.alpha)
     failures = control_failures(verdicts)
     if failures:
@@ -358,7 +366,7 @@ def write_report(out: Path, suite: Suite, verdicts: list[Verdict], sides: dict, 
               f"multiplicity: {CORRECTION_NAMES[correction]} over the family of {len(family)} claim row(s) "
               f"({', '.join(family) or 'none'}; negative controls judged unadjusted).", "",
               "```", rule_text(alpha, correction).rstrip(), "```", "",
-              verdict_table(verdicts), "",
+              verdict_table(verdicts, amended), "",
               f"Suite `{suite.path.name}`; seeds {suite.seeds}; data: {info.get('data', 'as each arm says')}; "
               f"{info.get('runs', '')}", "",
               "Columns: effect in the claim's SESOI unit (difference; relative change; relative change of the "
