@@ -106,7 +106,7 @@ def test_changed_claims_follow_arms_and_suite_wide_keys():
 # ------------------------------------------------------------------------------ per-row interval levels
 
 @pytest.mark.parametrize("alpha, text", [(0.025, "95%"), (0.05, "90%"), (0.0038, "99.24%"), (4.5e-5, "99.991%"),
-                                         (0.00376, "99.25%"), (4.3e-5, "99.991%")])
+                                         (0.00376, "99.25%"), (4.3e-5, "99.9914%")])
 def test_level_text_never_rounds_to_100(alpha, text):
     assert stats.level_text(alpha) == text
 
@@ -134,5 +134,68 @@ def test_each_row_carries_its_own_interval_level():
     table = verdict_table([_verdict(early, compare="step0"), _verdict(late, compare="step0")])
     head, _, first, second = table.splitlines()
     assert "95%" not in head and "| level |" in head
-    assert "| 99.25% |" in first and "| 95.76% |" in second and "100%" not in table
+    assert "| 99.25% |" in first and "| 95.8% |" in second and "100%" not in table
     assert early.reason.startswith("the 99.25% CI") or "99.25%" in early.reason
+
+
+# ------------------------------------------------------------------------------ divergence as an outcome
+
+def _jobs_with(tmp_path, planted: float, diverge=(), crash=(), ratio: float = 20.0):
+    """tests/test_study.py's synthetic suite (5 seeds, treat sparser by ``planted``), where the runs in
+    ``diverge`` ended with a non-finite loss and those in ``crash`` failed for another reason."""
+    from sparsity_exp.study import execute
+    from sparsity_exp.study.suite import load_suite
+    from tests.test_study import SUITE as SYNTHETIC, _fake_run
+
+    path = tmp_path / "synthetic.yaml"
+    path.write_text(SYNTHETIC)
+    suite = load_suite(path)
+    noise = np.random.default_rng(1)
+    jobs = []
+    for arm in suite.used_arms():
+        for seed in suite.seeds:
+            folder = _fake_run(tmp_path / "runs" / f"{arm.name}_{seed}", 0.5,
+                               0.6 + (planted if arm.name == "treat" else 0.0), ratio, noise)
+            status = "completed"
+            for which, error in ((diverge, "NonFiniteLoss: loss is nan at step 826"), (crash, "RuntimeError: killed")):
+                if (arm.name, seed) in which:
+                    (folder / "summary.json").write_text(json.dumps({"status": "failed", "error": error}))
+                    status = "failed"
+            jobs.append(execute.Job(arm, seed + arm.seed_offset, arm.overrides, folder, status))
+    return suite, jobs
+
+
+def test_a_diverged_seed_counts_at_the_worst_value_and_a_crashed_one_is_missing(tmp_path):
+    from sparsity_exp.study import divergence
+    from sparsity_exp.study.main import judge_suite, seed_status
+
+    suite, jobs = _jobs_with(tmp_path, 0.04, diverge={("treat", 2), ("ref", 4)})
+    verdicts = {v.row: v for v in judge_suite(suite, jobs)[0]}
+    v = verdicts["effect"]
+    t_raw, r_raw = np.array(v.treatment.values), np.array(v.reference.values)
+    assert np.isnan(t_raw[2]) and np.isnan(r_raw[4])  # no value of their own
+    worst_t, worst_r = np.nanmin(np.r_[t_raw, r_raw]), np.nanmax(np.r_[t_raw, r_raw])  # direction: increase
+    want_t, want_r = t_raw.copy(), r_raw.copy()
+    want_t[2], want_r[4] = worst_t, worst_r
+    assert v.effect.n_treatment == 5 and v.effect.n_failed_treatment == 0 and v.effect.n_failed_reference == 0
+    np.testing.assert_array_equal(v.judged["treatment"], want_t)
+    np.testing.assert_array_equal(v.judged["reference"], want_r)
+    by_hand = stats.judge(want_t, want_r, "arms", "increase", 0.02, paired=True, permutation=False)
+    assert v.effect.p_sup == pytest.approx(by_hand.p_sup, rel=1e-12)
+    dropped = stats.judge(t_raw, r_raw, "arms", "increase", 0.02, paired=True, permutation=False)
+    assert v.effect.p_sup > dropped.p_sup  # the diverging arm cannot look better than its survivors
+    assert "2 diverged seed(s) counted as outcomes of their arm" in v.effect.reason
+    # the emergence claim on ref (step 0 of the same runs): ref's diverged seed 4 at the worst of both sides
+    emerge = verdicts["emerge"]
+    assert emerge.effect.n_treatment == 5 and emerge.judged["diverged_t"] == [False] * 4 + [True]
+    # the bound claim on ref (ratio80 below 100, a decrease): seed 4 at the largest value seen in the window
+    bounded = verdicts["bounded"]
+    table = bounded.judged["treatment"]
+    assert table.shape == (5, 4) and np.all(table[4] == np.nanmax(table[:4]))
+    section = divergence.section(jobs, seed_status)
+    assert "| treat | 1 | 5 | 0.20 |" in section and "| ref | 1 | 5 | 0.20 |" in section
+    # a crash is not an outcome of the arm: missing, left out, said as such
+    suite, jobs = _jobs_with(tmp_path / "crash", 0.04, crash={("treat", 2)})
+    v = {v.row: v for v in judge_suite(suite, jobs)[0]}["effect"]
+    assert v.effect.n_treatment == 4 and v.effect.n_failed_treatment == 1 and "diverged" not in v.effect.reason
+    assert divergence.worst_values("decrease", [1.0, 3.0], [2.0]) == (3.0, 1.0)

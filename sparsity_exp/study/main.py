@@ -420,7 +420,8 @@ def main(argv: list[str]) -> int:
     info = {"data": data, "correction": args.correction, "alpha": args.alpha,
             "runs": f"{launched} run(s) launched this time, {len(jobs) - len(missing)} of "
                     f"{len(jobs)} completed; this invocation took {wall:.0f} s wall.",
-            "opening": opening, "sections": [seeds_md, calibration, machine_section(the_lock, mode),
+            "opening": opening, "sections": [seeds_md, calibration, divergence.section(jobs, seed_status),
+                                             machine_section(the_lock, mode),
                                              lock.amendments_section(the_lock)],
             "columns": columns, "header": lock.header_lines(the_lock),
             "amended": lock.amended_rows(the_lock, verdicts)}

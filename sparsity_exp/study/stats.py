@@ -46,8 +46,10 @@ alpha = {alpha:g} and the two-sided {level} interval for theta (Fieller's; the s
                         (p_tost = the larger of the two one-sided p-values < alpha; impossible when delta = 0);
   inconclusive          anything else: the seeds cannot tell (more seeds may; `sparsity-exp study --plan`);
   no data               fewer than {min_seeds} seeds with a value in an arm (runs missing, failed or diverged).
-Seeds without a value are left out of the tests (valid only if they did not fail because of the arm); a
-verdict that left some out says how many.
+A seed whose loss diverged (non-finite) is an outcome of its arm: it is counted at the worst value seen
+in the comparison for the claim's direction (study/divergence.py), so a diverging arm cannot look better;
+seeds missing for reasons outside the arm (crash, refused, not run) are left out, and a verdict that left
+some out says how many.
 A bound claim ("stays below/above B") is judged at every measured step of its window (intersection-union:
 supported only when every step's interval lies beyond B; contradicted when some step's lies wholly on the
 other side, Bonferroni over the steps); its margin is B itself (no SESOI on top).
