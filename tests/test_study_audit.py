@@ -199,3 +199,85 @@ def test_a_diverged_seed_counts_at_the_worst_value_and_a_crashed_one_is_missing(
     v = {v.row: v for v in judge_suite(suite, jobs)[0]}["effect"]
     assert v.effect.n_treatment == 4 and v.effect.n_failed_treatment == 1 and "diverged" not in v.effect.reason
     assert divergence.worst_values("decrease", [1.0, 3.0], [2.0]) == (3.0, 1.0)
+
+
+# ------------------------------------------------------------------------------ seeds.csv
+
+AUDIT_SUITE = SUITE.replace("""  - {id: big, paper_claim: 7, statement: big is sparser, compare: arms, arms: [ref, big],
+     metric: {probe: sparsity, metric: activation_sparsity, split: test}, direction: increase, sesoi: 0.02}""",
+                            """  - {id: big, paper_claim: 7, statement: big is sparser, compare: arms, arms: [ref, big],
+     metric: {probe: sparsity, metric: activation_sparsity, split: test}, direction: increase, sesoi: 0.02,
+     noninferiority: {margin: 0.01}}
+  - {id: emerge, paper_claim: 3, statement: sparsity rises, compare: step0, arms: [ref], window: {mean_last: 2},
+     metric: {probe: sparsity, metric: activation_sparsity, split: test}, direction: increase, sesoi: 0.02}
+  - {id: bounded, paper_claim: 4, statement: stays below 0.95, compare: bound, bound: 0.95, arms: [flat],
+     window: {every_from_step: 0}, metric: {probe: sparsity, metric: activation_sparsity, split: test},
+     direction: decrease}""")
+
+
+def recompute(seeds: pd.DataFrame) -> dict:
+    """look -> row -> stats.Effect, from seeds.csv alone: each row's per-seed values (the mean over its
+    window's steps; a bound window seed by step), judged with stats.judge, then the look's family adjusted."""
+    out = {}
+    for look, family in seeds.groupby("look"):
+        effects, controls = {}, []
+        for row, g in family.groupby("claim", sort=False):
+            first = g.iloc[0]
+            kind, paired = first["kind"], bool(first["paired"])
+            values = g[g.role == "value"]
+
+            def side(name):
+                h = values[values.side == name]
+                if kind == "bound":
+                    return h.pivot(index="seed", columns="step", values="value").sort_index(axis=1)
+                return h.groupby("seed", sort=False)["value"].mean()
+
+            t = side("treatment")
+            steps = None
+            if kind == "arms":
+                r = side("reference").to_numpy()
+            elif kind == "step0":
+                r = g[g.role == "step0"].groupby("seed", sort=False)["value"].first().to_numpy()
+            else:
+                steps, r = list(t.columns), np.full(len(t), first["bound"])
+            accuracy, margin = None, None
+            if not pd.isna(first["ni_margin"]):
+                acc = g[g.role == "accuracy"]
+                accuracy = tuple(acc[acc.side == s].groupby("seed", sort=False)["value"].first().to_numpy()
+                                 for s in ("treatment", "reference"))
+                margin = float(first["ni_margin"])
+            effects[row] = stats.judge(t.to_numpy(), r, kind, first["direction"], float(first["sesoi"]),
+                                       first["sesoi_unit"], paired=paired, alpha=float(first["alpha"]),
+                                       accuracy=accuracy, ni_margin=margin, steps=steps, permutation=False)
+            controls.append(bool(first["control"]))
+        stats.adjust(list(effects.values()), family["correction"].iloc[0], float(family["alpha"].iloc[0]), controls)
+        out[look] = effects
+    return out
+
+
+def test_the_verdicts_recompute_from_seeds_csv_alone(tmp_path, monkeypatch, capsys):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(AUDIT_SUITE)
+    _fake_execution(monkeypatch, tmp_path, [])
+    out = tmp_path / "study"
+    code, _ = _run([str(suite), "--seeds", "auto", "--max-seeds", "6", "--stages", "2", "--out", str(out)], capsys)
+    assert code == 0
+    seeds = pd.read_csv(out / "seeds.csv")
+    verdicts = pd.read_csv(out / "verdicts.csv").set_index("claim")
+    assert set(seeds.look) == {1, 2} and {"value", "step0", "accuracy"} <= set(seeds.role)
+    assert set(seeds[seeds.claim == "bounded"].step) == {0, 100}  # every step of a bound window, not the weakest
+    redone = recompute(seeds)
+    assert set(verdicts.stage) == {1, 2}  # rows stopped at both looks
+    for row, v in verdicts.iterrows():
+        e = redone[int(v["stage"])][row]
+        assert e.verdict == v["verdict"], row
+        for mine, theirs in (("p_sup_adj", "p_sup_adjusted"), ("p_con_adj", "p_con_adjusted"), ("aligned", "theta"),
+                             ("p_sup_joint", "p_sup_joint")):
+            if not (math.isnan(getattr(e, mine)) and math.isnan(v[theirs])):
+                assert getattr(e, mine) == pytest.approx(v[theirs], rel=1e-9, abs=1e-300), (row, mine)
+        assert (e.alpha, len(e.treatment)) == (pytest.approx(v["stage_alpha"]), v["n_treatment"])
+    # full precision: a value read back is the float the run wrote
+    raw = pd.read_csv(next((tmp_path / "fake").glob("big_0")) / "metrics.csv")
+    want = raw[(raw.step == 100) & (raw.layer.astype(str) == "avg") & (raw.probe == "sparsity")]["value"].iloc[0]
+    got = seeds[(seeds.claim == "big") & (seeds.arm == "big") & (seeds.seed == 0) & (seeds.role == "value")]
+    assert got["value"].iloc[0] == want

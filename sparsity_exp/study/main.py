@@ -13,7 +13,7 @@ from ..collect import read_run
 from ..config import conf_dir
 from ..dotted import flatten
 from ..errors import ConfigError, UserError
-from . import calibrate, divergence, execute, lock, machine, plan
+from . import calibrate, divergence, execute, lock, machine, plan, seedscsv
 from .report import ArmNumbers, Verdict, claim_plot, control_failures, verdict_table, write_report
 from .stats import CORRECTIONS, NO_DATA, adjust, judge, series, step0_value, window_value, window_values
 from .suite import Side, Suite, load_suite, suite_path
@@ -279,6 +279,7 @@ def _sequential(suite: Suite, args, all_seeds: list[int], out: Path, runs: Path,
     final: dict = {}
     records: dict = {}
     every_job: dict = {}
+    looks: list = []  # (look, the whole family's verdicts at it): seeds.csv
     launched, dataset = 0, None
     for k, n in enumerate(splan.sizes):
         active = [r for r in rows if r not in final]
@@ -303,6 +304,7 @@ def _sequential(suite: Suite, args, all_seeds: list[int], out: Path, runs: Path,
         # the whole family judged on every run so far (each arm with the seeds it has), at this look's nominal
         # level: the multiplicity correction applies at every look, the spending function across looks
         verdicts, _ = judge_suite(suite, list(every_job.values()), args.correction, alpha=splan.alphas[k])
+        looks.append((k + 1, verdicts))
         last = k == len(splan.sizes) - 1
         for v in verdicts:
             if v.row not in active:
@@ -318,7 +320,7 @@ def _sequential(suite: Suite, args, all_seeds: list[int], out: Path, runs: Path,
     stages = {r: final[r][1:] for r in rows}
     jobs = list(every_job.values())
     _, sides = judge_suite(suite, jobs, args.correction)
-    return verdicts, sides, jobs, launched, dataset, splan, stages, records
+    return verdicts, sides, jobs, launched, dataset, splan, stages, records, looks
 
 
 def machine_section(the_lock: dict | None, mode: str) -> str:
@@ -384,8 +386,8 @@ def main(argv: list[str]) -> int:
 
     if auto:
         out.mkdir(parents=True, exist_ok=True)
-        verdicts, sides, jobs, launched, dataset, splan, stages, records = _sequential(suite, args, auto, out, runs,
-                                                                                       rule, on_start)
+        verdicts, sides, jobs, launched, dataset, splan, stages, records, looks = _sequential(
+            suite, args, auto, out, runs, rule, on_start)
     else:
         jobs, dataset = execute.plan_jobs(suite, args.overrides, out, link=not args.judge_only)
         execute.locate(jobs, runs)
@@ -402,6 +404,7 @@ def main(argv: list[str]) -> int:
             if launched:
                 execute.locate(jobs, runs)
         verdicts, sides = judge_suite(suite, jobs, args.correction, args.alpha)
+        looks = [(1, verdicts)]
     the_lock = locked.get("lock")
     if launched:
         lock.record_launch(out, the_lock, mode, machine.runs_fingerprint(args.reproducible, device), launched)
@@ -426,6 +429,7 @@ def main(argv: list[str]) -> int:
             "columns": columns, "header": lock.header_lines(the_lock),
             "amended": lock.amended_rows(the_lock, verdicts)}
     report = write_report(out, suite, verdicts, sides, info)
+    seedscsv.write(out, looks, args.correction)  # every number behind the verdicts, full precision
     print(verdict_table(verdicts, info["amended"]))
     print(seeds_md)
     print(calibration)
