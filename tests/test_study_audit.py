@@ -281,3 +281,109 @@ def test_the_verdicts_recompute_from_seeds_csv_alone(tmp_path, monkeypatch, caps
     want = raw[(raw.step == 100) & (raw.layer.astype(str) == "avg") & (raw.probe == "sparsity")]["value"].iloc[0]
     got = seeds[(seeds.claim == "big") & (seeds.arm == "big") & (seeds.seed == 0) & (seeds.role == "value")]
     assert got["value"].iloc[0] == want
+
+
+# ------------------------------------------------------------------------------ --plan for the procedure
+
+PLAN_SUITE = """
+seeds: [0, 1, 2]
+arms:
+  ref: {overrides: [model.width=16]}
+  ref_reseeded: {base: ref, seed_offset: 100}
+  mod: {overrides: [model.width=24]}
+claims:
+  - {id: mod, paper_claim: 7, statement: mod is sparser at equal accuracy, compare: arms, arms: [ref, mod],
+     metric: {probe: sparsity, metric: activation_sparsity, split: test}, direction: increase, sesoi: 0.02,
+     noninferiority: {margin: 0.01}}
+  - {id: bounded, paper_claim: 4, statement: stays below 0.62, compare: bound, bound: 0.62, arms: [ref],
+     window: {every_from_step: 50}, metric: {probe: sparsity, metric: activation_sparsity, split: test},
+     direction: decrease}
+  - {id: control, paper_claim: null, control: true, statement: nothing, compare: arms, arms: [ref, ref_reseeded],
+     metric: {probe: sparsity, metric: activation_sparsity, split: test}, direction: increase, sesoi: 0.01}
+"""
+
+
+def _plan_run(folder, arm: str, seed: int):
+    """Sparsity 0.5 at step 0, ~0.55 at 50, ~0.6 at 100 (mod: +0.03 at the end); accuracy ~0.8 (mod 0.004 lower)."""
+    rng = np.random.default_rng([seed, sum(map(ord, arm))])
+    shift = 0.03 if arm == "mod" else 0.0
+    values = {0: 0.5, 50: 0.55 + shift / 2 + rng.normal(0, 0.01), 100: 0.6 + shift + rng.normal(0, 0.01)}
+    acc = 0.8 - (0.004 if arm == "mod" else 0.0) + rng.normal(0, 0.003)
+    rows = [(step, 0.0, "test", "sparsity", "activation_sparsity", "avg", v) for step, v in values.items()]
+    rows += [(step, 0.0, "test", "eval", "accuracy", "avg", acc) for step in values]
+    folder.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows, columns=["step", "epoch", "split", "probe", "metric", "layer", "value"]).to_csv(
+        folder / "metrics.csv", index=False)
+    (folder / "summary.json").write_text(json.dumps({"status": "completed"}))
+    return folder
+
+
+def test_plan_reads_every_seed_and_plans_for_the_procedure(tmp_path, monkeypatch, capsys):
+    """Ten seeds are there (the suite says three): --plan uses all ten, at the level the procedure judges at
+    (alpha or the last look's, / the family's size for Holm), with claim `mod`'s accuracy non-inferiority and
+    every step of `bounded`'s window: checked against statsmodels' power of the t test, combined by hand."""
+    statsmodels = pytest.importorskip("statsmodels.stats.power")
+    from sparsity_exp.study import execute
+
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(PLAN_SUITE)
+    written = {}
+    for arm, offset in (("ref", 0), ("mod", 0), ("ref_reseeded", 100)):
+        for seed in range(10):
+            written[(arm, seed + offset)] = _plan_run(tmp_path / "fake" / f"{arm}_{seed + offset}", arm, seed + offset)
+
+    def locate(jobs, runs):
+        for j in jobs:
+            j.folder = written.get((j.arm.name, j.seed))
+            j.status = "completed" if j.folder else "missing"
+
+    monkeypatch.setattr(execute, "locate", locate)
+    monkeypatch.setattr(execute, "seeds_present", lambda runs: {s for _, s in written})
+    monkeypatch.setattr(execute, "plan_jobs", lambda suite, user, out, arms=None, seeds=None, link=True: (
+        [execute.Job(a, s + a.seed_offset, a.overrides) for a in suite.used_arms()
+         for s in (seeds or suite.seeds)], None))
+
+    def read(arm, seed, metric, step):
+        t = pd.read_csv(written[(arm, seed)] / "metrics.csv")
+        return float(t[(t.metric == metric) & (t.step == step)].value.iloc[0])
+
+    seeds = range(10)
+    d = np.array([read("mod", s, "activation_sparsity", 100) - read("ref", s, "activation_sparsity", 100) for s in seeds])
+    acc = np.array([read("mod", s, "accuracy", 100) - read("ref", s, "accuracy", 100) for s in seeds])
+    steps = np.array([[read("ref", s, "activation_sparsity", k) for k in (50, 100)] for s in seeds])
+    power = statsmodels.TTestPower()
+
+    def smallest(f):
+        return next(n for n in range(3, 5000) if f(n) >= 0.8)
+
+    for extra, level in (([], 0.025 / 2), (["--seeds", "auto", "--max-seeds", "10"],
+                                            plan.stage_plan(3, 10, 3, 0.025).alphas[-1] / 2)):
+        code, printed = _run([str(suite), "--plan", "--out", str(tmp_path / "study"), *extra], capsys)
+        assert code == 0, printed.err
+        out = printed.out
+        assert "ref 10" in out and "mod 10" in out and "ref_reseeded 10" in out
+        row = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:]] for line in out.splitlines()
+               if line.startswith("| ") and not line.startswith("| claim")}
+        assert row["mod"][1] == "10" and row["bounded"][1] == "10" and row["control"][1] == "10"
+        assert f"level {level:.3g}" in row["mod"][-1] and f"level {0.025 if not extra else level * 2:.3g}" in row["control"][-1]
+        m, sd, sd_acc = 0.02, d.std(ddof=1), acc.std(ddof=1)
+        both = lambda n, a, b: power.power(a, n, level, alternative="larger") + power.power(b, n, level, alternative="larger") - 1  # noqa: E731
+        want = smallest(lambda n: both(n, (2 * m - m) / sd, 0.01 / sd_acc))
+        want_pilot = smallest(lambda n: both(n, (d.mean() - m) / sd, (acc.mean() + 0.01) / sd_acc))
+        without_ni = smallest(lambda n: power.power((d.mean() - m) / sd, n, level, alternative="larger"))
+        assert int(row["mod"][6]) == want and int(row["mod"][7]) == want_pilot and want_pilot > without_ni
+        effects, sds = 0.62 - steps.mean(axis=0), steps.std(axis=0, ddof=1)
+        want_bound = smallest(lambda n: sum(power.power(e / s, n, level, alternative="larger")
+                                            for e, s in zip(effects, sds)) - 1)
+        assert int(row["bounded"][7]) == want_bound
+        weakest = smallest(lambda n: power.power(effects.min() / sds[np.argmin(effects)], n, level, alternative="larger"))
+        assert want_bound >= weakest
+
+
+def test_seeds_present_reads_the_run_configs(tmp_path):
+    from sparsity_exp.study import execute
+
+    for name, seed in (("a", 0), ("b", 7), ("c", 107)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text(f"seed: {seed}\nmodel: {{width: 8}}\n")
+    assert execute.seeds_present(tmp_path) == {0, 7, 107}

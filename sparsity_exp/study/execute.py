@@ -159,6 +159,17 @@ def locate(jobs: list[Job], runs: Path) -> None:
 REPRODUCIBLE = False
 
 
+def seeds_present(runs: Path) -> set[int]:
+    """Every seed a run folder under ``runs`` was run with (its config.yaml), whatever the arm."""
+    out = set()
+    for _, cfg in run_configs(runs):
+        try:
+            out.add(int(cfg["seed"]))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
 def _child_env() -> dict:
     """The runs import the same sparsity_exp as the study (this tree first on the path); in reproducible
     mode with the environment that pins their kernels (study/machine.py), read when they import torch."""

@@ -13,7 +13,7 @@ from ..collect import read_run
 from ..config import conf_dir
 from ..dotted import flatten
 from ..errors import ConfigError, UserError
-from . import calibrate, divergence, execute, lock, machine, plan, seedscsv
+from . import calibrate, divergence, execute, lock, machine, plan, procedure, seedscsv
 from .report import ArmNumbers, Verdict, claim_plot, control_failures, verdict_table, write_report
 from .stats import CORRECTIONS, NO_DATA, adjust, judge, series, step0_value, window_value, window_values
 from .suite import Side, Suite, load_suite, suite_path
@@ -259,13 +259,23 @@ def _dry_run(suite: Suite, args, out: Path, runs: Path, seeds: list[int]) -> int
 
 
 def _plan(suite: Suite, args, jobs: list[execute.Job], runs: Path, out: Path) -> int:
+    """Seeds needed per row, from every completed seed there (a pilot), for the procedure that will judge
+    (study/procedure.py: the last look's level, the correction, non-inferiority, every step of a window)."""
     execute.locate(jobs, runs)
     _refuse_blind(jobs, runs, out, "--plan")
-    verdicts, _ = judge_suite(suite, jobs, args.correction, args.alpha)
-    rows = [plan.plan_row(plan.comparison(v), args.alpha) for v in verdicts]
+    found = [j for j in jobs if j.status in ("completed", "failed")]  # seeds that ran (failed: diverged or not)
+    verdicts, _ = judge_suite(suite, found or jobs, args.correction, args.alpha)
+    auto = args.seeds == "auto"
+    rows, how = procedure.plan_rows(verdicts, args.alpha, args.correction, auto, len(suite.seeds),
+                                    args.max_seeds, args.stages, args.spending)
     done = sum(j.status == "completed" for j in jobs)
-    print(f"[study] plan for {suite.name} from {done} completed run(s) under {runs} (nothing run or written)")
-    print(plan.plan_table(rows, args.alpha))
+    per_arm = {}
+    for j in found:
+        per_arm[j.arm.name] = per_arm.get(j.arm.name, 0) + (j.status == "completed")
+    print(f"[study] plan for {suite.name} from {done} completed run(s) under {runs}, every seed there "
+          f"({', '.join(f'{a} {n}' for a, n in per_arm.items())}); nothing run or written")
+    print(how)
+    print(plan.plan_table(rows, args.alpha, header="one-sided level per row: its note"))
     return 0
 
 
@@ -368,8 +378,11 @@ def main(argv: list[str]) -> int:
     runs = out / "runs"
     if args.dry_run:
         return _dry_run(suite, args, out, runs, auto or suite.seeds)
-    if args.plan:
-        jobs, _ = execute.plan_jobs(suite, args.overrides, out, seeds=auto, link=False)
+    if args.plan:  # every seed the runs folder has, not only the suite's (a study grown by --seeds auto)
+        offsets = {a.seed_offset for a in suite.used_arms()}
+        present = {s - o for s in execute.seeds_present(runs) for o in offsets if s - o >= 0}
+        jobs, _ = execute.plan_jobs(suite, args.overrides, out, seeds=sorted(present | set(auto or suite.seeds)),
+                                    link=False)
         return _plan(suite, args, jobs, runs, out)
     rule = VERDICT_RULE
     stages = records = splan = None

@@ -227,8 +227,8 @@ def _n(x: int | None, cap: int = 10_000) -> str:
     return f"> {cap}" if x is None else str(x)
 
 
-def plan_table(rows: list[PlanRow], alpha: float = ALPHA, target: float = POWER) -> str:
-    lines = [f"Seeds per arm for {target:.0%} power (one-sided alpha {alpha:g} per test; pilot SD taken as the "
+def plan_table(rows: list[PlanRow], alpha: float = ALPHA, target: float = POWER, header: str | None = None) -> str:
+    lines = [f"Seeds per arm for {target:.0%} power ({header or f'one-sided alpha {alpha:g} per test'}; pilot SD taken as the "
              f"true SD, so a floor: a 3-seed SD is uncertain by ~2x):",
              "| claim | pilot n | test | SD | pilot effect | SESOI (diff.) | `supported` if true = 2 SESOI "
              "| `supported` if true = pilot | `no effect of interest` if true = 0 |",
