@@ -136,7 +136,7 @@ def check_sites(model: nn.Module, sites: list[MLPSite], forward, rtol: float = 1
                 problems.append(f"site {site.name}: no {p}")
         for p in site.linears():
             m = site.part(p)
-            if not hasattr(m, "weight") and not is_lora(m):
+            if not isinstance(m, nn.Linear) and not is_lora(m):
                 problems.append(f"site {site.name}: part {p} ({type(m).__name__}) is not a linear map")
     if problems:
         raise ConfigError("the model's MLP blocks cannot be described as sites: " + "; ".join(problems))
