@@ -81,6 +81,7 @@ def _scale_setting(scale, per_sample) -> str:
 class AugmentedFlatnessProbe(_TrainGradientProbe):
     name = "augmented_flatness"
     metrics = ("as_key", "as_value", "coef_l0", "coef_l2", "a2", "l2_term", "as_up")
+    gated_metrics = ("as_up",)  # written on gated sites only (docs/paper.md §1.7)
     grads = ("eta", "g", "gz", "gu")  # gu: dL/du, gated sites only
     inputs = True
     value_inputs = True

@@ -93,6 +93,7 @@ def topk_mass(m: torch.Tensor, k: int) -> torch.Tensor:
 class MagnitudeProbe(Probe):
     name = "magnitude"
     metrics = ("product_sparsity", "cett_sparsity", "cett_threshold", "topp_sparsity", "topk_mass")
+    gated_metrics = ("product_sparsity",)  # written on gated sites only
 
     def __init__(self, sites, every: int = 0, test: bool = True, cett: float = 0.2, top_p: float = 0.9,
                  top_k: float = 0.1, **kw):
@@ -102,6 +103,7 @@ class MagnitudeProbe(Probe):
         self.test, self.cett, self.top_p, self.top_k = bool(test), float(cett), float(top_p), float(top_k)
         self._stats = {}  # split -> float64 [n_sites, 8], sums (summed over ranks)
 
+    @torch.no_grad()
     def _measure(self, split, site, v_full: torch.Tensor) -> None:
         v = rows_of(v_full, self.ctx.token_mask(site, v_full)).double()
         if v.numel() == 0:
@@ -131,7 +133,7 @@ class MagnitudeProbe(Probe):
         if split == "test" and not self.test:
             yield
             return
-        with torch.no_grad(), forward_hooks(self._hooks(split)):
+        with forward_hooks(self._hooks(split)):
             yield
 
     def rows(self, split: str):
