@@ -156,8 +156,11 @@ def check_sites(model: nn.Module, sites: list[MLPSite], forward, rtol: float = 1
             last = site.value if site.value is not None else site.act
             handles.append(last.register_forward_hook(keep("out", site.index, "out")))
         was_training = model.training
+        # the check must not move any random state (a DataLoader iterator draws a seed): runs keep the
+        # numbers they had without it
+        cuda = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         try:
-            with torch.no_grad():
+            with torch.no_grad(), torch.random.fork_rng(devices=cuda):
                 forward()
         finally:
             model.train(was_training)

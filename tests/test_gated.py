@@ -266,3 +266,22 @@ def test_every_preset_on_every_gated_model(compose, tmp_path, model, preset):
     execute(compose(f"model={model}", f"probes={preset}", *TWO_STEPS), run)
     assert (run / "metrics.csv").exists()
     probe_run(run, [f"probes={preset}", "checkpoints=last"])
+
+
+def test_the_start_up_check_moves_no_random_state(compose, tmp_path):
+    from sparsity_exp.assemble import assemble
+
+    cfg = compose("model=mlp_gated", "trainer.steps=2", "trainer.progress=false")
+    torch.manual_seed(0)
+    assemble(cfg)
+    after = torch.random.get_rng_state()
+    import sparsity_exp.assemble as a
+
+    real = a.check_sites
+    a.check_sites = lambda *args, **kw: None
+    try:
+        torch.manual_seed(0)
+        assemble(cfg)
+    finally:
+        a.check_sites = real
+    assert torch.equal(torch.random.get_rng_state(), after)
