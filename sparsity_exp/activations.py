@@ -132,6 +132,25 @@ class GELU(SiteActivation):
         return cdf + h * pdf
 
 
+class SiLU(SiteActivation):
+    """SiLU / Swish, h sigmoid(h): the gate of LLaMA's SwiGLU (docs/paper.md §1.7). Like GELU it has no
+    exact zeros and no flat region: its derivative sigmoid(h) (1 + h (1 - sigmoid(h))) vanishes only at
+    h ~ -1.2785 (measure zero). Counted as numerically flat: |sigma'(h)| <= 1e-6 (the tail below about
+    h = -16.5 and a tiny window around that point); output zeros: |a| <= 1e-6, as for every activation.
+    Its exact-zero sparsity reads about 0; the magnitude criteria (probe ``magnitude``) are the field's
+    measure for it."""
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return nn.functional.silu(h)
+
+    def flat_region(self, h: torch.Tensor) -> torch.Tensor:
+        return self.derivative(h).abs() <= self.zero_tol
+
+    def derivative(self, h: torch.Tensor) -> torch.Tensor:
+        s = torch.sigmoid(h)
+        return s * (1 + h * (1 - s))
+
+
 INNER = {"squared_relu": (_squared_relu, _squared_relu_derivative), "jsrelu": (jsrelu, _jsrelu_derivative)}
 
 
@@ -214,6 +233,7 @@ ACTIVATIONS: dict[str, Callable[..., SiteActivation]] = {
     "jsrelu": JSReLU,
     "squared_relu": SquaredReLU,
     "gelu": GELU,
+    "silu": SiLU,
     "shifted": Shifted,
     "mixed": Mixed,
 }

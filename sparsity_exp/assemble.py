@@ -27,6 +27,7 @@ from .data import build_data
 from .errors import ConfigError, UserError
 from .lifecycle.checkpoint import CHECKPOINT_DIR, list_checkpoints, load_checkpoint
 from .models import build_model, find_sites
+from .sites import check_sites
 from .modules import apply_interventions
 from .probes.base import ProbeContext
 from .speed import set_backend_flags
@@ -127,6 +128,8 @@ def assemble(cfg: DictConfig) -> Assembly:
     steps_per_epoch = len(train_batches)
     total = total_steps(cfg, steps_per_epoch)
     task = make_task(cfg, data)
+    # a block the sites do not describe is refused here, before any probe could measure it wrongly
+    check_sites(model, sites, forward=lambda: sample_forward(model, task, test_batches))
     callbacks = apply_interventions(cfg, model, sites, sample_forward=lambda: sample_forward(model, task, test_batches))
     return Assembly(cfg=cfg, device=device, data=data, model=model, sites=sites, callbacks=callbacks, task=task,
                     train_batches=train_batches, test_batches=test_batches, steps_per_epoch=max(1, steps_per_epoch),

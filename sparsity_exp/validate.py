@@ -164,6 +164,8 @@ RULES: dict[str, Rule] = {
     "model.norm_affine": Rule("bool"),
     "model.norm_eps": Rule("number", low=0, low_open=True),
     "model.final_norm": Rule("bool"),
+    "model.gated": Rule("bool"),  # optional (LN-MLP; absent = false): a gated block, docs/paper.md §1.7
+    "model.feed_forward_proj": Rule("str", choices=("relu", "gated-gelu", "gated-relu")),  # optional (T5; absent = relu)
     # data
     "data.test_fraction": Rule("number", low=0, high=1, low_open=True, high_open=True),
     "data.split_seed": count(high=SEED_MAX),

@@ -30,7 +30,7 @@ def test_jsrelu_gradcheck_and_values():
 
 
 @pytest.mark.parametrize("name,kwargs", [
-    ("relu", {}), ("jsrelu", {}), ("squared_relu", {}), ("gelu", {}),
+    ("relu", {}), ("jsrelu", {}), ("squared_relu", {}), ("gelu", {}), ("silu", {}),
     ("shifted", {}), ("shifted", {"shift_x": -1.6, "shift_y": -1.6, "inner": "jsrelu"}),
     ("mixed", {"steps": 10}),
 ])
@@ -43,7 +43,7 @@ def test_declared_derivative_matches_autograd_and_flat_region(name, kwargs):
     assert torch.allclose(act.derivative(h), grad, atol=1e-12)
     flat = act.flat_region(h)
     assert (act.derivative(h)[flat].abs() <= 1e-6).all()
-    if name != "gelu":  # outside the flat region the derivative is nonzero
+    if name not in ("gelu", "silu"):  # outside the flat region the derivative is nonzero
         assert (act.derivative(h)[~flat] != 0).all()
 
 
@@ -68,6 +68,17 @@ def test_gelu_numerically_flat_region():
     h = torch.tensor([-10.0, -6.0, -5.0, h0, h0 + 1e-3, 0.0, 1.0], dtype=torch.float64)
     assert act.flat_region(h).tolist() == [True, True, False, True, False, False, False]
     assert act.derivative(torch.tensor([0.0])).item() == pytest.approx(0.5)
+
+
+def test_silu_numerically_flat_region():
+    from sparsity_exp.activations import SiLU
+
+    act = SiLU()
+    h0 = -1.2784645427610738  # root of s(h) (1 + h (1 - s(h))), s the logistic function
+    h = torch.tensor([-30.0, -17.0, -15.0, h0, h0 + 1e-3, 0.0, 1.0], dtype=torch.float64)
+    assert act.flat_region(h).tolist() == [True, True, False, True, False, False, False]
+    assert act.derivative(torch.tensor([0.0])).item() == pytest.approx(0.5)
+    assert not act.zero_output(act(torch.tensor([-5.0, -1.0, 2.0]))).any()  # no exact zeros where it is not flat
 
 
 def test_mixed_schedule_values():

@@ -31,7 +31,7 @@ from .conftest import ROOT
     ("trainer.device=gpu", "trainer.device='gpu': must be auto, cpu, cuda or cuda:N"),
     ("optim=adam optim.betas=[0.9]", "optim.betas=[0.9]: must be a list of 2"),
     ("data.test_fraction=1.0", "data.test_fraction=1.0: must be a number > 0 and < 1"),
-    ("optim.schedule.name=step", "optim.schedule.name='step': must be one of constant, cosine, linear, inverse_sqrt"),
+    ("optim.schedule.name=step", "optim.schedule.name='step': must be one of"),  # not the list: a new schedule changes it
 ])
 def test_bad_values_fail_before_training(compose, tiny, tmp_path, override, says):
     with pytest.raises(ConfigError) as info:

@@ -52,7 +52,7 @@ ROWS = [
     ("precision", ["trainer.precision=fp8"], "trainer.precision='fp8': must be one of fp32, bf16"),
     ("grad_accum not dividing the batch", ["trainer.grad_accum=7"],
      "trainer.grad_accum=7: must divide trainer.batch_size=32"),
-    ("unknown modules.activation", ["modules.activation=foo"], "modules.activation='foo': must be one of gelu, jsrelu"),
+    ("unknown modules.activation", ["modules.activation=foo"], "modules.activation='foo': must be one of"),  # not the list: a new activation changes it
     ("modules.activation over another activation", ["activation=gelu", "modules.activation=jsrelu"],
      "so activation=gelu would be lost"),
 ]

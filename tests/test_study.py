@@ -214,8 +214,10 @@ def test_suite_errors(tmp_path):
 def test_shipped_suites_load():
     from sparsity_exp.config import conf_dir
 
-    for name in ("cpu", "gpu", "paper"):
-        suite = load_suite(conf_dir() / "study" / f"{name}.yaml")
+    paths = sorted((conf_dir() / "study").glob("*.yaml"))  # every shipped suite, a new one included
+    assert {p.stem for p in paths} >= {"cpu", "gpu", "paper", "gated"}
+    for path in paths:
+        suite = load_suite(path)
         assert len(suite.seeds) >= 3
         assert any(c.control for c in suite.claims)
 

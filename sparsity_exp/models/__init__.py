@@ -12,7 +12,7 @@ from torch import nn
 from ..activations import build_activation
 from ..errors import ConfigError
 from ..sites import MLPSite
-from . import mlp, t5, vit
+from . import llama, mlp, t5, vit
 
 # name -> (module with build/sites, model class the sites function understands). A class may be
 # given as "module:Class" so that heavy libraries (transformers) are imported only by runs using them.
@@ -20,6 +20,7 @@ MODELS = {
     "mlp": (mlp, mlp.LNMLP),
     "vit": (vit, "torchvision.models.vision_transformer:VisionTransformer"),
     "t5": (t5, "transformers.models.t5.modeling_t5:T5ForConditionalGeneration"),
+    "llama": (llama, llama.LlamaClassifier),
 }
 
 
@@ -45,4 +46,6 @@ def find_sites(model: nn.Module) -> list[MLPSite]:
         cls = _loaded_class(cls)
         if cls is not None and isinstance(model, cls):
             return module.sites(model)
-    raise TypeError(f"no MLP-site function is registered for {type(model).__name__}")
+    raise ConfigError(f"no MLP-site function is registered for {type(model).__name__}: the model's blocks cannot "
+                      f"be described as sites, so no probe can measure it; register it in MODELS "
+                      f"(sparsity_exp/models/__init__.py, README 'Extending')")

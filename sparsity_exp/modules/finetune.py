@@ -77,7 +77,7 @@ def merge_attention_lora(model: nn.Module) -> None:
 
 def _lora_target_names(model: nn.Module, sites, targets: str) -> list[str]:
     if targets == "mlp":
-        return [s.paths[p] for s in sites for p in ("key", "value") if s.paths.get(p)]
+        return [s.paths[p] for s in sites for p in s.linears()]  # key, up (gated), value
     if targets != "all_linear":
         raise ConfigError(f"protocol.lora.targets={targets!r}; choose all_linear or mlp")
     # every nn.Linear, as the paper's LoRA did, and every nn.MultiheadAttention (torchvision's ViT) as a

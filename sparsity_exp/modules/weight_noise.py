@@ -36,15 +36,17 @@ def _linears(module: nn.Module):
 
 
 def target_linears(site, targets: str) -> list[nn.Module]:
-    """``key``; ``key_value`` (key and value where the site has one); ``all``: every linear under the
-    deepest module holding both key and value (ViT ``mlp``, T5 ``DenseReluDense`` incl. gated wi_0/wi_1)."""
+    """``key``: the linears reading the block input x~ (K; in a gated block the gate and the up
+    projection, as the authors' T5 name filter ``wi`` matches both ``wi_0`` and ``wi_1``); ``key_value``:
+    those and V where the site has one; ``all``: every linear under the deepest module holding the
+    block's linears (ViT ``mlp``, T5 ``DenseReluDense``, LLaMA ``mlp``)."""
     if targets not in TARGETS:
         raise ConfigError(f"noise.targets={targets!r}; choose one of {list(TARGETS)}")
     if targets == "key":
-        return [site.key]
+        return [site.part(p) for p in site.inputs()]
     if targets == "key_value":
-        return [site.key] + ([site.value] if site.value is not None else [])
-    paths = [site.paths[p].split(".") for p in ("key", "value") if site.paths.get(p)]
+        return [site.part(p) for p in site.linears()]
+    paths = [site.paths[p].split(".") for p in site.linears()]
     common = []
     for parts in zip(*paths):
         if len(set(parts)) > 1:

@@ -94,8 +94,10 @@ class ZerothBiases(Callback):
         self.biases = list(biases)
         self.handles = []
         for s, b in zip(sites, self.biases):
-            if placement == "input":  # after the norm, before K: the key's input
-                self.handles.append(s.key.register_forward_pre_hook(lambda mod, args, b=b: (b.add_to(args[0]), *args[1:])))
+            if placement == "input":  # after the norm, before K: the key's input (and U's, in a gated block)
+                for lin in s.inputs():
+                    self.handles.append(s.part(lin).register_forward_pre_hook(
+                        lambda mod, args, b=b: (b.add_to(args[0]), *args[1:])))
             else:  # block output: the value's output, before the residual add
                 self.handles.append(self._value(s).register_forward_hook(lambda mod, args, out, b=b: b.add_to(out)))
         self.project()

@@ -10,6 +10,7 @@ from .diagonality import DiagonalityProbe
 from .flatness import AugmentedFlatnessProbe
 from .gradients import GradientDensityProbe, GradientsProbe
 from .hessian import HessianProbe
+from .magnitude import MagnitudeProbe
 from .neurons import NeuronsProbe
 from .rmt import RMTProbe
 from .sharpness import SharpnessProbe
@@ -19,7 +20,7 @@ from .spectrum import SpectrumProbe
 PROBES: dict[str, type[Probe]] = {
     cls.name: cls
     for cls in (SparsityProbe, GradientsProbe, GradientDensityProbe, AugmentedFlatnessProbe, HessianProbe,
-                SharpnessProbe, SpectrumProbe, RMTProbe, NeuronsProbe, DiagonalityProbe)
+                SharpnessProbe, SpectrumProbe, RMTProbe, NeuronsProbe, DiagonalityProbe, MagnitudeProbe)
 }
 
 

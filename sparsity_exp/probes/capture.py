@@ -12,6 +12,11 @@ left out when the task marks them on ``masks``, a ProbeContext; see masking.py):
     eta   dL/dh   (the 'effective gradient')
     g     dL/da
     gz    dL/dz at the block output z = V a (+ b_V); for a value-free block z is a itself, so gz = g
+    gu    dL/du at the output u = U x~ of a gated block's up projection (docs/paper.md §1.7); never
+          awaited on a plain block (it stays None there)
+
+In a gated block (``site.gated``) a is the gate's output act(K x~), g = dL/da = (dL/dp) * u with
+p = a * u the product V reads (v is p after dropout), and eta = sigma'(h) * g as in a plain block.
 
 Gradients come from tensor hooks registered from forward hooks, so the training step's own
 backward (or a ``torch.autograd.grad`` call in a standalone measurement) delivers them: no extra
@@ -27,7 +32,7 @@ from typing import Callable, Optional
 
 import torch
 
-GRADS = ("eta", "g", "gz")
+GRADS = ("eta", "g", "gz", "gu")
 
 
 @dataclass
@@ -41,6 +46,7 @@ class Record:
     eta: Optional[torch.Tensor] = None
     g: Optional[torch.Tensor] = None
     gz: Optional[torch.Tensor] = None
+    gu: Optional[torch.Tensor] = None
     missing: set = field(default_factory=set)
 
 
@@ -67,6 +73,7 @@ def capture(sites, on_record: Callable, grads=(), inputs: bool = False, with_act
     pending: dict[int, Record] = {}  # site index -> record of the current forward
     awaiting_v: dict[int, Record] = {}  # site index -> record whose V input is still to come
     key_inputs: dict[int, torch.Tensor] = {}
+    awaiting_u: dict[int, Record] = {}  # site index -> record whose dL/du is still to come (gated)
 
     def deliver(site, rec, name, grad):
         setattr(rec, name, rows_of(grad, rec.mask))
@@ -83,7 +90,8 @@ def capture(sites, on_record: Callable, grads=(), inputs: bool = False, with_act
         def fn(module, args, output):
             h = args[0]
             mask = None if masks is None else masks.token_mask(site, output)
-            rec = Record(samples=int(output.shape[0]), mask=mask, missing=set(grads))
+            rec = Record(samples=int(output.shape[0]), mask=mask,
+                         missing=set(g for g in grads if g != "gu" or site.gated))
             if with_activation:
                 rec.h, rec.a = rows_of(h, mask), rows_of(output, mask)
             if inputs:
@@ -102,6 +110,15 @@ def capture(sites, on_record: Callable, grads=(), inputs: bool = False, with_act
                 output.register_hook(lambda gr: _deliver_g(site, rec, gr))
             if "gz" in grads and site.value is not None:
                 pending[site.index] = rec
+            if "gu" in grads and site.gated:
+                awaiting_u[site.index] = rec
+        return fn
+
+    def up_hook(site):  # the up projection runs after the gate in every gated block
+        def fn(module, args, output):
+            rec = awaiting_u.pop(site.index, None)
+            if rec is not None and output.requires_grad:
+                output.register_hook(lambda gr: deliver(site, rec, "gu", gr))
         return fn
 
     def _deliver_g(site, rec, gr):
@@ -136,5 +153,8 @@ def capture(sites, on_record: Callable, grads=(), inputs: bool = False, with_act
             stack.callback(handle.remove)
             if "gz" in grads and s.value is not None:
                 handle = s.value.register_forward_hook(value_hook(s))
+                stack.callback(handle.remove)
+            if "gu" in grads and s.gated:
+                handle = s.up.register_forward_hook(up_hook(s))
                 stack.callback(handle.remove)
         yield

@@ -1,7 +1,9 @@
 """Offsets on the hidden features of every MLP site during a forward: what the Hessian probe
 differentiates w.r.t. (zero leaf offsets) and what the sharpness probe perturbs with (given deltas).
 
-Where, per site: ``input`` the key's input (block input after its norm, a forward pre-hook on K),
+Where, per site: ``input`` the key's input (block input after its norm, a forward pre-hook on K; in
+a gated block the same offset reaches the up projection U, which reads the same x~: the offset is
+one of the block input, docs/paper.md §1.7),
 ``preact`` the key's output (pre-activation, a forward hook on K), ``act`` the activation's output
 (a forward hook on the activation module). Keys are ``(site index, where)``."""
 from __future__ import annotations
@@ -49,6 +51,14 @@ class FeatureOffsets:
             return None if out is None else (out, *args[1:])
         return fn
 
+    def _same(self, key):
+        """The offset the key's hook added in this forward, added again to the up projection's input
+        (a gated block: one offset of x~, seen by K and U alike; K runs first in every gated block)."""
+        def fn(module, args):
+            d = self.offsets.get(key) if self.leaves else self.deltas.get(key)
+            return None if d is None else (args[0] + d, *args[1:])
+        return fn
+
     def _post(self, key):
         def fn(module, args, output):
             return self._add(key, output)
@@ -60,6 +70,8 @@ class FeatureOffsets:
                 key = (s.index, where)
                 if where == "input":
                     h = s.key.register_forward_pre_hook(self._pre(key))
+                    if s.gated:
+                        stack.callback(s.up.register_forward_pre_hook(self._same(key)).remove)
                 elif where == "preact":
                     h = s.key.register_forward_hook(self._post(key))
                 else:

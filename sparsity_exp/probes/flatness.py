@@ -44,6 +44,16 @@ HEAD, around lines 977-1090, added in commit b106fad) fixes two conventions, the
     AS_K / coef_l0 = E_sample ||v||_0 (value_input)   or   E_sample ||a||_0 (pre_dropout)
   (nonzeros per sample, summed over tokens), exactly.
 
+Gated blocks (docs/paper.md §1.7: z = V (act(K x~) * U x~), v = the product after dropout): both K
+and U read x~, so the key term is that of the pair [K; U]:
+  as_key    E_sample sum_t (||eta_t||^2 + ||xi_t||^2) ||x~_t||^2   (per-token ||dl/dK||_F^2 + ||dl/dU||_F^2),
+            xi = dL/du
+  as_up     E_sample sum_t ||xi_t||^2 ||x~_t||^2 (the U share of as_key; gated sites only)
+  coef_l0   mean over the active entries of (g_j^2 + xi_j^2) ||x~_t||^2, g = dL/da
+and the default active set is V's input != 0 (the product is signed, so "> 0" would drop every entry
+where u < 0). For a ReLU gate eta_j = g_j and xi_j = g_p,j a_j vanish off {a_j != 0}, so again
+AS_K / coef_L0 = E_sample ||v||_0 exactly (almost surely: an exact u_j = 0 is the exception).
+
 The settings are recorded beside the rows (``arrays/[posthoc_]augmented_flatness_settings.json``)
 so figures can say which scale their axes carry.
 
@@ -58,7 +68,7 @@ from .base import layer_rows
 from .gradients import _TrainGradientProbe
 from .standalone import preserved, take_batches, train_passes
 
-_AS_K, _AS_V, _L0_NUM, _ACTIVE, _GZ2, _A2, _L2, _ROWS, _SAMPLES = range(9)
+_AS_K, _AS_V, _L0_NUM, _ACTIVE, _GZ2, _A2, _L2, _ROWS, _SAMPLES, _AS_U = range(10)
 SCALES = ("authors", "per_sample")
 ACTIVE_SETS = ("value_input", "pre_dropout")
 
@@ -79,11 +89,12 @@ def _scale_setting(scale, per_sample) -> str:
 
 class AugmentedFlatnessProbe(_TrainGradientProbe):
     name = "augmented_flatness"
-    metrics = ("as_key", "as_value", "coef_l0", "coef_l2", "a2", "l2_term")
-    grads = ("eta", "g", "gz")
+    metrics = ("as_key", "as_value", "coef_l0", "coef_l2", "a2", "l2_term", "as_up")
+    gated_metrics = ("as_up",)  # written on gated sites only (docs/paper.md §1.7)
+    grads = ("eta", "g", "gz", "gu")  # gu: dL/du, gated sites only
     inputs = True
     value_inputs = True
-    n_stats = 9
+    n_stats = 10
 
     def __init__(self, sites, every: int = 0, scale: str | None = None, active_set: str = "value_input",
                  batches: int = 1, per_sample: bool | None = None, **kw):
@@ -99,16 +110,25 @@ class AugmentedFlatnessProbe(_TrainGradientProbe):
         x2 = rec.x.double().pow(2).sum(-1)  # ||x~_t||^2 per row
         eta2 = (rec.eta.double() * k).pow(2).sum(-1)
         g2 = (rec.g.double() * k).pow(2)
+        xi2 = torch.zeros_like(eta2)
+        if rec.gu is not None:  # a gated block: U reads x~ too (docs/paper.md §1.7)
+            xi = (rec.gu.double() * k).pow(2)
+            xi2 = xi.sum(-1)
+            g2 = g2 + xi
         gz2 = (rec.gz.double() * k).pow(2).sum(-1)
         v = rec.v if rec.v is not None else rec.a  # V's input (after dropout); a for a value-free block
         a2 = v.double().pow(2).sum(-1)
-        active = v > 0 if self.active_set == "value_input" else ~site.act.flat_region(rec.h)
+        if self.active_set == "value_input":
+            active = v != 0 if site.gated else v > 0  # the product of a gated block is signed
+        else:
+            active = ~site.act.flat_region(rec.h)
         dev = x2.device
         self._acc(dev)[site.index] += torch.stack([
-            (eta2 * x2).sum(), (gz2 * a2).sum(), ((g2 * active).sum(-1) * x2).sum(), active.sum().double(),
+            ((eta2 + xi2) * x2).sum(), (gz2 * a2).sum(), ((g2 * active).sum(-1) * x2).sum(), active.sum().double(),
             gz2.sum(), a2.sum(), (a2 * gz2).sum(),
             torch.tensor(float(x2.shape[0]), dtype=torch.float64, device=dev),
             torch.tensor(float(rec.samples), dtype=torch.float64, device=dev),
+            (xi2 * x2).sum(),
         ])
 
     def rows(self, split: str):
@@ -124,6 +144,8 @@ class AugmentedFlatnessProbe(_TrainGradientProbe):
         for metric, v in (("as_value", s[:, _AS_V] / samples), ("coef_l2", s[:, _GZ2] / rows),
                           ("l2_term", s[:, _L2] / rows)):
             out += _rows_for(split, metric, {i: float(v[i]) for i in with_value})
+        gated = [site.index for site in self.sites if site.gated]
+        out += _rows_for(split, "as_up", {i: float(s[i, _AS_U] / samples[i]) for i in gated})
         return out
 
     def measure(self, ctx):

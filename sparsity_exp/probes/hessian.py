@@ -140,7 +140,7 @@ def parameter_variables(model, sites, which: str):
         from ..sites import effective_weight
 
         for site in sites:
-            for part in ("key", "value"):
+            for part in site.linears():  # key, (up,) (value)
                 module = site.part(part)
                 if module is None:
                     continue
@@ -158,7 +158,7 @@ def parameter_variables(model, sites, which: str):
                     variables.append(p)
     else:
         for site in sites:
-            for part in ("key", "value"):
+            for part in site.linears():  # key, (up,) (value)
                 module = site.part(part)
                 if module is not None:
                     for p in module.parameters():

@@ -12,6 +12,10 @@ values of K to ~1e-12 relative of lambda_max), never from an eig of the d_ff x d
                   holding >= ``mass`` (80%) of them; ratio80 = 10^(its width)
   near_zero_rate  fraction of the d_ff eigenvalues <= nonzero_above
 Arrays ``spectrum``: ``layer_<i>`` = all d_ff eigenvalues of site i, descending.
+``part`` picks the matrix: ``key`` (default; in a gated block the gate W_g, whose rows the activation
+acts on, the K of the theory), ``up`` (a gated block's up projection W_u; refused on plain blocks) or
+``inputs`` (the block's input projections stacked, [W_g; W_u] of a gated block, 2 d_ff x d; K itself
+on a plain block), docs/paper.md §1.7.
 A standalone measurement (``measure_every``, ``at_end``, post hoc); reads weights only.
 """
 from __future__ import annotations
@@ -68,13 +72,23 @@ class SpectrumProbe(Probe):
     metrics = ("ratio_minmax", "ratio80", "near_zero_rate")
 
     def __init__(self, sites, ratio_threshold: float = 0.1, nonzero_above: float = 0.1, bins: int = 100,
-                 mass: float = 0.8, save: bool = True, **kw):
+                 mass: float = 0.8, save: bool = True, part: str = "key", **kw):
         super().__init__(sites, **kw)
+        if part not in ("key", "up", "inputs"):
+            raise TypeError(f"part={part!r}; choose key, up or inputs")
+        if part == "up" and not all(s.gated for s in sites):
+            raise TypeError("part=up needs gated blocks (an up projection); this model's are plain")
+        self.part = part
         self.ratio_threshold, self.nonzero_above = float(ratio_threshold), float(nonzero_above)
         self.bins, self.mass, self.save = int(bins), float(mass), bool(save)
 
+    def matrix(self, site):
+        if self.part == "inputs":
+            return torch.cat([site.weight(p) for p in site.inputs()], dim=0)
+        return site.weight(self.part)
+
     def measure(self, ctx):
-        spectra = [key_eigenvalues(site.weight("key")) for site in self.sites]
+        spectra = [key_eigenvalues(self.matrix(site)) for site in self.sites]
         if self.save:
             ctx.recorder.save_arrays(self.name, ctx.step, **{f"layer_{s.index}": lam
                                                             for s, lam in zip(self.sites, spectra)})

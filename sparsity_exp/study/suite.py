@@ -369,7 +369,8 @@ def _claim(spec: dict, arms: dict[str, Arm], where: str, suite_test: str | None 
             hint = " (null for an exploratory claim)" if key == "paper_claim" else ""
             raise ConfigError(f"{where}: missing `{key}`{hint}")
     unknown = set(spec) - {"id", "paper_claim", "statement", "compare", "arms", "metric", "window", "direction",
-                           "sesoi", "sesoi_unit", "bound", "control", "note", "test", "noninferiority"}
+                           "sesoi", "sesoi_unit", "bound", "control", "note", "test", "noninferiority",
+                           "why"}  # why: the justification of the SESOI / bound (accepted here; issue 28)
     if unknown:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
     compare = spec["compare"]
