@@ -12,17 +12,25 @@ For each probe preset (`conf/probes/<preset>.yaml`; missing presets are skipped 
   * the trainer: `Trainer.train_step` on every step, probes observing at their cadence (log steps
     every trainer.log_every), the metrics file flushed at log steps as `fit` does; evaluation and
     standalone measurements are left out (they have their own cadence);
-  * the bare loop: the same model object (and the same DDP/compiled forward), the same batches
-    already on the device, the task's loss, backward, optimizer step, zero_grad; nothing else.
-Both loops cycle over the same few batches prefetched to the device, so data loading is not timed.
+  * the bare loop: a model and optimizer built as the first preset's run builds them (its own copy,
+    the same DDP/compiled forward), the same batches already on the device, the task's loss,
+    backward, optimizer step, zero_grad; nothing else.
+The loops cycle over the same few batches prefetched to the device, so data loading is not timed.
 Printed: steps/s, samples/s (tokens/s where a batch holds token ids), the trainer/bare ratio, FLOPs
 per step counted by torch.utils.flop_counter on one step, and MFU on CUDA (achieved FLOP/s over the
 card's dense peak from the table below, or --peak-tflops). On CUDA it also checks that steps which
 do not log make no host synchronisation (torch.cuda.set_sync_debug_mode).
 
-The timed wall clock is --budget-s in all, split evenly over the measured loops, which alternate
-over --rounds rounds (the fastest round of each is kept); building, warmup and compilation come on
-top.
+Timing (benchmarks/rounds.py): the bare loop and every preset's trainer run in alternating rounds in
+this one process, each round one block of the same steps (whole log periods, about --block-s of wall
+time) of every loop, the order reversed every other round. Each round gives a trainer/bare ratio
+per preset (and a cost ratio against the first preset, e.g. cheap/none) on wall time and on this
+process's CPU time; printed are their medians over the rounds with the order-statistic interval
+(95%; [min, max] below 6 rounds), the load average, and the rounds a +-2% interval would need at
+the spread seen. --rounds, or as many as --budget-s holds; building, warmup and compilation come
+on top.
+
+    OMP_NUM_THREADS=1 python benchmarks/throughput.py --rounds 30 --presets none,cheap,default
 """
 from __future__ import annotations
 
@@ -45,7 +53,6 @@ if str(ROOT) not in sys.path:
 
 from sparsity_exp.batches import to_device  # noqa: E402
 from sparsity_exp.config import conf_dir, register_resolvers  # noqa: E402
-from sparsity_exp.optim import build_optimizer  # noqa: E402
 from sparsity_exp.train import Trainer  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -170,6 +177,7 @@ def build_trainer(cfg, run_dir: Path) -> Trainer:
     from sparsity_exp.record import Recorder
 
     built: list = []
+    run_dir.mkdir(parents=True, exist_ok=True)
     with mock.patch.object(Trainer, "fit", lambda trainer: built.append(trainer)):
         run._train(cfg, run_dir)
     trainer = built[0]
@@ -187,7 +195,6 @@ def measure(cfgs: dict, run_root: Path, rounds: int | None, budget_s: float, blo
         (run_root / p).mkdir(parents=True, exist_ok=True)
         trainers[p] = build_trainer(cfg, run_root / p)
     first = next(iter(trainers.values()))
-    first_cfg = next(iter(cfgs.values()))
     device = first.device
     source = iter(first.train_batches)
     prefetched = [to_device(next(source), device) for _ in range(min(prefetch, len(first.train_batches)))]
@@ -196,8 +203,14 @@ def measure(cfgs: dict, run_root: Path, rounds: int | None, budget_s: float, blo
                  "samples_per_batch": samples, "tokens_per_batch": tokens}
     streams = {p: itertools.cycle(prefetched) for p in [*trainers, "bare"]}
 
-    net = first.model if first.forward_model is None else first.forward_model
-    optimizer = build_optimizer(first_cfg.optim, first.model.parameters(), device)
+    # the bare loop trains a model of its own, built as the first preset's (same initial weights, same
+    # batches, same optimizer settings), so it follows the trainers' trajectory: a loop sharing a
+    # trainer's model would push it on twice as fast, towards tiny gradients (denormal floats on a CPU
+    # slow both loops on that model down, which showed as a 10% gap in an A/A test)
+    own = build_trainer(next(iter(cfgs.values())), run_root / "_bare")
+    own.recorder.close()
+    net = own.model if own.forward_model is None else own.forward_model
+    optimizer = own.optimizer
     # the same numerics as the trainer: bf16 autocast when trainer.precision=bf16 (the whole batch
     # at once: with trainer.grad_accum > 1 the bare loop does not split it)
     bf16 = getattr(first, "precision", "fp32") == "bf16"
@@ -206,7 +219,7 @@ def measure(cfgs: dict, run_root: Path, rounds: int | None, budget_s: float, blo
         batches = streams["bare"]
         for _ in range(n):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss, _ = first.task(net, next(batches), train=True)
+                loss, _ = own.task(net, next(batches), train=True)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

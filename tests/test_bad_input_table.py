@@ -93,7 +93,7 @@ def test_bad_run_input_is_a_clear_error(monkeypatch, capsys, tmp_path, kind, arg
     "value out of range", "Hydra: unknown key", "missing dataset")], ids=lambda v: v if isinstance(v, str) else None)
 def test_bad_run_input_is_a_clear_error_in_a_process(cli, tmp_path, kind, args, says):
     args = args(tmp_path) if callable(args) else args
-    out = cli("run", *TINY, *args)
+    out = cli("run", *TINY, *args, process=True)
     assert out.returncode == 2, (out.returncode, out.stderr[-800:])
     assert "error:" in out.stderr and says in out.stderr and "Traceback" not in out.stderr, out.stderr[-800:]
     results = tmp_path / "results"
