@@ -51,7 +51,7 @@ for m in mlp vit; do
         --json "$OUT/compiled_${m}_$c.json" model=$m "${args[@]}" $R
   done
 done
-part compiled_stats_cost_mlp 120 python3 benchmarks/compiled_stats_cost.py --seconds 3 model=mlp $R
+part compiled_stats_cost_mlp 120 python3 benchmarks/compiled_stats_cost.py --seconds 3 --rounds 2 model=mlp $R
 compgen -G "$OUT/compiled_*.json" > /dev/null && python3 - "$OUT" <<'PY'
 import json, sys
 from pathlib import Path
