@@ -27,11 +27,11 @@ PY
 R="trainer.progress=false results_dir=/tmp/r"
 part cuda_resume 90 python3 benchmarks/gpu_resume_check.py
 part interventions 100 python3 benchmarks/interventions_device_check.py --out /tmp/iv
-TAIL=20 part bench_mlp 90 python3 benchmarks/throughput.py --budget-s 20 --json "$OUT/mlp.json" \
+TAIL=20 part bench_mlp 90 python3 benchmarks/throughput.py --budget-s 20 --rounds 2 --json "$OUT/mlp.json" \
     model=mlp trainer.batch_size=256
-TAIL=20 part bench_vit_b16 170 python3 benchmarks/throughput.py --budget-s 45 --json "$OUT/vit_b16.json" \
+TAIL=20 part bench_vit_b16 170 python3 benchmarks/throughput.py --budget-s 45 --rounds 2 --json "$OUT/vit_b16.json" \
     model=vit_b16 data.root=/tmp/cifar data.verify=false trainer.batch_size=256 trainer.precision=bf16 $R
-TAIL=20 part bench_t5_base 170 python3 benchmarks/throughput.py --budget-s 45 --json "$OUT/t5_base.json" \
+TAIL=20 part bench_t5_base 170 python3 benchmarks/throughput.py --budget-s 45 --rounds 2 --json "$OUT/t5_base.json" \
     model=t5_base data.root=/tmp/c4 trainer.batch_size=64 trainer.precision=bf16 $R
 # many tiny runs sharing the GPU (trainer.jobs_per_gpu, the local launcher): aggregate vs one run
 TAIL=6 part gpu_share 150 python3 benchmarks/gpu_share.py --jobs 8 --steps 3000 --json "$OUT/gpu_share.json"
@@ -47,7 +47,7 @@ for m in mlp vit; do
     # fails instead of silently running without graphs
     case $c in off) args=(trainer.compile=false); env=();; default) args=(trainer.compile=true); env=();;
                *) args=(trainer.compile=true trainer.compile_mode=$c); env=(env TORCHINDUCTOR_CUDAGRAPH_OR_ERROR=1);; esac
-    TAIL=6 part "compiled_${m}_$c" 110 "${env[@]}" python3 benchmarks/throughput.py --presets cheap --budget-s 8 \
+    TAIL=6 part "compiled_${m}_$c" 110 "${env[@]}" python3 benchmarks/throughput.py --presets cheap --budget-s 8 --rounds 2 \
         --json "$OUT/compiled_${m}_$c.json" model=$m "${args[@]}" $R
   done
 done

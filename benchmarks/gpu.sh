@@ -15,7 +15,7 @@ $PY -c "import torch; print('torch', torch.__version__, '|', torch.cuda.get_devi
 bench() {  # name, then overrides
     local name=$1; shift
     echo "=== $name: $*"
-    timeout "${LIMIT:-180}" $PY benchmarks/throughput.py --budget-s "$BUDGET" --json "$OUT/$name.json" "$@" \
+    timeout "${LIMIT:-180}" $PY benchmarks/throughput.py --budget-s "$BUDGET" --rounds 2 --json "$OUT/$name.json" "$@" \
         || echo "=== $name failed or ran out of time (rc $?)"
 }
 

@@ -27,7 +27,7 @@ timeout 150 $PY benchmarks/throughput.py --budget-s 90 --block-s 0.5 --presets n
     --json "$OUT/mlp_b32_presets.json" model=mlp trainer.batch_size=32 || echo "=== mlp presets failed (rc $?)"
 timeout 90 $PY benchmarks/profile_probes.py --preset default --periods 5 --out "$OUT" model=mlp trainer.batch_size=32 \
     || echo "=== profile failed (rc $?)"
-timeout 150 $PY benchmarks/throughput.py --budget-s 60 --presets none,cheap --json "$OUT/vit_b16_cheap.json" \
+timeout 150 $PY benchmarks/throughput.py --rounds 3 --presets none,cheap --json "$OUT/vit_b16_cheap.json" \
     model=vit_b16 data.root=/tmp/cifar data.verify=false trainer.batch_size=256 trainer.precision=bf16 ${VIT_ARGS:-} || echo "=== vit_b16 failed (rc $?)"
-timeout 150 $PY benchmarks/throughput.py --budget-s 60 --presets none,cheap --json "$OUT/t5_base_cheap.json" \
+timeout 150 $PY benchmarks/throughput.py --rounds 3 --presets none,cheap --json "$OUT/t5_base_cheap.json" \
     model=t5_base data.root=/tmp/c4 trainer.batch_size=64 trainer.precision=bf16 ${T5_ARGS:-} || echo "=== t5_base failed (rc $?)"
