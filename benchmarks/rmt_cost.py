@@ -2,19 +2,20 @@
 (width 256, depth 4, value-free blocks, 64 inputs, 10 classes, batch 32, plain SGD with weight decay).
 
 Times --steps training steps (forward, backward, SGD step) without probes and with the rmt probe
-observing every step, interleaved, --repeats times; prints the fastest of each and the update's share
-of a plain step. The kept rows are folded into the covariances every --log-every steps (20, as
+observing every step, in --rounds alternating rounds (benchmarks/rounds.py); prints per-step times and
+the update's share of a plain step as the median over rounds of each round's ratio, with its
+order-statistic interval, for this process's CPU time and for wall time, and the load. The kept rows are folded into the covariances every --log-every steps (20, as
 paper/mlp_rmt; what a log step's rows() does first), inside the timed loop; the rest of rows() (norms
 per site) is timed apart. Random data already on the device.
 
-    OMP_NUM_THREADS=1 python benchmarks/rmt_cost.py [--steps 200] [--repeats 5] [--width 256] [--device cpu]
+    OMP_NUM_THREADS=1 python benchmarks/rmt_cost.py [--steps 200] [--rounds 15] [--width 256] [--device cpu]
 
-Timings on a shared machine are noisy: the minimum over interleaved repeats is the number to quote (on
-a CPU of this process's CPU time, which other jobs disturb far less than wall time).
+On a CPU quote the CPU-time ratio (other jobs disturb it far less than wall time).
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -30,19 +31,20 @@ from sparsity_exp.models.mlp import LNMLP  # noqa: E402
 from sparsity_exp.probes import build_probes, observing  # noqa: E402
 from sparsity_exp.probes.base import ProbeContext  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rounds import fmt_load, fmt_ratio, load_summary, ratio_summary, run_rounds  # noqa: E402
+
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--rounds", "--repeats", type=int, default=15, dest="rounds")
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--log-every", type=int, default=20)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
     dev = torch.device(args.device)
-    # on a CPU the process's own CPU time (one thread): far less disturbed by other jobs than wall time
-    clock = time.process_time if dev.type == "cpu" else time.perf_counter
     torch.manual_seed(0)
     model = LNMLP(in_features=64, num_classes=10, make_act=ReLU, width=args.width, depth=4).to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, weight_decay=0.01)
@@ -51,10 +53,7 @@ def main(argv=None) -> None:
     x = torch.randn(args.steps, args.batch, 64, device=dev)
     y = torch.randint(0, 10, (args.steps, args.batch), device=dev)
 
-    def run(probes) -> float:
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        start = clock()
+    def run(probes) -> None:
         for i in range(args.steps):
             host.step += 1
             with observing(probes, "train"):
@@ -63,25 +62,31 @@ def main(argv=None) -> None:
             opt.zero_grad(set_to_none=True)
             if probes and (i + 1) % args.log_every == 0:
                 getattr(rmt, "covariances", lambda: None)()  # the fold a log step's rows() starts with (older probes: none)
+
+    def sync() -> None:
         if dev.type == "cuda":
             torch.cuda.synchronize()
-        return (clock() - start) / args.steps
 
     run([])
     run([rmt])  # warm-up
-    plain, with_rmt = [], []
-    for _ in range(args.repeats):
-        plain.append(run([]))
-        with_rmt.append(run([rmt]))
-    p, r = min(plain), min(with_rmt)
+    t = run_rounds({"plain": lambda: run([]), "rmt": lambda: run([rmt])}, args.rounds, sync=sync)
+    clock = "cpu" if dev.type == "cpu" else "wall"
+    p = statistics.median(t[clock]["plain"]) / args.steps
+    r = statistics.median(t[clock]["rmt"]) / args.steps
+    share = {k: ratio_summary(t[k]["rmt"], t[k]["plain"]) for k in ("cpu", "wall")}
     rows_start = time.perf_counter()
     rmt.rows("train")
     rows_s = time.perf_counter() - rows_start
-    print(f"device {dev}, width {args.width}, batch {args.batch}, {args.steps} steps x {args.repeats} repeats (min), "
-          f"fold every {args.log_every} steps")
-    print(f"plain step      {p * 1e3:8.3f} ms")
-    print(f"with rmt update {r * 1e3:8.3f} ms   update = {(r - p) / p:+.1%} of a plain step")
+    print(f"device {dev}, width {args.width}, batch {args.batch}, {args.steps} steps per block, {args.rounds} rounds, "
+          f"fold every {args.log_every} steps; {fmt_load(load_summary(t))}")
+    print(f"plain step      {p * 1e3:8.3f} ms ({clock} time, median)")
+    print(f"with rmt update {r * 1e3:8.3f} ms")
+    for k in (clock, "wall" if clock == "cpu" else "cpu"):
+        s = share[k]
+        print(f"rmt / plain ({k:4s}) {fmt_ratio(s)}  (coverage {100 * s['coverage']:.1f}%; rounds for +-2%: "
+              f"{s['rounds_needed']})")
     print(f"one rows() call {rows_s * 1e3:8.3f} ms   (at log steps only)")
+    return share
 
 
 if __name__ == "__main__":

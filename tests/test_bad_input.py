@@ -67,11 +67,26 @@ def test_cli_bad_value_is_a_short_error(cli, tiny, tmp_path):
     assert "trainer.batch_size=0" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_cli_unwritable_results_dir(cli, tiny, tmp_path):
+def _main(args, monkeypatch, capsys, tmp_path):
+    """The command's entry point (cli.main) in this process from tmp_path: (exit code, stderr).
+    tests/test_bad_input_table.py checks a few refusals through a real process too."""
+    from sparsity_exp.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))
+    capsys.readouterr()
+    try:
+        code = main(args)
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+def test_cli_unwritable_results_dir(monkeypatch, capsys, tiny, tmp_path):
     (tmp_path / "taken").write_text("a file where the results folder should be")
-    out = cli("run", *tiny, "results_dir=taken/results")
-    assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert "cannot write run folders under taken/results" in out.stderr and "set results_dir=" in out.stderr
+    code, err = _main(["run", *tiny, "results_dir=taken/results"], monkeypatch, capsys, tmp_path)
+    assert code == 2 and "Traceback" not in err
+    assert "cannot write run folders under taken/results" in err and "set results_dir=" in err
     assert (tmp_path / "taken").read_text().startswith("a file")
 
 
@@ -165,20 +180,22 @@ def test_non_finite_loss_stops_saves_and_names_the_step(compose, tiny, tmp_path)
     assert (tmp_path / "metrics.csv").read_text().count("\n0,") > 0  # the rows logged before are kept
 
 
-def test_sweep_keeps_going_and_exits_non_zero(tmp_path, tiny):
-    import subprocess
+def test_sweep_keeps_going_and_exits_non_zero(monkeypatch, capsys, tmp_path, tiny):
+    import sparsity_exp.run as r
 
     # a real crash (not a config mistake) in the seed=1 jobs, alongside a bad value in the lr=-1 jobs
-    code = ("import sys\nimport sparsity_exp.run as r\nreal = r._train\n"
-            "def crash(cfg, *a, **k):\n    if cfg.seed == 1:\n        raise RuntimeError('boom')\n"
-            "    return real(cfg, *a, **k)\n"
-            "r._train = crash\nfrom sparsity_exp.cli import main\nsys.exit(main(sys.argv[1:]))\n")
-    env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
-    out = subprocess.run([sys.executable, "-c", code, "run", "-m", *tiny, "seed=0,1", "optim.lr=0.05,-1"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 1, out.stderr
-    assert "3 of 4 job(s) of the sweep failed" in out.stderr
-    assert "optim.lr=-1: must be a number > 0" in out.stderr  # the failure list keeps the whole config error
+    real = r._train
+
+    def crash(cfg, *a, **k):
+        if cfg.seed == 1:
+            raise RuntimeError("boom")
+        return real(cfg, *a, **k)
+
+    monkeypatch.setattr(r, "_train", crash)
+    code, err = _main(["run", "-m", *tiny, "seed=0,1", "optim.lr=0.05,-1"], monkeypatch, capsys, tmp_path)
+    assert code == 1, err
+    assert "3 of 4 job(s) of the sweep failed" in err
+    assert "optim.lr=-1: must be a number > 0" in err  # the failure list keeps the whole config error
     jobs = sorted(p for p in (tmp_path / "results" / "multirun").glob("*/*") if p.is_dir())
     assert [j.name.split("_")[0] for j in jobs] == ["0", "2"]  # every job ran; refused ones left no folder
     status = {j.name.split("_")[0]: json.loads((j / "summary.json").read_text())["status"] for j in jobs}

@@ -1,5 +1,7 @@
 """One row per class of bad input: the CLI arguments (and the files they point at), the `error:`
 text expected, exit 2, no traceback. benchmarks/bad_inputs.py runs a larger battery of the same."""
+import sys
+
 import pytest
 
 from tests.idx import write_mnist_like
@@ -58,14 +60,44 @@ ROWS = [
 ]
 
 
+def _run_in_process(args, monkeypatch, capsys, tmp_path) -> tuple[int, str]:
+    """`sparsity-exp run ARGS` through the command's own entry point (cli.main), in this process from
+    tmp_path: the exit code (returned, or raised as SystemExit by a job) and what it wrote to stderr."""
+    from sparsity_exp.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # the command sets it for Hydra
+    capsys.readouterr()
+    try:
+        code = main(["run", *args])
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
 @pytest.mark.parametrize("kind,args,says", ROWS, ids=[r[0] for r in ROWS])
-def test_bad_run_input_is_a_clear_error(cli, tmp_path, kind, args, says):
+def test_bad_run_input_is_a_clear_error(monkeypatch, capsys, tmp_path, kind, args, says):
+    """Every row in process (cli.main, Hydra included): a subprocess per row cost ~7 s of CPU each,
+    mostly importing torch; the rows below check the same through `python -m sparsity_exp`."""
     args = args(tmp_path) if callable(args) else args
-    out = cli("run", *TINY, *args)
+    code, err = _run_in_process([*TINY, *args], monkeypatch, capsys, tmp_path)
+    assert code == 2, (code, err[-800:])
+    assert "error:" in err and says in err and "Traceback" not in err, err[-800:]
+    results = tmp_path / "results"
+    assert not results.exists() or not any(results.iterdir())  # refused before it started: no run folder
+
+
+# one row of each path through a real process: a config check (validate.py), Hydra's own refusal, an
+# error raised while building the data (exit code 2 and no traceback as a user sees them)
+@pytest.mark.parametrize("kind,args,says", [r for r in ROWS if r[0] in (
+    "value out of range", "Hydra: unknown key", "missing dataset")], ids=lambda v: v if isinstance(v, str) else None)
+def test_bad_run_input_is_a_clear_error_in_a_process(cli, tmp_path, kind, args, says):
+    args = args(tmp_path) if callable(args) else args
+    out = cli("run", *TINY, *args, process=True)
     assert out.returncode == 2, (out.returncode, out.stderr[-800:])
     assert "error:" in out.stderr and says in out.stderr and "Traceback" not in out.stderr, out.stderr[-800:]
     results = tmp_path / "results"
-    assert not results.exists() or not any(results.iterdir())  # refused before it started: no run folder
+    assert not results.exists() or not any(results.iterdir())
 
 
 @pytest.mark.parametrize("kind,args,says", [
@@ -75,12 +107,21 @@ def test_bad_run_input_is_a_clear_error(cli, tmp_path, kind, args, says):
     ("probe: no run folder", lambda t: ["probe"], "probe needs a run folder"),
     ("unknown command", lambda t: ["frobnicate"], "unknown command"),
 ], ids=lambda v: v if isinstance(v, str) and ":" in v else None)
-def test_bad_subcommand_input_is_a_clear_error(cli, tmp_path, kind, args, says):
+def test_bad_subcommand_input_is_a_clear_error(monkeypatch, capsys, tmp_path, kind, args, says):
+    """In process (cli.main; the run rows above check the real process's exit code and stderr)."""
+    from sparsity_exp.cli import main
+
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "summary.json").write_text('{"status": "completed"}')
-    out = cli(*args(tmp_path))
-    assert out.returncode == 2 and "error:" in out.stderr and says in out.stderr, out.stderr[-800:]
-    assert "Traceback" not in out.stderr
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    try:
+        code = main(args(tmp_path))
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and "error:" in err and says in err, err[-800:]
+    assert "Traceback" not in err
 
 
 @pytest.mark.parametrize("override,says", [

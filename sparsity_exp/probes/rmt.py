@@ -103,7 +103,10 @@ class RMTProbe(Probe):
         self.max_pending_rows = int(max_pending_rows)  # rows kept per covariance before a fold (memory bound)
         self._c_in = [None] * len(sites)
         self._c_grad = [None] * len(sites)
-        self._pending = {}  # (store name, site index) -> [scaled rows], since the last fold
+        self._pending = {}  # (store name, site index) -> [scaled rows] not in a buffer, since the last fold
+        # (store name, site index) -> float32 [capacity, p]: the scaled rows written in place, reused
+        # from fold to fold (no allocation per observation); _filled: rows in it since the last fold
+        self._buffers, self._filled = {}, {}
         self._pending_rows = 0  # rows kept for the first site's input covariance
         self._since_fold = 1.0  # P_t: product of the decays of the observations since the last fold
         self._last_step = None  # step of the previous observation
@@ -124,7 +127,7 @@ class RMTProbe(Probe):
     def load_state_dict(self, state: dict) -> None:
         for k in self._STATE:
             setattr(self, k, state[k])
-        self._pending, self._pending_rows, self._since_fold = {}, 0, 1.0
+        self._pending, self._filled, self._pending_rows, self._since_fold = {}, {}, 0, 1.0
 
     def covariances(self) -> tuple[list, list]:
         """The running (input, grad) covariances per site, float64, with every observation folded in."""
@@ -147,30 +150,47 @@ class RMTProbe(Probe):
         self._last_step = step
         if self._first_step is None:
             self._first_step = step
-        if self._pending and (self._pending_rows >= self.max_pending_rows or self._since_fold * self._decay < 1e-3):
+        if (self._pending or self._filled) and (self._pending_rows >= self.max_pending_rows or self._since_fold * self._decay < 1e-3):
             self._fold()  # bounded memory; and 1 / P_t stays small enough for float32 rows
         self._since_fold *= self._decay
 
     def _add(self, name: str, i: int, u: torch.Tensor) -> None:
-        # the rows scaled by sqrt(w / P_t) (a copy: the activation or gradient may be reused later);
-        # python scalars only, so no host synchronisation
+        # the rows scaled by sqrt(w / P_t), copied (the activation or gradient may be reused later)
+        # into this covariance's buffer; python scalars only, so no host synchronisation
         weight = 1.0 / (max(1, u.shape[0]) * self._accum)
-        self._pending.setdefault((name, i), []).append(u * math.sqrt(weight / self._since_fold))
+        scale = math.sqrt(weight / self._since_fold)
+        key, n = (name, i), u.shape[0]
+        used = self._filled.get(key, 0)
+        buf = self._buffers.get(key)
+        if buf is None or used + n > buf.shape[0] or buf.shape[1:] != u.shape[1:] or buf.device != u.device:
+            limit = self.max_pending_rows + n  # a fold comes before the kept rows pass max_pending_rows
+            if used + n > limit or u.dtype != torch.float32:  # one observation larger than the bound:
+                self._pending.setdefault(key, []).append(u * scale)  # kept apart, folded at the next step
+                return
+            grown = u.new_empty((min(limit, max(used + n, 2 * (0 if buf is None else buf.shape[0]))), *u.shape[1:]))
+            if used:
+                grown[:used].copy_(buf[:used])
+            self._buffers[key] = buf = grown
+        torch.mul(u, scale, out=buf[used:used + n])
+        self._filled[key] = used + n
 
     def _fold(self) -> None:
         """C <- P (C + X^T X) for every covariance with kept rows, P the decays since the last fold.
         The one large product per covariance; X^T X in float32 (as the per-batch products were), summed
         into the float64 C, whose sum over 10^5 steps keeps its digits."""
-        if not self._pending:
+        if not (self._pending or self._filled):
             return
-        for (name, i), chunks in self._pending.items():
+        for key in list(self._filled) + [k for k in self._pending if k not in self._filled]:
+            name, i = key
+            parts = ([self._buffers[key][:self._filled[key]]] if self._filled.get(key) else []) + \
+                self._pending.get(key, [])
             store = self._c_in if name == "input" else self._c_grad
-            product = _gram(chunks[0] if len(chunks) == 1 else torch.cat(chunks))
+            product = _gram(parts[0] if len(parts) == 1 else torch.cat(parts))
             if store[i] is None:
                 store[i] = product.to(torch.float64).mul_(self._since_fold)
             else:
                 store[i].add_(product).mul_(self._since_fold)
-        self._pending, self._pending_rows, self._since_fold = {}, 0, 1.0
+        self._pending, self._filled, self._pending_rows, self._since_fold = {}, {}, 0, 1.0
 
     def _observed(self, site, x: torch.Tensor, output: torch.Tensor) -> None:
         """A training forward of ``site``: its key input's rows now, dL/da's rows when the backward
