@@ -1,0 +1,137 @@
+"""The `transformers` study suite (conf/study/transformers.yaml) and what it needs of the study code: every arm
+composes on both of its datasets and passes the start-up check; claim 2 on the ViT is judged from the first
+finite AS_K / coef_L0 because torchvision's zero head makes step 0 a 0/0; non-inferiority on a lower-is-better
+metric (T5's test loss); every suite's arms compose; `study paper --dry-run` prints the paper's recipes."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from sparsity_exp.config import conf_dir
+from sparsity_exp.study.suite import load_suite, suite_path
+from tests.conftest import ROOT
+
+SUITES = ("cpu", "gpu", "paper", "transformers")
+
+
+def _suite(name="transformers"):
+    return load_suite(suite_path(name, conf_dir()))
+
+
+def _arm_sets(suite):
+    """Every arm's overrides as the study composes them: each dataset entry in front of `data: auto` arms."""
+    out = []
+    for arm in suite.used_arms():
+        entries = suite.datasets if arm.data == "auto" else [None]
+        for ds in entries:
+            data = list(ds.overrides) if ds is not None else []
+            out.append((arm.name, ds.name if ds else None, [*data, *arm.overrides]))
+    return out
+
+
+def test_transformers_suite_judges_the_papers_transformer_claims():
+    suite = _suite()
+    rows = [row for c in suite.claims for row, _, _ in c.comparisons()]
+    papers = {c.paper_claim for c in suite.claims if not c.control}
+    assert papers == {2, 3, 6, 7, 9}
+    # module by module on both models, each at comparable quality
+    for row in ("7.vit.vit_jsrelu", "7.vit.vit_zeroth_bias", "7.vit.vit_sparsified", "7.t5.t5_jsrelu",
+                "7.t5.t5_zeroth_bias", "7.t5.t5_sparsified", "6.vit", "6.t5", "3a.vit", "3a.t5", "3b.vit", "3b.t5"):
+        assert row in rows
+    by_id = {c.id: c for c in suite.claims}
+    assert by_id["7.t5"].ni_metric.metric == "loss" and by_id["7.t5"].ni_direction == "decrease"
+    assert by_id["7.vit"].ni_metric is None and by_id["7.vit"].ni_margin == 0.01
+    assert by_id["2"].baseline == "first_finite"
+    assert all(c.why.strip() for c in suite.claims), "every claim says why its SESOI / bound / margin"
+
+
+@pytest.mark.parametrize("name", ["transformers", pytest.param("all", marks=pytest.mark.slow)])
+def test_every_arm_of_every_suite_composes_and_passes_the_start_up_check(compose, name):
+    """Each arm with each of its dataset entries in front (tests/test_presets.py checks the arms as the default
+    run composes them, fast; the slow case here adds every dataset entry of every suite)."""
+    from sparsity_exp.validate import problems
+
+    found, n = {}, 0
+    for name in SUITES if name == "all" else [name]:
+        for arm, ds, overrides in _arm_sets(_suite(name)):
+            cfg = compose(*overrides)
+            found[(name, arm, ds)] = problems(cfg)
+            n += 1
+            if name == "transformers" and arm.startswith("vit"):
+                assert cfg.model.name == "vit"
+                side = {"fashion_mnist": 28, "digits": 8}[ds]
+                assert side % cfg.model.patch_size == 0 and (side // cfg.model.patch_size) ** 2 == 16
+    assert n >= 13 and not {k: v for k, v in found.items() if v}
+
+
+def test_first_finite_baseline_skips_the_zero_over_zero_of_step_0():
+    from sparsity_exp.study.stats import first_finite_value, series, step0_value
+    from sparsity_exp.study.suite import Metric
+
+    rows = pd.DataFrame({"step": [0, 0, 25, 25, 50, 50], "probe": "augmented_flatness",
+                         "metric": ["as_key", "coef_l0"] * 3, "split": "train", "layer": "avg",
+                         "value": [0.0, 0.0, 6.0, 3.0, 2.0, 2.0]})
+    values = series(rows, Metric("augmented_flatness", "as_key", "train", "avg", divide_by="coef_l0"))
+    assert math.isnan(step0_value(values))
+    assert first_finite_value(values) == 2.0  # 6 / 3 at step 25, the first finite ratio
+    assert math.isnan(first_finite_value(pd.Series([np.nan, np.inf], index=[0, 25])))
+
+
+@pytest.fixture(scope="module")
+def vit_claim2_run(tmp_path_factory):
+    """The suite's own ViT arm (digits entry), shortened to 4 steps with the flatness probe every 2 steps."""
+    import subprocess
+    import sys
+
+    suite = _suite()
+    arm = suite.arms["vit"]
+    digits = next(d for d in suite.datasets if d.name == "digits")
+    out = tmp_path_factory.mktemp("vit2")
+    cmd = [sys.executable, "-m", "sparsity_exp", "run", *digits.overrides, *arm.overrides, "trainer.steps=4",
+           "trainer.log_every=2", "trainer.eval_every=4", "++probes.augmented_flatness.every=2",
+           "++probes.gradient_density.every=2", f"results_dir={out}", "trainer.progress=false"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
+                         env={**__import__("os").environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    (run,) = [p for p in out.iterdir() if (p / "metrics.csv").is_file()]
+    return suite, pd.read_csv(run / "metrics.csv")
+
+
+def test_vit_claim_2_reads_a_finite_value_from_the_first_step_the_head_passes_gradient(vit_claim2_run, compose):
+    """Claim 2 on the ViT: torchvision zero-initialises the head, so at step 0 AS_K = coef_L0 = 0 exactly and the
+    ratio is 0/0; the claim's baseline (first_finite) is the first measured step after it, a finite positive value."""
+    from sparsity_exp.data import DataInfo
+    from sparsity_exp.models import build_model
+    from sparsity_exp.study.stats import first_finite_value, series, step0_value
+
+    suite, frame = vit_claim2_run
+    claim = next(c for c in suite.claims if c.id == "2")
+    cfg = compose("data=digits", *suite.arms["vit"].overrides)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, DataInfo((1, 8, 8), 10), cfg.activation)
+    assert float(model.heads.head.weight.detach().abs().max()) == 0.0  # the reason: no gradient reaches the blocks at step 0
+    raw = frame[(frame.probe == "augmented_flatness") & (frame.split == "train") & (frame.layer == "avg")]
+    at0 = raw[raw.step == 0].set_index("metric")["value"]
+    assert at0["as_key"] == 0.0 and at0["coef_l0"] == 0.0
+    values = series(frame, claim.metric)
+    assert math.isnan(step0_value(values))
+    first = first_finite_value(values)
+    assert math.isfinite(first) and first > 0
+    later = raw[raw.step == 2].set_index("metric")["value"]
+    assert first == pytest.approx(later["as_key"] / later["coef_l0"])
+
+
+def test_noninferiority_on_a_loss_reads_lower_as_better(tmp_path):
+    """A treatment whose loss is 0.2 nats worse than the reference's fails a 0.05-nat margin; 0.001 nats worse
+    passes; the same numbers as accuracies (higher is better) would read the other way round."""
+    from sparsity_exp.study.stats import noninferiority
+
+    rng = np.random.default_rng(0)
+    ref = 2.0 + 0.002 * rng.standard_normal(6)
+    for worse, expected in ((0.2, "inferior"), (0.001, "non-inferior")):
+        treat = ref + worse + 0.002 * rng.standard_normal(6)
+        # main._numbers negates a decrease-is-better metric before the check
+        assert noninferiority(-treat, -ref, 0.05, paired=True).outcome == expected
+    assert noninferiority(ref + 0.2, ref, 0.05, paired=True).outcome == "non-inferior"
