@@ -135,3 +135,41 @@ def test_noninferiority_on_a_loss_reads_lower_as_better(tmp_path):
         # main._numbers negates a decrease-is-better metric before the check
         assert noninferiority(-treat, -ref, 0.05, paired=True).outcome == expected
     assert noninferiority(ref + 0.2, ref, 0.05, paired=True).outcome == "non-inferior"
+
+
+def test_claim_figure_keeps_coinciding_arms_visible_and_labels_the_verdicts_seeds(tmp_path):
+    """Claim 7.vit with four arms whose curves coincide exactly: one panel per verdict row, each side its own line
+    style and marker, labelled with the seeds its verdict used (paired: the seeds both arms have), titles wrapped."""
+    from sparsity_exp.study.report import ArmNumbers, Verdict, claim_plot
+    from sparsity_exp.study.stats import judge
+
+    suite = _suite()
+    claim = next(c for c in suite.claims if c.id == "7.vit")
+    curve = pd.Series([0.5, 0.55, 0.6], index=[0, 150, 300])
+
+    def nums(arm, seeds):
+        vals = [0.6 + 0.001 * s for s in seeds]
+        return ArmNumbers(label=arm, arm=arm, seeds=list(seeds), values=vals, step0=[0.5] * len(seeds),
+                          accuracy=[0.8] * len(seeds), curves={s: curve for s in seeds},
+                          status=["completed"] * len(seeds))
+
+    ref = nums("vit", range(6))  # the reference has 6 seeds, the treatments 3 (a later look added seeds)
+    sides = [ref] + [nums(s.arm, range(3)) for s in claim.sides[1:]]
+    verdicts = [Verdict(row, claim, sides[i + 1], ref, judge(sides[i + 1].values, ref.values[:3], "arms", "increase",
+                                                                 0.1, "nonzero_relative", paired=True))
+                for i, (row, _, _) in enumerate(claim.comparisons())]
+    fig = claim_plot(claim, sides, tmp_path / "c.png", verdicts, width=60)
+    assert (tmp_path / "c.png").is_file()
+    axes = [ax for ax in fig.axes if ax.get_legend() is not None]
+    assert len(axes) == 3
+    for ax, v in zip(axes, verdicts):
+        lines = [ln for ln in ax.get_lines() if ln.get_label() and not ln.get_label().startswith("_")]
+        assert len(lines) == 2
+        assert len({(ln.get_linestyle(), ln.get_marker()) for ln in lines}) == 2  # distinguishable
+        np.testing.assert_array_equal(lines[0].get_ydata(), lines[1].get_ydata())  # the curves do coincide
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert labels == ["vit: n=3 (seeds 0-2)", f"{v.treatment.label}: n=3 (seeds 0-2)"]  # paired: 3, not 6
+        assert all(len(line) <= 28 or " " not in line for line in ax.get_title().split("\n"))
+        assert " ".join(ax.get_title().split()) == v.row  # wrapped at spaces, no word cut
+    title = fig._suptitle.get_text()
+    assert "\n" in title and " ".join(title.split()) == f"{claim.id}: {claim.statement}"

@@ -390,13 +390,14 @@ def claim_plot(claim: Claim, sides: list[ArmNumbers], path: Path, verdicts: list
         ax.set_xlabel("step")
         ax.set_ylabel(claim.metric.label, fontsize=7)
         title = row if n > 1 else f"{row}: {claim.statement}"
-        ax.set_title(textwrap.fill(title, width // n if n > 1 else width), fontsize=8)
+        ax.set_title(textwrap.fill(title, max(28, width // n), break_long_words=False), fontsize=8)
         if drawn:
             ax.legend(fontsize=7, title="n: seeds its verdict used" if verdicts else None, title_fontsize=7)
         else:
             ax.text(0.5, 0.5, "no completed runs", ha="center", va="center", transform=ax.transAxes)
     if n > 1:
-        fig.suptitle(textwrap.fill(f"{claim.id}: {claim.statement}", int(width * 1.6)), fontsize=9)
+        fig.suptitle(textwrap.fill(f"{claim.id}: {claim.statement}", int(width * 1.6), break_long_words=False),
+                     fontsize=9)
     fig.savefig(path, dpi=120)
     return fig
 
