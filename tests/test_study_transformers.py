@@ -173,3 +173,34 @@ def test_claim_figure_keeps_coinciding_arms_visible_and_labels_the_verdicts_seed
         assert " ".join(ax.get_title().split()) == v.row  # wrapped at spaces, no word cut
     title = fig._suptitle.get_text()
     assert "\n" in title and " ".join(title.split()) == f"{claim.id}: {claim.statement}"
+
+
+def test_gpu_suite_trains_its_vit_on_whatever_image_set_is_present(tmp_path):
+    """`study gpu` offline: CIFAR-10 when data.root holds its batches, else Fashion-MNIST (Debian's folder or its
+    parent), else the embedded digits; T5 needs no data. Each choice's ViT composes to 64 (or 16) tokens."""
+    from sparsity_exp.study.execute import plan_jobs
+
+    suite = _suite("gpu")
+    root = tmp_path / "data"
+    cifar = root / "cifar-10-batches-py"
+    fashion = root / "fashion-mnist"
+    seen = {}
+    for make in (None, "fashion", "cifar"):
+        if make == "fashion":
+            fashion.mkdir(parents=True)
+            for n in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                      "t10k-labels-idx1-ubyte"):
+                (fashion / f"{n}.gz").write_bytes(b"")
+        if make == "cifar":
+            cifar.mkdir(parents=True)
+            for n in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+                (cifar / n).write_bytes(b"")
+        jobs, ds = plan_jobs(suite, [f"data.root={root}"], tmp_path / "out", link=True)
+        seen[make] = ds.name
+        vit = next(j for j in jobs if j.arm.name == "vit")
+        t5 = next(j for j in jobs if j.arm.name == "t5")
+        assert not any(o.startswith("data.root=") for o in t5.overrides) and "data=text" in t5.overrides
+        if ds.name == "cifar10":
+            assert f"data.root={root.resolve()}" in vit.overrides and "model.patch_size=4" in vit.overrides
+    assert seen == {None: "digits", "fashion": "fashion_mnist", "cifar": "cifar10"}
+    assert next(c for c in suite.claims if c.id == "2").baseline == "first_finite"
