@@ -204,3 +204,52 @@ def test_gpu_suite_trains_its_vit_on_whatever_image_set_is_present(tmp_path):
             assert f"data.root={root.resolve()}" in vit.overrides and "model.patch_size=4" in vit.overrides
     assert seen == {None: "digits", "fashion": "fashion_mnist", "cifar": "cifar10"}
     assert next(c for c in suite.claims if c.id == "2").baseline == "first_finite"
+
+
+def _dry_run_arms(text: str) -> dict:
+    """`study --dry-run` output -> {arm name: {dotted key: printed value}} (the keys that differ from defaults)."""
+    arms, current = {}, None
+    for line in text.splitlines():
+        if line.startswith("## arm "):
+            current = {}
+            for name in line[len("## arm "):].split(", "):
+                arms[name] = current
+        elif current is not None and line.startswith("    ") and ": " in line:
+            key, value = line.strip().split(": ", 1)
+            current[key] = value
+        elif current is not None and line.startswith("  command: "):
+            current["command"] = line[len("  command: "):]
+    return arms
+
+
+# docs/paper.md §4.3-4.4: the paper's recipes, as `study paper --dry-run` must print them
+PAPER_RECIPES = {
+    "vit": {"optim.name": "adamw", "optim.lr": "0.003", "optim.weight_decay": "0.3", "trainer.batch_size": "2048",
+            "trainer.grad_accum": "32", "optim.schedule.name": "cosine", "trainer.label_smoothing": "0.11",
+            "data.mixup_alpha": "0.2", "data.cutmix_alpha": "1.0", "data.randaugment.num_ops": "2",
+            "data.randaugment.magnitude": "9", "data.name": "imagenet"},
+    "vit_ft_sparsified": {"protocol.name": "sparsity_finetune", "protocol.lora.rank": "192", "optim.lr": "0.003",
+                          "optim.weight_decay": "0.3", "trainer.batch_size": "2048", "modules.activation": "jsrelu"},
+    "vit_ft": {"protocol.lora.rank": "192", "protocol.name": "sparsity_finetune"},
+    "t5": {"optim.name": "adamw", "optim.lr": "0.01", "optim.weight_decay": "0.001",
+           "optim.schedule.name": "inverse_sqrt", "optim.schedule.warmup_steps": "10000", "trainer.steps": "100000",
+           "trainer.batch_size": "256", "data.inputs_length": "512", "data.name": "c4"},
+    "t5_ft_sparsified": {"protocol.lora.rank": "192", "protocol.name": "sparsity_finetune"},
+}
+
+
+def test_paper_dry_run_prints_the_papers_recipes(tmp_path, monkeypatch, capsys):
+    from sparsity_exp.study.main import cli as study
+
+    monkeypatch.chdir(tmp_path)
+    assert study(["paper", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    arms = _dry_run_arms(out)
+    assert set(arms) >= {a.name for a in _suite("paper").used_arms()}
+    for arm, recipe in PAPER_RECIPES.items():
+        got = {k: arms[arm].get(k) for k in recipe}
+        assert got == recipe, arm
+    # 300 epochs of ImageNet-1k (1,281,167 images) at a global batch of 2048
+    assert round(int(arms["vit"]["trainer.steps"]) * 2048 / 1_281_167) == 300
+    assert "seed=0,1,2" in arms["t5"]["command"] and arms["vit_ft"]["protocol.init"].endswith("vit_seed${seed}")
+    assert not (tmp_path / "study").exists()  # a dry run writes nothing
