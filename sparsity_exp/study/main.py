@@ -13,14 +13,14 @@ from ..collect import read_run
 from ..config import conf_dir
 from ..dotted import flatten
 from ..errors import ConfigError, UserError
-from . import calibrate, execute, plan
+from . import calibrate, divergence, execute, lock, machine, plan
 from .report import ArmNumbers, Verdict, claim_plot, control_failures, verdict_table, write_report
-from .stats import (CORRECTIONS, adjust, first_finite_value, judge, series, step0_value, window_value,
+from .stats import (CORRECTIONS, NO_DATA, adjust, first_finite_value, judge, series, step0_value, window_value,
                     window_values)
 from .suite import Side, Suite, load_suite, suite_path
 
 USAGE = ("sparsity-exp study SUITE [overrides] [--out DIR] [--seeds 0,1,2 | --seeds auto --max-seeds N] "
-         "[--correction holm|bh|none] [--judge-only] [--plan] [--dry-run]")
+         "[--correction holm|bh|none] [--judge-only] [--plan] [--dry-run] [--amend WHY] [--reproducible]")
 
 # The verdict rule the sequential stages, the plan's replay and the calibration apply (plan.Rule): the
 # four-outcome rule of stats.judge at a given one-sided level.
@@ -59,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--arm-jobs", type=int, default=1, help="launch processes at once, the arms dealt among them "
                    "(default 1: one arm after another); e.g. 2 on a 2-core machine with OMP_NUM_THREADS=1, or several "
                    "on one GPU so that arms share it (each arm's seeds also share it under hydra/launcher=local)")
+    p.add_argument("--amend", default=None, metavar="WHY", help="accept a suite or rule that differs from the "
+                   "study folder's lock.json (written before the first run) and record the change with this reason; "
+                   "the report lists every amendment and marks the verdicts it touched")
+    p.add_argument("--reproducible", action="store_true", help="run the runs with kernels pinned for numbers "
+                   "reproducible across machines (portable ATen kernels, MKL_CBWR=COMPATIBLE, oneDNN off, one thread, "
+                   "deterministic algorithms; study/machine.py), at a speed cost (README)")
     p.add_argument("--correction", choices=sorted(CORRECTIONS), default="holm",
                    help="multiplicity adjustment over the suite's claims (negative controls excluded): Holm's "
                         "step-down (default, family-wise error), Benjamini-Hochberg (false discovery rate) or none")
@@ -143,24 +149,53 @@ def judge_suite(suite: Suite, jobs: list[execute.Job], correction: str = "holm",
             treatment, steps = t.values, None
             accuracy = (t.accuracy, r.accuracy) if r is not None else None
             paired = claim.paired(treat, ref, suite.arms)
+            div_t = [st == divergence.DIVERGED for st in t.status]
+            seeds_t, seeds_r, div_r = list(t.seeds), list(t.seeds), list(div_t)
             if claim.compare == "arms":
-                reference = r.values
+                reference, seeds_r = r.values, list(r.seeds)
+                div_r = [st == divergence.DIVERGED for st in r.status]
                 if paired and t.seeds != r.seeds:  # pairs over the seeds both arms have (stages add seeds per arm)
                     common = [s for s in t.seeds if s in r.seeds]
                     pick = lambda nums, xs: [xs[nums.seeds.index(s)] for s in common]  # noqa: E731
                     treatment, reference = pick(t, t.values), pick(r, r.values)
                     accuracy = (pick(t, t.accuracy), pick(r, r.accuracy))
+                    div_t, div_r = pick(t, div_t), pick(r, div_r)
+                    seeds_t = seeds_r = common
             elif claim.compare == "step0":
                 reference = t.step0
             else:
                 reference = [claim.bound] * len(t.values)
+                div_r = [False] * len(t.values)
                 if claim.window.from_step is not None:
                     treatment, steps = _window_table(t)
+            # a diverged seed is an outcome of its arm: counted at the worst value observed (divergence.py)
+            worst = (math.nan, math.nan)
+            if any(div_t) or any(div_r):
+                worst = divergence.worst_values(claim.direction, treatment,
+                                                reference if claim.compare != "bound" else None)
+                treatment = divergence.fill(treatment, div_t, worst[0])
+                if claim.compare != "bound":
+                    reference = divergence.fill(reference, div_r, worst[1])
+                if accuracy is not None:
+                    acc_worst = divergence.worst_values("increase", *accuracy)
+                    accuracy = (divergence.fill(accuracy[0], div_t, acc_worst[0]),
+                                divergence.fill(accuracy[1], div_r, acc_worst[1]))
             effect = judge(treatment, reference, claim.compare, claim.direction, claim.sesoi, claim.sesoi_unit,
                            paired=paired, alpha=alpha,
                            accuracy=accuracy, ni_margin=claim.ni_margin, steps=steps)
-            verdicts.append(Verdict(row, claim, t, r, effect))
+            judged = {"treatment": np.asarray(treatment, float), "reference": np.asarray(reference, float),
+                      "seeds_t": seeds_t, "seeds_r": seeds_r, "diverged_t": list(map(bool, div_t)),
+                      "diverged_r": list(map(bool, div_r)), "worst": worst, "paired": bool(paired) or
+                      claim.compare != "arms", "steps": steps, "alpha": alpha,
+                      "accuracy": None if accuracy is None else tuple(np.asarray(a, float) for a in accuracy)}
+            verdicts.append(Verdict(row, claim, t, r, effect, judged))
     adjust([v.effect for v in verdicts], correction, alpha, [v.claim.control for v in verdicts])
+    for v in verdicts:  # after the adjustment (which rewrites the reasons): say what divergence did
+        n_t, n_r = sum(v.judged["diverged_t"]), sum(v.judged["diverged_r"]) if v.claim.compare != "bound" else 0
+        if (n_t or n_r) and v.effect.verdict != NO_DATA:
+            w_t, w_r = v.judged["worst"]
+            v.effect.reason += (f"; {n_t + n_r} diverged seed(s) counted as outcomes of their arm at the worst value "
+                                f"observed (treatment {w_t:.4g}" + (f", reference {w_r:.4g}" if n_r else "") + ")")
     return verdicts, sides
 
 
@@ -242,7 +277,8 @@ def _plan(suite: Suite, args, jobs: list[execute.Job], runs: Path, out: Path) ->
     return 0
 
 
-def _sequential(suite: Suite, args, all_seeds: list[int], out: Path, runs: Path, rule: plan.Rule):
+def _sequential(suite: Suite, args, all_seeds: list[int], out: Path, runs: Path, rule: plan.Rule,
+                on_start=lambda jobs: None):
     """--seeds auto: stage by stage, only the arms of rows still undecided get the stage's seeds."""
     splan = plan.stage_plan(len(suite.seeds), len(all_seeds), args.stages, args.alpha, args.spending)
     print(f"[study] --seeds auto: stages of {splan.sizes} seeds per arm; {splan.describe()}")
@@ -262,6 +298,8 @@ def _sequential(suite: Suite, args, all_seeds: list[int], out: Path, runs: Path,
         execute.locate(jobs, runs)
         if k == 0 and args.judge_only:
             _refuse_blind(jobs, runs, out, "--judge-only")
+        if k == 0:
+            on_start(jobs)  # the lock: written (or compared) before the first run
         print(f"[study] stage {k + 1}/{len(splan.sizes)}: {len(active)} undecided row(s), arms {sorted(needed)}, "
               f"{n} seeds each ({sum(j.status == 'completed' for j in jobs)}/{len(jobs)} already completed)")
         if not args.judge_only:
@@ -291,6 +329,36 @@ def _sequential(suite: Suite, args, all_seeds: list[int], out: Path, runs: Path,
     return verdicts, sides, jobs, launched, dataset, splan, stages, records
 
 
+def machine_section(the_lock: dict | None, mode: str) -> str:
+    """Which machine and mode produced the numbers: the lock's fingerprint and every launch since."""
+    lines = ["## Machine and mode", ""]
+    if not the_lock:
+        return "\n".join(lines + ["No lock: the machine is not recorded.", ""])
+    locked = the_lock.get("machine", {})
+    lines += [f"Locked on: {machine.describe(locked)} (mode {the_lock.get('mode', 'default')}).", ""]
+    launches = the_lock.get("launches", [])
+    if the_lock.get("runs_before_lock"):
+        lines += [f"{the_lock['runs_before_lock']} run(s) predate the lock: their machine and mode are not "
+                  f"recorded.", ""]
+    if launches:
+        lines += ["| launched | mode | runs | machine differs from the locked one in |", "|---|---|---|---|"]
+        for item in launches:
+            diff = machine.differences(locked, item.get("machine", {}))
+            lines.append(f"| {item['when']} | {item['mode']} | {item['runs']} | {'; '.join(diff) or 'nothing compared'} |")
+        modes = sorted({item["mode"] for item in launches})
+        lines += ["", f"The numbers come from runs made in mode(s): {', '.join(modes)}"
+                  + (" (mixed: runs of different modes may differ in the last digits, and through training "
+                     "by more)" if len(modes) > 1 else "")
+                  + ("; reproducible mode pins the kernels so that another machine with the same torch build and "
+                     "architecture gives the same numbers (study/machine.py)" if "reproducible" in modes else
+                     "; default mode: another machine's CPU kernels may give other numbers (`--reproducible` pins "
+                     "them, README)") + f". This invocation's mode: {mode}.", ""]
+    else:
+        lines += [f"No run was launched under this lock by this version of the study (this invocation's mode: "
+                  f"{mode}).", ""]
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
     args = _parser().parse_intermixed_args(argv)
     started = time.perf_counter()
@@ -311,15 +379,28 @@ def main(argv: list[str]) -> int:
         return _plan(suite, args, jobs, runs, out)
     rule = VERDICT_RULE
     stages = records = splan = None
+    execute.REPRODUCIBLE = bool(args.reproducible)
+    mode = "reproducible" if args.reproducible else "default"
+    device = next((o.split("=", 1)[1] for o in reversed(args.overrides) if o.startswith("trainer.device=")), "cpu")
+    locked: dict = {}
+
+    def on_start(jobs_now):
+        """Before the first run: write the lock, or compare with it (refused when changed, unless --amend)."""
+        locked["lock"] = lock.check(out, path.read_text(), path, lock.rule_settings(args, auto, suite.seeds),
+                                    args.amend, machine=lambda: machine.runs_fingerprint(args.reproducible, device),
+                                    mode=mode, runs_before=sum(j.folder is not None for j in jobs_now))
+
     if auto:
         out.mkdir(parents=True, exist_ok=True)
-        verdicts, sides, jobs, launched, dataset, splan, stages, records = _sequential(suite, args, auto, out, runs, rule)
+        verdicts, sides, jobs, launched, dataset, splan, stages, records = _sequential(suite, args, auto, out, runs,
+                                                                                       rule, on_start)
     else:
         jobs, dataset = execute.plan_jobs(suite, args.overrides, out, link=not args.judge_only)
         execute.locate(jobs, runs)
         if args.judge_only:
             _refuse_blind(jobs, runs, out, "--judge-only")
         out.mkdir(parents=True, exist_ok=True)
+        on_start(jobs)
         done = sum(j.status == "completed" for j in jobs)
         print(f"[study] {suite.name}: {len(suite.claims)} claims, {len({tuple(j.overrides) for j in jobs})} distinct "
               f"arms, {len(jobs)} arm x seed runs ({done} already completed) under {runs}")
@@ -329,6 +410,9 @@ def main(argv: list[str]) -> int:
             if launched:
                 execute.locate(jobs, runs)
         verdicts, sides = judge_suite(suite, jobs, args.correction, args.alpha)
+    the_lock = locked.get("lock")
+    if launched:
+        lock.record_launch(out, the_lock, mode, machine.runs_fingerprint(args.reproducible, device), launched)
     missing = [f"{j.arm.name} seed {j.seed} ({j.status})" for j in jobs if j.status != "completed"]
     if missing:
         print(f"[study] {len(missing)} run(s) not completed, judged without them: " + "; ".join(missing[:8]))
@@ -344,9 +428,12 @@ def main(argv: list[str]) -> int:
     info = {"data": data, "correction": args.correction, "alpha": args.alpha,
             "runs": f"{launched} run(s) launched this time, {len(jobs) - len(missing)} of "
                     f"{len(jobs)} completed; this invocation took {wall:.0f} s wall.",
-            "opening": opening, "sections": [seeds_md, calibration], "columns": columns}
+            "opening": opening, "sections": [seeds_md, calibration, machine_section(the_lock, mode),
+                                             lock.amendments_section(the_lock)],
+            "columns": columns, "header": lock.header_lines(the_lock),
+            "amended": lock.amended_rows(the_lock, verdicts)}
     report = write_report(out, suite, verdicts, sides, info)
-    print(verdict_table(verdicts))
+    print(verdict_table(verdicts, info["amended"]))
     print(seeds_md)
     print(calibration)
     failures = control_failures(verdicts)
