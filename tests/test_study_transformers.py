@@ -253,3 +253,28 @@ def test_paper_dry_run_prints_the_papers_recipes(tmp_path, monkeypatch, capsys):
     assert round(int(arms["vit"]["trainer.steps"]) * 2048 / 1_281_167) == 300
     assert "seed=0,1,2" in arms["t5"]["command"] and arms["vit_ft"]["protocol.init"].endswith("vit_seed${seed}")
     assert not (tmp_path / "study").exists()  # a dry run writes nothing
+
+
+def test_no_arm_inherits_a_presets_sweep():
+    """An arm runs one job per seed: a preset's `hydra.sweeper.params` (paper/t5_c4 sweeps `modules`) would turn
+    `run -m ... seed=0,1,2` into a grid, so every arm sets each key its preset sweeps (the bug: the T5 arms ran
+    twice, once with modules=sparsified)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    from sparsity_exp.config import register_resolvers
+
+    register_resolvers()
+    checked = 0
+    for name in SUITES:
+        suite = _suite(name)
+        for arm in suite.used_arms():
+            presets = [o for o in arm.overrides if o.startswith("experiment=")]
+            if not presets:
+                continue
+            with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+                cfg = hydra_compose("config", overrides=presets, return_hydra_config=True)
+            swept = set((cfg.hydra.sweeper.get("params") or {}).keys())
+            keys = {o.split("=", 1)[0].lstrip("+~") for o in arm.overrides}
+            assert swept <= keys, f"{name}: arm {arm.name} leaves {sorted(swept - keys)} to its preset's sweep"
+            checked += bool(swept)
+    assert checked >= 8
