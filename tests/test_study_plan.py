@@ -293,7 +293,7 @@ def _fake_execution(monkeypatch, tmp_path, launched):
             j.folder = written.get((j.arm.name, j.seed))
             j.status = "completed" if j.folder else "missing"
 
-    def run_pending(jobs, runs, log=print, logfile=None):
+    def run_pending(jobs, runs, log=print, logfile=None, arm_jobs=1):
         todo = [j for j in jobs if j.status != "completed"]
         for j in todo:
             written[(j.arm.name, j.seed)] = _fake_run(tmp_path / "fake" / f"{j.arm.name}_{j.seed}",

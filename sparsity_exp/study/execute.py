@@ -69,10 +69,13 @@ def _has_idx(folder: Path) -> bool:
 def find_fashion_mnist(root: Path, stage: Path, link: bool = True) -> Path | None:
     """A data.root under which data=fashion_mnist finds its files, or None. torchvision's layout
     (<root>/FashionMNIST/raw) is used as it is; a folder holding the IDX files themselves (Debian's
-    dataset-fashion-mnist: /usr/share/datasets/fashion-mnist/*.gz, read-only) is linked into
+    dataset-fashion-mnist: /usr/share/datasets/fashion-mnist/*.gz, read-only; data.root may name it or its
+    parent /usr/share/datasets, as data=fashion_mnist accepts) is linked into
     ``stage``/FashionMNIST/raw, where the loader may unpack them (``link=False``, a dry run: only say where)."""
     if _has_idx(root / "FashionMNIST" / "raw"):
         return root
+    if not _has_idx(root) and _has_idx(root / "fashion-mnist"):  # Debian's parent folder, as data=fashion_mnist reads it
+        root = root / "fashion-mnist"
     if _has_idx(root) and not link:
         return stage
     if _has_idx(root):
@@ -85,6 +88,15 @@ def find_fashion_mnist(root: Path, stage: Path, link: bool = True) -> Path | Non
                     dst.symlink_to(src.resolve())
         return stage
     return None
+
+
+def find_cifar10(root: Path) -> bool:
+    """Whether data=cifar10 finds CIFAR-10's python batches under ``root`` (<root>/cifar-10-batches-py)."""
+    folder = root / "cifar-10-batches-py"
+    return all((folder / n).is_file() for n in (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"))
+
+
+NEEDS = ("fashion_mnist", "cifar10")  # datasets `needs:` can look for under data.root
 
 
 def choose_dataset(suite: Suite, user: list[str], out: Path, link: bool = True) -> tuple[Dataset | None, list[str], list[str]]:
@@ -102,8 +114,12 @@ def choose_dataset(suite: Suite, user: list[str], out: Path, link: bool = True) 
             if found is not None:
                 return ds, [*ds.overrides, f"data.root={found.resolve()}"], rest
             continue
+        if ds.needs == "cifar10":
+            if find_cifar10(root):
+                return ds, [*ds.overrides, f"data.root={root.resolve()}"], rest
+            continue
         raise ConfigError(f"{suite.path.name}: dataset {ds.name!r} needs {ds.needs!r}; the study can look for "
-                          f"fashion_mnist only")
+                          f"{list(NEEDS)} only")
     return None, [], rest
 
 
@@ -198,10 +214,20 @@ def run_command(group: list[Job], runs: Path) -> list[str]:
             "trainer.progress=false", f"hydra.sweep.dir={runs}/multirun/{stamp}_{group[0].arm.name}"]
 
 
-def run_pending(jobs: list[Job], runs: Path, log=print, logfile: Path | None = None) -> int:
+def item_runs(item: dict) -> int:
+    """The number of seeds of one launch (its `seed=` argument)."""
+    seeds = next((a.split("=", 1)[1] for a in item["args"] if a.startswith("seed=")), "")
+    return len(seeds.split(",")) if seeds else 1
+
+
+def run_pending(jobs: list[Job], runs: Path, log=print, logfile: Path | None = None, arm_jobs: int = 1) -> int:
     """Launch one ``run -m`` per arm over the seeds it still lacks, all in one process
     (study/launch.py: start-up, imports and decoded data paid once; its output appended to
-    ``logfile``); returns the number of runs launched."""
+    ``logfile``); returns the number of runs launched. ``arm_jobs`` > 1: that many launch processes at
+    once, the arms dealt among them by their number of runs (several arms' runs share the cores or the GPU at once,
+    where one arm's few seeds would leave them idle; each process still pays imports and data once)."""
+    import threading
+
     launches, launched = [], 0
     for overrides, group in pending_groups(jobs).items():
         seeds = ",".join(str(s) for s in dict.fromkeys(j.seed for j in group))
@@ -211,21 +237,43 @@ def run_pending(jobs: list[Job], runs: Path, log=print, logfile: Path | None = N
         launched += len(seeds.split(","))
     if not launches:
         return 0
+    if arm_jobs < 1:
+        raise ConfigError(f"--arm-jobs {arm_jobs}: give 1 or more launch processes at once")
     if logfile is not None:
         Path(logfile).parent.mkdir(parents=True, exist_ok=True)
+    # the arms dealt to the process with the fewest runs so far, most runs first (seeds are a proxy for time)
+    shares, load = [[] for _ in range(min(arm_jobs, len(launches)))], [0] * min(arm_jobs, len(launches))
+    for item in sorted(launches, key=lambda it: -item_runs(it)):
+        i = load.index(min(load))
+        shares[i].append(item)
+        load[i] += item_runs(item)
+    lock = threading.Lock()
     with open(logfile, "a") if logfile is not None else nullcontext() as f:
-        proc = subprocess.Popen([sys.executable, "-m", "sparsity_exp.study.launch"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_child_env())
-        proc.stdin.write(json.dumps(launches))
-        proc.stdin.close()
-        for line in proc.stdout:
-            if f is not None:
-                f.write(line)
-                f.flush()
-            if line.startswith(MARK):
-                _, name, _, code, _, seconds, _ = line.split()
-                log(f"[study]   arm {name}: exit {code} after {seconds} s"
-                    + (f" (output in {logfile})" if logfile is not None else ""))
-    if proc.wait():
-        log(f"[study]   exit {proc.returncode}" + (f" (output in {logfile})" if logfile is not None else ""))
+        procs = []
+        for share in shares:
+            proc = subprocess.Popen([sys.executable, "-m", "sparsity_exp.study.launch"], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_child_env())
+            proc.stdin.write(json.dumps(share))
+            proc.stdin.close()
+            procs.append(proc)
+
+        def pump(proc):
+            for line in proc.stdout:
+                with lock:
+                    if f is not None:
+                        f.write(line)
+                        f.flush()
+                    if line.startswith(MARK):
+                        _, name, _, code, _, seconds, _ = line.split()
+                        log(f"[study]   arm {name}: exit {code} after {seconds} s"
+                            + (f" (output in {logfile})" if logfile is not None else ""))
+
+        threads = [threading.Thread(target=pump, args=(p,), daemon=True) for p in procs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    for proc in procs:
+        if proc.wait():
+            log(f"[study]   exit {proc.returncode}" + (f" (output in {logfile})" if logfile is not None else ""))
     return launched

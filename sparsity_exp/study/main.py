@@ -15,7 +15,8 @@ from ..dotted import flatten
 from ..errors import ConfigError, UserError
 from . import calibrate, divergence, execute, lock, machine, plan, procedure, seedscsv
 from .report import ArmNumbers, Verdict, claim_plot, control_failures, verdict_table, write_report
-from .stats import CORRECTIONS, NO_DATA, adjust, judge, series, step0_value, window_value, window_values
+from .stats import (CORRECTIONS, NO_DATA, adjust, first_finite_value, judge, series, step0_value, window_value,
+                    window_values)
 from .suite import Side, Suite, load_suite, suite_path
 
 USAGE = ("sparsity-exp study SUITE [overrides] [--out DIR] [--seeds 0,1,2 | --seeds auto --max-seeds N] "
@@ -55,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
                    "arm needed for 80%% power, from the runs already there (a pilot)")
     p.add_argument("--dry-run", action="store_true", help="run and write nothing; print each arm's composed "
                    "config (what differs from the defaults), its `sparsity-exp run` command and each seed's status")
+    p.add_argument("--arm-jobs", type=int, default=1, help="launch processes at once, the arms dealt among them "
+                   "(default 1: one arm after another); e.g. 2 on a 2-core machine with OMP_NUM_THREADS=1, or several "
+                   "on one GPU so that arms share it (each arm's seeds also share it under hydra/launcher=local)")
     p.add_argument("--amend", default=None, metavar="WHY", help="accept a suite or rule that differs from the "
                    "study folder's lock.json (written before the first run) and record the change with this reason; "
                    "the report lists every amendment and marks the verdicts it touched")
@@ -97,8 +101,12 @@ def _numbers(side: Side, jobs: list[execute.Job], rows: dict, suite: Suite, clai
         nums.values.append(value if math.isfinite(value) else math.nan)
         if claim.window.from_step is not None:
             nums.window[job.seed] = window_values(values, claim.window)
-        nums.step0.append(step0_value(values))
-        nums.accuracy.append(window_value(series(frame, suite.accuracy), type(claim.window)(claim.window.last)))
+        nums.step0.append(first_finite_value(values) if claim.baseline == "first_finite" else step0_value(values))
+        # non-inferiority on the suite's accuracy or the claim's own metric; a lower-is-better metric (a loss)
+        # is negated, so "treatment - reference > -margin" reads "not worse by more than the margin" for both
+        sign = -1.0 if claim.ni_direction == "decrease" else 1.0
+        ni_metric = claim.ni_metric or suite.accuracy
+        nums.accuracy.append(sign * window_value(series(frame, ni_metric), type(claim.window)(claim.window.last)))
     return nums
 
 
@@ -306,7 +314,7 @@ def _sequential(suite: Suite, args, all_seeds: list[int], out: Path, runs: Path,
         print(f"[study] stage {k + 1}/{len(splan.sizes)}: {len(active)} undecided row(s), arms {sorted(needed)}, "
               f"{n} seeds each ({sum(j.status == 'completed' for j in jobs)}/{len(jobs)} already completed)")
         if not args.judge_only:
-            started = execute.run_pending(jobs, runs, logfile=out / "runs.log")
+            started = execute.run_pending(jobs, runs, logfile=out / "runs.log", arm_jobs=args.arm_jobs)
             launched += started
             if started:
                 execute.locate(jobs, runs)
@@ -413,7 +421,7 @@ def main(argv: list[str]) -> int:
               f"arms, {len(jobs)} arm x seed runs ({done} already completed) under {runs}")
         launched = 0
         if not args.judge_only:
-            launched = execute.run_pending(jobs, runs, logfile=out / "runs.log")
+            launched = execute.run_pending(jobs, runs, logfile=out / "runs.log", arm_jobs=args.arm_jobs)
             if launched:
                 execute.locate(jobs, runs)
         verdicts, sides = judge_suite(suite, jobs, args.correction, args.alpha)
@@ -424,8 +432,8 @@ def main(argv: list[str]) -> int:
     missing = [f"{j.arm.name} seed {j.seed} ({j.status})" for j in jobs if j.status != "completed"]
     if missing:
         print(f"[study] {len(missing)} run(s) not completed, judged without them: " + "; ".join(missing[:8]))
-    for claim in suite.claims:
-        claim_plot(claim, sides[claim.id], out / f"claim_{claim.id}.png")
+    for claim in suite.claims:  # each panel shows the seeds its verdict used (a stage's, under --seeds auto)
+        claim_plot(claim, sides[claim.id], out / f"claim_{claim.id}.png", [v for v in verdicts if v.claim is claim])
     cals = calibrate.calibrate(verdicts, suite, rule, args.alpha, planted_k=args.planted)
     calibrate.annotate(verdicts, cals)
     opening, calibration = calibrate.calibration_section(cals, args.alpha)

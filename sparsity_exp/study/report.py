@@ -311,29 +311,103 @@ def forest_plot(verdicts: list[Verdict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def claim_plot(claim: Claim, sides: list[ArmNumbers], path: Path) -> None:
-    """The claim's metric vs step: per side the mean over seeds and the band from min to max."""
-    fig = Figure(figsize=(6.5, 3.8))
-    ax = fig.subplots()
-    for k, nums in enumerate(sides):
-        curves = [s for s in nums.curves.values() if len(s)]
-        if not curves:
-            continue
-        table = pd.concat(curves, axis=1).sort_index()
-        color = f"C{k}"
-        ax.plot(table.index, table.mean(axis=1), color=color, label=f"{nums.label} (n={table.shape[1]})")
-        ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=color, alpha=0.2, lw=0)
-    if claim.compare == "bound":
-        ax.axhline(claim.bound, color="black", ls="--", lw=0.8, label=f"bound {claim.bound:g}")
-    ax.set_xlabel("step")
-    ax.set_ylabel(claim.metric.label, fontsize=8)
-    ax.set_title(f"{claim.id}: {claim.statement}"[:90], fontsize=9)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
+def _seed_ranges(seeds) -> str:
+    """[0, 1, 2, 5, 100, 101] -> '0-2, 5, 100-101'."""
+    seeds, out = sorted(int(s) for s in seeds), []
+    for s in seeds:
+        if out and s == out[-1][1] + 1:
+            out[-1][1] = s
+        else:
+            out.append([s, s])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in out)
+
+
+def verdict_seeds(v: Verdict) -> tuple[list[int], list[int]]:
+    """The seeds each side of verdict ``v`` was judged on: seeds with a finite value (and, for a step0 claim,
+    a finite reference step); where the test is paired over two arms, the seeds both sides have."""
+    def finite(nums: ArmNumbers, extra=None):
+        out = []
+        for i, seed in enumerate(nums.seeds):
+            ok = math.isfinite(nums.values[i]) if i < len(nums.values) else False
+            if extra is not None:
+                ok = ok and math.isfinite(extra[i])
+            if ok:
+                out.append(seed)
+        return out
+
+    c = v.claim
+    if c.compare == "step0":
+        t = finite(v.treatment, v.treatment.step0)
+        return t, t
+    if c.compare == "bound" or v.reference is None:
+        t = [s for s in finite(v.treatment) if c.window.from_step is None or s in v.treatment.window]
+        return t, []
+    t, r = finite(v.treatment), finite(v.reference)
+    if v.effect.paired:
+        common = [s for s in t if s in r]
+        return common, common
+    return t, r
+
+
+STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D")]  # (line style, marker) per side of a panel
+
+
+def _curve(ax, nums: ArmNumbers, seeds: list[int], k: int, label: str) -> bool:
+    curves = [nums.curves[s] for s in seeds if s in nums.curves and len(nums.curves[s])]
+    if not curves:
+        return False
+    table = pd.concat(curves, axis=1).sort_index()
+    ls, marker = STYLES[k % len(STYLES)]
+    color = f"C{k}"
+    # markers and line styles differ per side and the later side is drawn thinner on top, so two arms whose
+    # curves coincide both stay visible (a solid line with circles under a dashed one with squares)
+    ax.plot(table.index, table.mean(axis=1), color=color, ls=ls, marker=marker, ms=6 - 1.5 * k, lw=2.2 - 0.5 * k,
+            mfc="none" if k else color, label=label, zorder=3 + k)
+    ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=color, alpha=0.15, lw=0)
+    return True
+
+
+def claim_plot(claim: Claim, sides: list[ArmNumbers], path: Path, verdicts: list[Verdict] | None = None,
+               width: int = 60) -> Figure:
+    """The claim's metric vs step, one panel per verdict row (a reference and one treatment, or one arm for a
+    step0 / bound claim): per side the mean over the seeds that row's verdict used and the band from min to
+    max, each side with its own line style and marker (coinciding curves stay visible), labelled with those
+    seeds; titles wrapped at ``width`` characters. Without ``verdicts``: one panel of every side's seeds."""
+    import textwrap
+
+    if verdicts:
+        panels = []
+        for v in verdicts:
+            t_seeds, r_seeds = verdict_seeds(v)
+            if claim.compare == "arms" and v.reference is not None:
+                panels.append((v.row, [(v.reference, r_seeds), (v.treatment, t_seeds)]))
+            else:
+                panels.append((v.row, [(v.treatment, t_seeds)]))
     else:
-        ax.text(0.5, 0.5, "no completed runs", ha="center", va="center", transform=ax.transAxes)
-    fig.tight_layout()
+        panels = [(claim.id, [(n, list(n.curves)) for n in sides])]
+    n = len(panels)
+    fig = Figure(figsize=(5.2 * n if n > 1 else 6.5, 4.4), layout="constrained")
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    for ax, (row, panel) in zip(axes, panels):
+        drawn = False
+        for k, (nums, seeds) in enumerate(panel):
+            label = f"{nums.label}: n={len(seeds)}" + (f" (seeds {_seed_ranges(seeds)})" if seeds else "")
+            drawn |= _curve(ax, nums, seeds, k, label)
+        if claim.compare == "bound":
+            ax.axhline(claim.bound, color="black", ls="--", lw=0.8, label=f"bound {claim.bound:g}")
+        ax.set_xlabel("step")
+        ax.set_ylabel(claim.metric.label, fontsize=7)
+        title = row if n > 1 else f"{row}: {claim.statement}"
+        ax.set_title(textwrap.fill(title, max(28, width // n), break_long_words=False), fontsize=8)
+        if drawn:
+            ax.legend(fontsize=7, title="n: seeds its verdict used" if verdicts else None, title_fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "no completed runs", ha="center", va="center", transform=ax.transAxes)
+    if n > 1:
+        fig.suptitle(textwrap.fill(f"{claim.id}: {claim.statement}", int(width * 1.6), break_long_words=False),
+                     fontsize=9)
     fig.savefig(path, dpi=120)
+    return fig
 
 
 # ------------------------------------------------------------------------------ report.md
@@ -390,7 +464,11 @@ def write_report(out: Path, suite: Suite, verdicts: list[Verdict], sides: dict, 
                   + (f"bound {c.bound:g} (the margin)" if c.compare == "bound" else
                      f"smallest effect of interest {c.sesoi:g} ({c.sesoi_unit})")
                   + (f"; accuracy non-inferiority margin {c.ni_margin:g}" if c.ni_margin is not None else "")
-                  + f"; {e.test_name}." + (f" {c.note}" if c.note else ""), ""]
+                  + (f" on {c.ni_metric.label}" if c.ni_metric is not None else "")
+                  + (" (lower is better: its 'accuracy' columns show the value negated, so a treatment is "
+                     "non-inferior when its difference lies above -margin)" if c.ni_direction == "decrease" else "")
+                  + f"; {e.test_name}." + (f" {c.note}" if c.note else "")
+                  + (f" Why these thresholds: {c.why}" if c.why else ""), ""]
         shown = [v.treatment] + ([v.reference] if v.reference is not None else [])
         lines += ["| arm | overrides | seeds | per-seed values | mean [95% t CI] | accuracy mean [CI] |",
                   "|---|---|---|---|---|---|"]

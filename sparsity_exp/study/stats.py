@@ -119,6 +119,14 @@ def step0_value(values: pd.Series) -> float:
     return float(values.loc[0]) if 0 in values.index else math.nan
 
 
+def first_finite_value(values: pd.Series) -> float:
+    """The value at the first measured step where it is finite (a claim's ``baseline: first_finite``): for a
+    ratio that is 0/0 or x/0 at initialisation, e.g. AS_K / coef_L0 on torchvision's ViT, whose zero-initialised
+    head passes no gradient to the blocks at step 0 (so AS_K = coef_L0 = 0 there)."""
+    finite = values[np.isfinite(values.to_numpy(dtype=float))]
+    return float(finite.iloc[0]) if len(finite) else math.nan
+
+
 # ------------------------------------------------------------------------------ t machinery (vectorised)
 
 def t_interval(x, confidence: float = 1 - 2 * ALPHA) -> tuple[float, float]:

@@ -27,7 +27,14 @@ A ``bound`` claim ("stays below/above B") has no SESOI of its own: B is the marg
 ``{every_from_step: S}`` judges every measured step from S on (intersection-union, stats.RULE).
 ``test: paired|welch`` (suite level or per claim; default: paired where the compared arms share seeds,
 i.e. same seed_offset, so the same init and batch order, Welch otherwise). ``noninferiority: {margin: m}``
-adds an accuracy non-inferiority check (claims "at equal accuracy"). ``paper_claim: null`` marks an
+adds an accuracy non-inferiority check (claims "at equal accuracy") on the suite's ``accuracy`` metric;
+``{margin: m, metric: {probe: eval, metric: loss, split: test}, direction: decrease}`` checks another
+metric of the same runs, ``direction`` being the better side (decrease: lower is better, e.g. T5's eval
+loss: the treatment may be worse by at most m). ``baseline: first_finite`` (step0 claims) compares with
+the first measured step whose value is finite instead of step 0: for a ratio that is 0/0 at
+initialisation (AS_K / coef_L0 on torchvision's ViT, whose classification head starts at zero, so no
+gradient reaches the blocks at step 0). ``why:`` (optional) says in checkable units why the SESOI, bound
+or margin is what it is. ``paper_claim: null`` marks an
 exploratory claim (no numbered claim of docs/paper.md §2). Every metric's probe must be a registered
 probe (``sparsity_exp.probes.PROBES``) or a trainer row (train, eval, modules), and where the probe's
 code names its metrics, the metric must be one of them: a typo is an error at load, not `no data`.
@@ -43,6 +50,7 @@ from omegaconf import OmegaConf
 from ..errors import ConfigError
 
 COMPARES = ("arms", "step0", "bound")
+BASELINES = ("step0", "first_finite")
 DIRECTIONS = ("increase", "decrease")
 UNITS = ("difference", "relative", "nonzero_relative")
 METRIC_KEYS = ("probe", "metric", "split", "layer", "divide_by")
@@ -120,6 +128,10 @@ class Claim:
     note: str = ""
     test: str | None = None          # paired | welch | None (paired where the arms share seeds)
     ni_margin: float | None = None   # accuracy non-inferiority margin (claims "at equal accuracy")
+    ni_metric: "Metric | None" = None  # the non-inferiority metric (None: the suite's accuracy)
+    ni_direction: str = "increase"   # which way the non-inferiority metric is better
+    baseline: str = "step0"          # step0 claims: step0 | first_finite (the first step with a finite value)
+    why: str = ""                    # why the SESOI / bound / margin is what it is (checkable units)
 
     @property
     def exploratory(self) -> bool:
@@ -369,8 +381,8 @@ def _claim(spec: dict, arms: dict[str, Arm], where: str, suite_test: str | None 
             hint = " (null for an exploratory claim)" if key == "paper_claim" else ""
             raise ConfigError(f"{where}: missing `{key}`{hint}")
     unknown = set(spec) - {"id", "paper_claim", "statement", "compare", "arms", "metric", "window", "direction",
-                           "sesoi", "sesoi_unit", "bound", "control", "note", "test", "noninferiority",
-                           "why"}  # why: the justification of the SESOI / bound (accepted here; issue 28)
+                           "sesoi", "sesoi_unit", "bound", "control", "note", "test", "noninferiority", "baseline",
+                           "why"}
     if unknown:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
     compare = spec["compare"]
@@ -390,12 +402,31 @@ def _claim(spec: dict, arms: dict[str, Arm], where: str, suite_test: str | None 
     if test not in (None, "paired", "welch"):
         raise ConfigError(f"{where}: test={test!r}; choose paired or welch")
     ni = spec.get("noninferiority")
+    ni_metric, ni_direction = None, "increase"
     if ni is not None:
-        if not isinstance(ni, dict) or set(ni) != {"margin"} or float(ni["margin"]) < 0:
+        if (not isinstance(ni, dict) or "margin" not in ni or set(ni) - {"margin", "metric", "direction"}
+                or float(ni["margin"]) < 0):
             raise ConfigError(f"{where}: noninferiority is {{margin: M}}, M >= 0 the accuracy a treatment may lose "
-                              f"and still count as 'at equal accuracy' (e.g. 0.01)")
+                              f"and still count as 'at equal accuracy' (e.g. 0.01); optionally with metric: "
+                              f"{{probe, metric, split}} and direction: increase|decrease (the better side)")
         if compare != "arms":
             raise ConfigError(f"{where}: noninferiority compares the accuracy of two arms; it needs compare: arms")
+        if ni.get("metric") is not None:
+            ni_metric = _metric(ni["metric"], f"{where}: noninferiority")
+            check_metric(ni_metric, f"{where}: noninferiority")
+        ni_direction = ni.get("direction", "increase")
+        if ni_direction not in DIRECTIONS:
+            raise ConfigError(f"{where}: noninferiority direction={ni_direction!r} is the better side of its metric: "
+                              f"increase (accuracy) or decrease (a loss)")
+    baseline = spec.get("baseline", "step0")
+    if baseline not in BASELINES:
+        raise ConfigError(f"{where}: baseline={baseline!r}; choose step0 or first_finite (the first measured "
+                          f"step with a finite value, for a ratio that is 0/0 at initialisation)")
+    if baseline != "step0" and compare != "step0":
+        raise ConfigError(f"{where}: baseline: {baseline} is for compare: step0 claims (emergence in training)")
+    why = spec.get("why", "")
+    if not isinstance(why, str):
+        raise ConfigError(f"{where}: why is one string (why the SESOI, bound or margin is what it is), not {why!r}")
     metric = _metric(spec["metric"], where)
     check_metric(metric, where)
     sides = []
@@ -426,4 +457,5 @@ def _claim(spec: dict, arms: dict[str, Arm], where: str, suite_test: str | None 
                  direction=spec["direction"], sesoi=float(spec["sesoi"]), sesoi_unit=unit,
                  bound=None if spec.get("bound") is None else float(spec["bound"]),
                  control=bool(spec.get("control", False)), note=str(spec.get("note", "")), test=test,
-                 ni_margin=None if ni is None else float(ni["margin"]))
+                 ni_margin=None if ni is None else float(ni["margin"]), ni_metric=ni_metric,
+                 ni_direction=ni_direction, baseline=baseline, why=why)
