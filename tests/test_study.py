@@ -102,14 +102,14 @@ arms:
   ref_reseeded: {base: ref, seed_offset: 100}
   treat: {overrides: [model.width=32]}
 claims:
-  - {id: effect, paper_claim: 7, statement: treat is sparser, compare: arms, arms: [ref, treat],
+  - {id: effect, paper_claim: 7, statement: treat is sparser, why: w, compare: arms, arms: [ref, treat],
      metric: {probe: sparsity, metric: activation_sparsity, split: test}, direction: increase, sesoi: 0.02}
-  - {id: emerge, paper_claim: 3, statement: sparsity rises, compare: step0, arms: [ref],
+  - {id: emerge, paper_claim: 3, statement: sparsity rises, why: w, compare: step0, arms: [ref],
      metric: {probe: sparsity, metric: activation_sparsity, split: test}, window: {mean_last: 2},
      direction: increase, sesoi: 0.02}
-  - {id: bounded, paper_claim: 4, statement: ratio stays below 100, compare: bound, bound: 100, arms: [ref],
+  - {id: bounded, paper_claim: 4, statement: ratio stays below 100, why: w, compare: bound, bound: 100, arms: [ref],
      window: {every_from_step: 100}, metric: {probe: spectrum, metric: ratio80, split: train}, direction: decrease}
-  - {id: control, paper_claim: null, control: true, statement: nothing, compare: arms, arms: [ref, ref_reseeded],
+  - {id: control, paper_claim: null, control: true, statement: nothing, why: w, compare: arms, arms: [ref, ref_reseeded],
      metric: {probe: sparsity, metric: activation_sparsity, split: test}, direction: increase, sesoi: 0.01}
 """
 
@@ -227,9 +227,9 @@ arms:
   base: {overrides: [trainer.steps=2, trainer.log_every=1, trainer.eval_every=1, model.width=8, model.depth=1,
                      probes=cheap, trainer.checkpoint_every=0]}
 claims:
-  - {id: emerge, paper_claim: 3, statement: sparsity rises, compare: step0, arms: [base],
+  - {id: emerge, paper_claim: 3, statement: sparsity rises, why: w, compare: step0, arms: [base],
      metric: {probe: sparsity, metric: activation_sparsity, split: test}, direction: increase, sesoi: 0}
-  - {id: control, paper_claim: 0, control: true, statement: nothing, compare: arms, arms: [base, base],
+  - {id: control, paper_claim: 0, control: true, statement: nothing, why: w, compare: arms, arms: [base, base],
      metric: {probe: sparsity, metric: activation_sparsity, split: test}, direction: increase, sesoi: 0.01}
 """
 
@@ -324,9 +324,9 @@ arms:
   other: {data: auto, overrides: [model.width=32]}
   ref_reseeded: {base: ref, seed_offset: 100}
 claims:
-  - {id: effect, paper_claim: null, statement: s, compare: arms, arms: [ref, other],
+  - {id: effect, paper_claim: null, statement: s, why: w, compare: arms, arms: [ref, other],
      metric: {probe: sparsity, metric: activation_sparsity, split: test}, direction: increase, sesoi: 0.02}
-  - {id: control, paper_claim: null, control: true, statement: c, compare: arms, arms: [ref, ref_reseeded],
+  - {id: control, paper_claim: null, control: true, statement: c, why: w, compare: arms, arms: [ref, ref_reseeded],
      metric: {probe: sparsity, metric: activation_sparsity, split: test}, direction: increase, sesoi: 0.02}
 """)
     suite = load_suite(suite_file)

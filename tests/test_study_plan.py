@@ -182,13 +182,13 @@ arms:
   big: {overrides: [model.width=32]}
   flat: {overrides: [model.width=24]}
 claims:
-  - {id: big, paper_claim: 7, statement: big is sparser, compare: arms, arms: [ref, big],
+  - {id: big, paper_claim: 7, statement: big is sparser, why: w, compare: arms, arms: [ref, big],
      metric: {probe: sparsity, metric: activation_sparsity, split: test}, direction: increase, sesoi: 0.02}
-  - {id: flat, paper_claim: 6, statement: flat is sparser, compare: arms, arms: [ref, flat],
+  - {id: flat, paper_claim: 6, statement: flat is sparser, why: w, compare: arms, arms: [ref, flat],
      metric: {probe: sparsity, metric: activation_sparsity, split: test}, direction: increase, sesoi: 0.02}
-  - {id: control, paper_claim: 0, control: true, statement: nothing, compare: arms, arms: [ref, ref_reseeded],
+  - {id: control, paper_claim: 0, control: true, statement: nothing, why: w, compare: arms, arms: [ref, ref_reseeded],
      metric: {probe: sparsity, metric: activation_sparsity, split: test}, direction: increase, sesoi: 0.01}
-  - {id: placebo, paper_claim: 0, control: true, statement: nothing, compare: arms, arms: [ref, placebo],
+  - {id: placebo, paper_claim: 0, control: true, statement: nothing, why: w, compare: arms, arms: [ref, placebo],
      metric: {probe: sparsity, metric: activation_sparsity, split: test}, direction: increase, sesoi: 0.02}
 """
 SHIFT = {"big": 0.3}
@@ -380,7 +380,7 @@ arms:
   base: {overrides: [trainer.steps=2, model.width=8, model.depth=1, probes=cheap]}
   base_reseeded: {base: base, seed_offset: 100}
 claims:
-  - {id: control, paper_claim: 0, control: true, statement: nothing, compare: arms, arms: [base, base_reseeded],
+  - {id: control, paper_claim: 0, control: true, statement: nothing, why: w, compare: arms, arms: [base, base_reseeded],
      metric: {probe: sparsity, metric: activation_sparsity, split: test}, direction: increase, sesoi: 0.01}
 """
 

@@ -212,13 +212,13 @@ arms:
   b: {base: a, overrides: [model.depth=2]}
   a_reseeded: {base: a, seed_offset: 100}
 claims:
-  - {id: shared, paper_claim: 7, statement: b sparser, compare: arms, arms: [a, b],
+  - {id: shared, paper_claim: 7, statement: b sparser, why: w, compare: arms, arms: [a, b],
      metric: {probe: sparsity, metric: activation_sparsity}, direction: increase, sesoi: 0.02}
-  - {id: shared_welch, paper_claim: null, statement: b sparser (Welch), compare: arms, arms: [a, b], test: welch,
+  - {id: shared_welch, paper_claim: null, statement: b sparser (Welch), why: w, compare: arms, arms: [a, b], test: welch,
      metric: {probe: sparsity, metric: activation_sparsity}, direction: increase, sesoi: 0.02}
-  - {id: control, paper_claim: null, control: true, statement: nothing, compare: arms, arms: [a, a_reseeded],
+  - {id: control, paper_claim: null, control: true, statement: nothing, why: w, compare: arms, arms: [a, a_reseeded],
      metric: {probe: sparsity, metric: activation_sparsity}, direction: increase, sesoi: 0.01}
-  - {id: stays, paper_claim: 4, statement: ratio80 stays below 100, compare: bound, bound: 100, arms: [a],
+  - {id: stays, paper_claim: 4, statement: ratio80 stays below 100, why: w, compare: bound, bound: 100, arms: [a],
      window: {every_from_step: 200}, metric: {probe: spectrum, metric: ratio80, split: train}, direction: decrease}
 """
 

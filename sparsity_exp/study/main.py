@@ -15,6 +15,7 @@ from ..dotted import flatten
 from ..errors import ConfigError, UserError
 from . import calibrate, execute, plan
 from .report import ArmNumbers, Verdict, claim_plot, control_failures, verdict_table, write_report
+from .nullcheck import null_check
 from .stats import CORRECTIONS, adjust, judge, series, step0_value, window_value, window_values
 from .suite import Side, Suite, load_suite, suite_path
 
@@ -121,7 +122,9 @@ def _rows(folder: Path) -> pd.DataFrame | None:
 def judge_suite(suite: Suite, jobs: list[execute.Job], correction: str = "holm",
                 alpha: float | None = None) -> tuple[list[Verdict], dict]:
     """Every claim's verdicts (stats.judge per comparison at the one-sided level ``alpha``, the suite's by
-    default), then re-decided under ``correction`` over the suite's non-control claims (stats.adjust)."""
+    default), each beside its null check (nullcheck.py), then re-decided under ``correction`` over the
+    family: the suite's claims that are not controls and whose null check does not read the theory's
+    outcome (a claim that cannot fail as stated is judged unadjusted, like a control; stats.adjust)."""
     alpha = suite.alpha if alpha is None else alpha
     rows = {job.folder: _rows(job.folder) for job in jobs if job.status == "completed"}
     verdicts, sides = [], {}
@@ -135,6 +138,7 @@ def judge_suite(suite: Suite, jobs: list[execute.Job], correction: str = "holm",
             treatment, steps = t.values, None
             accuracy = (t.accuracy, r.accuracy) if r is not None else None
             paired = claim.paired(treat, ref, suite.arms)
+            step0s = (t.step0, r.step0 if r is not None else None)
             if claim.compare == "arms":
                 reference = r.values
                 if paired and t.seeds != r.seeds:  # pairs over the seeds both arms have (stages add seeds per arm)
@@ -142,6 +146,7 @@ def judge_suite(suite: Suite, jobs: list[execute.Job], correction: str = "holm",
                     pick = lambda nums, xs: [xs[nums.seeds.index(s)] for s in common]  # noqa: E731
                     treatment, reference = pick(t, t.values), pick(r, r.values)
                     accuracy = (pick(t, t.accuracy), pick(r, r.accuracy))
+                    step0s = (pick(t, t.step0), pick(r, r.step0))
             elif claim.compare == "step0":
                 reference = t.step0
             else:
@@ -151,8 +156,10 @@ def judge_suite(suite: Suite, jobs: list[execute.Job], correction: str = "holm",
             effect = judge(treatment, reference, claim.compare, claim.direction, claim.sesoi, claim.sesoi_unit,
                            paired=paired, alpha=alpha,
                            accuracy=accuracy, ni_margin=claim.ni_margin, steps=steps)
-            verdicts.append(Verdict(row, claim, t, r, effect))
-    adjust([v.effect for v in verdicts], correction, alpha, [v.claim.control for v in verdicts])
+            check = null_check(claim, treatment, reference, *step0s, paired=paired, alpha=suite.alpha)
+            verdicts.append(Verdict(row, claim, t, r, effect, null=check))
+    # the family: claims that are neither controls (negative or planted) nor flagged by their null check
+    adjust([v.effect for v in verdicts], correction, alpha, [not v.in_family for v in verdicts])
     return verdicts, sides
 
 
