@@ -20,7 +20,7 @@ from .stats import CORRECTIONS, adjust, judge, series, step0_value, window_value
 from .suite import Side, Suite, load_suite, suite_path
 
 USAGE = ("sparsity-exp study SUITE [overrides] [--out DIR] [--seeds 0,1,2 | --seeds auto --max-seeds N] "
-         "[--correction holm|bh|none] [--judge-only] [--plan] [--dry-run]")
+         "[--correction holm|bh|by|none] [--judge-only] [--plan] [--dry-run]")
 
 # The verdict rule the sequential stages, the plan's replay and the calibration apply (plan.Rule): the
 # four-outcome rule of stats.judge at a given one-sided level.
@@ -48,8 +48,8 @@ def _parser() -> argparse.ArgumentParser:
                    "alpha-spending function, O'Brien-Fleming-like (obf: little alpha at early looks) or pocock")
     p.add_argument("--alpha", type=float, default=None, help="one-sided level per direction of the verdicts, the "
                    "sequential stages, the plan and the calibration (default 0.025 = the report's 95%% CI)")
-    p.add_argument("--planted", type=float, default=None, help="the calibration's planted positive, in SESOI "
-                   "units (default: the shift at which the plan gives 95%% power on the control's variance)")
+    p.add_argument("--planted", type=float, default=None, help="the bias, in SESOI units, a negative control must "
+                   "catch in the calibration's simulated studies (planted as through a dead-units arm; default 1.5)")
     p.add_argument("--judge-only", action="store_true", help="run nothing; judge the runs already there "
                    "(refused when none are found and a report would be overwritten: give --out DIR)")
     p.add_argument("--plan", action="store_true", help="run and write nothing; print per claim the seeds per "
@@ -58,7 +58,9 @@ def _parser() -> argparse.ArgumentParser:
                    "config (what differs from the defaults), its `sparsity-exp run` command and each seed's status")
     p.add_argument("--correction", choices=sorted(CORRECTIONS), default="holm",
                    help="multiplicity adjustment over the suite's claims (negative controls excluded): Holm's "
-                        "step-down (default, family-wise error), Benjamini-Hochberg (false discovery rate) or none")
+                        "step-down (default, family-wise error, valid under any dependence such as a shared "
+                        "reference arm), Benjamini-Hochberg (false discovery rate; independence or positive "
+                        "dependence), Benjamini-Yekutieli (by: false discovery rate under any dependence) or none")
     return p
 
 
@@ -333,9 +335,10 @@ def main(argv: list[str]) -> int:
         print(f"[study] {len(missing)} run(s) not completed, judged without them: " + "; ".join(missing[:8]))
     for claim in suite.claims:
         claim_plot(claim, sides[claim.id], out / f"claim_{claim.id}.png")
-    cals = calibrate.calibrate(verdicts, suite, rule, args.alpha, planted_k=args.planted)
+    cals = calibrate.calibrate(verdicts, suite, rule, args.alpha, planted_k=args.planted, splan=splan)
+    family = calibrate.family_calibration(verdicts, args.correction, args.alpha, splan=splan)
     calibrate.annotate(verdicts, cals)
-    opening, calibration = calibrate.calibration_section(cals, args.alpha)
+    opening, calibration = calibrate.calibration_section(cals, args.alpha, family)
     seeds_md, columns = plan.seeds_section(verdicts, splan, stages, records)
     wall = time.perf_counter() - started
     data = (f"{dataset.name} (chosen from {[d.name for d in suite.datasets]}; arms marked `data: auto`)"
@@ -350,8 +353,8 @@ def main(argv: list[str]) -> int:
     print(calibration)
     failures = control_failures(verdicts)
     if failures:
-        print(f"[study] WARNING: negative control {'; '.join(failures)}: see {report}")
-    for line in calibrate.failures(cals):
+        print(f"[study] WARNING: control {'; '.join(failures)}: see {report}")
+    for line in calibrate.failures(cals, family):
         print(f"[study] WARNING: calibration: {line}")
     print(f"[study] data: {data}")
     print(f"[study] {launched} run(s) launched; {wall:.0f} s wall; report: {report}")

@@ -426,10 +426,10 @@ def write_report(out: Path, suite: Suite, verdicts: list[Verdict], sides: dict, 
     alpha = info.get("alpha", suite.alpha)
     failures = control_failures(verdicts)
     if failures:
-        lines += [f"> **WARNING: negative control {'; '.join(failures)}**: its arms differ in nothing that "
-                  f"matters, so it must come out `inconclusive` or `no effect of interest`; until it does, this "
-                  f"suite's verdicts are not to be trusted (too few seeds, a window too short, or a bias in the "
-                  f"pipeline).", ""]
+        lines += [f"> **WARNING: control {'; '.join(failures)}**: a negative control's arms differ in nothing "
+                  f"that matters, so it must come out `no effect of interest` at the claims' SESOI; a planted "
+                  f"positive must come out `supported`; until they do, this suite's verdicts are not to be trusted "
+                  f"(too few seeds, a window too short, or a bias in the pipeline).", ""]
     lines += [f"Level: one-sided alpha = {alpha:g} per test, two-sided {1 - 2 * alpha:.0%} intervals; "
               f"multiplicity: {CORRECTION_NAMES[correction]} over the family of {len(family)} claim row(s) "
               f"({', '.join(family) or 'none'}; controls judged unadjusted"
