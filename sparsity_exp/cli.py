@@ -136,6 +136,9 @@ def _job(cfg, sweep: _Sweep, before):
         _resolvable(cfg)
         launcher = str(hc.launcher.get("_target_", ""))
         set_threads(cfg.trainer.get("threads", "auto"), launcher)
+        from .study.machine import apply_reproducible
+
+        apply_reproducible()  # `study --reproducible` runs: deterministic kernels, one thread (else a no-op)
         place_local_job(str(cfg.trainer.get("device", "auto")), launcher, hc.job.get("num") or 0)
         target = folders.resolve_run_dir(cfg, run_dir)
         if target != run_dir:  # trainer.resume names another folder: Hydra's fresh one is not needed

@@ -168,15 +168,16 @@ def test_planted_effect_is_found(tmp_path, planted, expected):
 
 
 def test_a_diverged_seed_is_reported_not_dropped(tmp_path):
-    """A treatment seed that diverged: its row says so (n and the seed), and the verdict uses the 4 others."""
+    """A treatment seed that diverged: its row says so, and the seed is counted (issue 24: at the worst
+    value observed in the comparison, not left out as if missing)."""
     suite, verdicts, _ = _synthetic(tmp_path, 0.1, diverge=("treat", 2))
     v = verdicts["effect"]
-    assert v.effect.n_treatment == 4 and v.effect.n_failed_treatment == 1
+    assert v.effect.n_treatment == 5 and v.effect.n_failed_treatment == 0
     assert v.treatment.failures() == "seed 2 diverged"
     from sparsity_exp.study.report import verdict_table
 
     row = next(line for line in verdict_table(list(verdicts.values())).splitlines() if line.startswith("| effect "))
-    assert "4 / 4 (seed 2 diverged)" in row  # paired: the reference's seed 2 leaves with it
+    assert "5 / 5 (seed 2 diverged)" in row and "diverged seed(s) counted" in v.effect.reason
 
 
 def test_bound_exceeded_is_contradicted(tmp_path):

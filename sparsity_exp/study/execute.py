@@ -155,11 +155,30 @@ def locate(jobs: list[Job], runs: Path) -> None:
         job.status = read_status(job.folder).get("status", "partial") if job.folder else "missing"
 
 
+# `study --reproducible`: the runs' processes get machine.REPRODUCIBLE_ENV (set by main before any launch)
+REPRODUCIBLE = False
+
+
+def seeds_present(runs: Path) -> set[int]:
+    """Every seed a run folder under ``runs`` was run with (its config.yaml), whatever the arm."""
+    out = set()
+    for _, cfg in run_configs(runs):
+        try:
+            out.add(int(cfg["seed"]))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
 def _child_env() -> dict:
-    """The runs import the same sparsity_exp as the study (this tree first on the path)."""
+    """The runs import the same sparsity_exp as the study (this tree first on the path); in reproducible
+    mode with the environment that pins their kernels (study/machine.py), read when they import torch."""
+    from .machine import mode_env
+
+    env = mode_env(REPRODUCIBLE)
     tree = str(Path(__file__).resolve().parents[2])
-    path = os.environ.get("PYTHONPATH", "")
-    return {**os.environ, "PYTHONPATH": tree + (os.pathsep + path if path else "")}
+    path = env.get("PYTHONPATH", "")
+    return {**env, "PYTHONPATH": tree + (os.pathsep + path if path else "")}
 
 
 def pending_groups(jobs: list[Job], everything: bool = False) -> dict[tuple, list[Job]]:

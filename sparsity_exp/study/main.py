@@ -13,14 +13,14 @@ from ..collect import read_run
 from ..config import conf_dir
 from ..dotted import flatten
 from ..errors import ConfigError, UserError
-from . import calibrate, execute, plan
+from . import calibrate, divergence, execute, lock, machine, plan, procedure, seedscsv
 from .report import ArmNumbers, Verdict, claim_plot, control_failures, verdict_table, write_report
 from .nullcheck import null_check
-from .stats import CORRECTIONS, adjust, judge, series, step0_value, window_value, window_values
+from .stats import CORRECTIONS, NO_DATA, adjust, judge, series, step0_value, window_value, window_values
 from .suite import Side, Suite, load_suite, suite_path
 
 USAGE = ("sparsity-exp study SUITE [overrides] [--out DIR] [--seeds 0,1,2 | --seeds auto --max-seeds N] "
-         "[--correction holm|bh|by|none] [--judge-only] [--plan] [--dry-run]")
+         "[--correction holm|bh|by|none] [--judge-only] [--plan] [--dry-run] [--amend WHY] [--reproducible]")
 
 # The verdict rule the sequential stages, the plan's replay and the calibration apply (plan.Rule): the
 # four-outcome rule of stats.judge at a given one-sided level.
@@ -56,6 +56,12 @@ def _parser() -> argparse.ArgumentParser:
                    "arm needed for 80%% power, from the runs already there (a pilot)")
     p.add_argument("--dry-run", action="store_true", help="run and write nothing; print each arm's composed "
                    "config (what differs from the defaults), its `sparsity-exp run` command and each seed's status")
+    p.add_argument("--amend", default=None, metavar="WHY", help="accept a suite or rule that differs from the "
+                   "study folder's lock.json (written before the first run) and record the change with this reason; "
+                   "the report lists every amendment and marks the verdicts it touched")
+    p.add_argument("--reproducible", action="store_true", help="run the runs with kernels pinned for numbers "
+                   "reproducible across machines (portable ATen kernels, MKL_CBWR=COMPATIBLE, oneDNN off, one thread, "
+                   "deterministic algorithms; study/machine.py), at a speed cost (README)")
     p.add_argument("--correction", choices=sorted(CORRECTIONS), default="holm",
                    help="multiplicity adjustment over the suite's claims (negative controls excluded): Holm's "
                         "step-down (default, family-wise error, valid under any dependence such as a shared "
@@ -141,27 +147,56 @@ def judge_suite(suite: Suite, jobs: list[execute.Job], correction: str = "holm",
             accuracy = (t.accuracy, r.accuracy) if r is not None else None
             paired = claim.paired(treat, ref, suite.arms)
             step0s = (t.step0, r.step0 if r is not None else None)
+            div_t = [st == divergence.DIVERGED for st in t.status]
+            seeds_t, seeds_r, div_r = list(t.seeds), list(t.seeds), list(div_t)
             if claim.compare == "arms":
-                reference = r.values
+                reference, seeds_r = r.values, list(r.seeds)
+                div_r = [st == divergence.DIVERGED for st in r.status]
                 if paired and t.seeds != r.seeds:  # pairs over the seeds both arms have (stages add seeds per arm)
                     common = [s for s in t.seeds if s in r.seeds]
                     pick = lambda nums, xs: [xs[nums.seeds.index(s)] for s in common]  # noqa: E731
                     treatment, reference = pick(t, t.values), pick(r, r.values)
                     accuracy = (pick(t, t.accuracy), pick(r, r.accuracy))
                     step0s = (pick(t, t.step0), pick(r, r.step0))
+                    div_t, div_r = pick(t, div_t), pick(r, div_r)
+                    seeds_t = seeds_r = common
             elif claim.compare == "step0":
                 reference = t.step0
             else:
                 reference = [claim.bound] * len(t.values)
+                div_r = [False] * len(t.values)
                 if claim.window.from_step is not None:
                     treatment, steps = _window_table(t)
+            # a diverged seed is an outcome of its arm: counted at the worst value observed (divergence.py)
+            worst = (math.nan, math.nan)
+            if any(div_t) or any(div_r):
+                worst = divergence.worst_values(claim.direction, treatment,
+                                                reference if claim.compare != "bound" else None)
+                treatment = divergence.fill(treatment, div_t, worst[0])
+                if claim.compare != "bound":
+                    reference = divergence.fill(reference, div_r, worst[1])
+                if accuracy is not None:
+                    acc_worst = divergence.worst_values("increase", *accuracy)
+                    accuracy = (divergence.fill(accuracy[0], div_t, acc_worst[0]),
+                                divergence.fill(accuracy[1], div_r, acc_worst[1]))
             effect = judge(treatment, reference, claim.compare, claim.direction, claim.sesoi, claim.sesoi_unit,
                            paired=paired, alpha=alpha,
                            accuracy=accuracy, ni_margin=claim.ni_margin, steps=steps)
+            judged = {"treatment": np.asarray(treatment, float), "reference": np.asarray(reference, float),
+                      "seeds_t": seeds_t, "seeds_r": seeds_r, "diverged_t": list(map(bool, div_t)),
+                      "diverged_r": list(map(bool, div_r)), "worst": worst, "paired": bool(paired) or
+                      claim.compare != "arms", "steps": steps, "alpha": alpha,
+                      "accuracy": None if accuracy is None else tuple(np.asarray(a, float) for a in accuracy)}
             check = null_check(claim, treatment, reference, *step0s, paired=paired, alpha=suite.alpha)
-            verdicts.append(Verdict(row, claim, t, r, effect, null=check))
+            verdicts.append(Verdict(row, claim, t, r, effect, judged, null=check))
     # the family: claims that are neither controls (negative or planted) nor flagged by their null check
     adjust([v.effect for v in verdicts], correction, alpha, [not v.in_family for v in verdicts])
+    for v in verdicts:  # after the adjustment (which rewrites the reasons): say what divergence did
+        n_t, n_r = sum(v.judged["diverged_t"]), sum(v.judged["diverged_r"]) if v.claim.compare != "bound" else 0
+        if (n_t or n_r) and v.effect.verdict != NO_DATA:
+            w_t, w_r = v.judged["worst"]
+            v.effect.reason += (f"; {n_t + n_r} diverged seed(s) counted as outcomes of their arm at the worst value "
+                                f"observed (treatment {w_t:.4g}" + (f", reference {w_r:.4g}" if n_r else "") + ")")
     return verdicts, sides
 
 
@@ -233,17 +268,28 @@ def _dry_run(suite: Suite, args, out: Path, runs: Path, seeds: list[int]) -> int
 
 
 def _plan(suite: Suite, args, jobs: list[execute.Job], runs: Path, out: Path) -> int:
+    """Seeds needed per row, from every completed seed there (a pilot), for the procedure that will judge
+    (study/procedure.py: the last look's level, the correction, non-inferiority, every step of a window)."""
     execute.locate(jobs, runs)
     _refuse_blind(jobs, runs, out, "--plan")
-    verdicts, _ = judge_suite(suite, jobs, args.correction, args.alpha)
-    rows = [plan.plan_row(plan.comparison(v), args.alpha) for v in verdicts]
+    found = [j for j in jobs if j.status in ("completed", "failed")]  # seeds that ran (failed: diverged or not)
+    verdicts, _ = judge_suite(suite, found or jobs, args.correction, args.alpha)
+    auto = args.seeds == "auto"
+    rows, how = procedure.plan_rows(verdicts, args.alpha, args.correction, auto, len(suite.seeds),
+                                    args.max_seeds, args.stages, args.spending)
     done = sum(j.status == "completed" for j in jobs)
-    print(f"[study] plan for {suite.name} from {done} completed run(s) under {runs} (nothing run or written)")
-    print(plan.plan_table(rows, args.alpha))
+    per_arm = {}
+    for j in found:
+        per_arm[j.arm.name] = per_arm.get(j.arm.name, 0) + (j.status == "completed")
+    print(f"[study] plan for {suite.name} from {done} completed run(s) under {runs}, every seed there "
+          f"({', '.join(f'{a} {n}' for a, n in per_arm.items())}); nothing run or written")
+    print(how)
+    print(plan.plan_table(rows, args.alpha, header="one-sided level per row: its note"))
     return 0
 
 
-def _sequential(suite: Suite, args, all_seeds: list[int], out: Path, runs: Path, rule: plan.Rule):
+def _sequential(suite: Suite, args, all_seeds: list[int], out: Path, runs: Path, rule: plan.Rule,
+                on_start=lambda jobs: None):
     """--seeds auto: stage by stage, only the arms of rows still undecided get the stage's seeds."""
     splan = plan.stage_plan(len(suite.seeds), len(all_seeds), args.stages, args.alpha, args.spending)
     print(f"[study] --seeds auto: stages of {splan.sizes} seeds per arm; {splan.describe()}")
@@ -252,6 +298,7 @@ def _sequential(suite: Suite, args, all_seeds: list[int], out: Path, runs: Path,
     final: dict = {}
     records: dict = {}
     every_job: dict = {}
+    looks: list = []  # (look, the whole family's verdicts at it): seeds.csv
     launched, dataset = 0, None
     for k, n in enumerate(splan.sizes):
         active = [r for r in rows if r not in final]
@@ -263,6 +310,8 @@ def _sequential(suite: Suite, args, all_seeds: list[int], out: Path, runs: Path,
         execute.locate(jobs, runs)
         if k == 0 and args.judge_only:
             _refuse_blind(jobs, runs, out, "--judge-only")
+        if k == 0:
+            on_start(jobs)  # the lock: written (or compared) before the first run
         print(f"[study] stage {k + 1}/{len(splan.sizes)}: {len(active)} undecided row(s), arms {sorted(needed)}, "
               f"{n} seeds each ({sum(j.status == 'completed' for j in jobs)}/{len(jobs)} already completed)")
         if not args.judge_only:
@@ -274,6 +323,7 @@ def _sequential(suite: Suite, args, all_seeds: list[int], out: Path, runs: Path,
         # the whole family judged on every run so far (each arm with the seeds it has), at this look's nominal
         # level: the multiplicity correction applies at every look, the spending function across looks
         verdicts, _ = judge_suite(suite, list(every_job.values()), args.correction, alpha=splan.alphas[k])
+        looks.append((k + 1, verdicts))
         last = k == len(splan.sizes) - 1
         for v in verdicts:
             if v.row not in active:
@@ -289,7 +339,37 @@ def _sequential(suite: Suite, args, all_seeds: list[int], out: Path, runs: Path,
     stages = {r: final[r][1:] for r in rows}
     jobs = list(every_job.values())
     _, sides = judge_suite(suite, jobs, args.correction)
-    return verdicts, sides, jobs, launched, dataset, splan, stages, records
+    return verdicts, sides, jobs, launched, dataset, splan, stages, records, looks
+
+
+def machine_section(the_lock: dict | None, mode: str) -> str:
+    """Which machine and mode produced the numbers: the lock's fingerprint and every launch since."""
+    lines = ["## Machine and mode", ""]
+    if not the_lock:
+        return "\n".join(lines + ["No lock: the machine is not recorded.", ""])
+    locked = the_lock.get("machine", {})
+    lines += [f"Locked on: {machine.describe(locked)} (mode {the_lock.get('mode', 'default')}).", ""]
+    launches = the_lock.get("launches", [])
+    if the_lock.get("runs_before_lock"):
+        lines += [f"{the_lock['runs_before_lock']} run(s) predate the lock: their machine and mode are not "
+                  f"recorded.", ""]
+    if launches:
+        lines += ["| launched | mode | runs | machine differs from the locked one in |", "|---|---|---|---|"]
+        for item in launches:
+            diff = machine.differences(locked, item.get("machine", {}))
+            lines.append(f"| {item['when']} | {item['mode']} | {item['runs']} | {'; '.join(diff) or 'nothing compared'} |")
+        modes = sorted({item["mode"] for item in launches})
+        lines += ["", f"The numbers come from runs made in mode(s): {', '.join(modes)}"
+                  + (" (mixed: runs of different modes may differ in the last digits, and through training "
+                     "by more)" if len(modes) > 1 else "")
+                  + ("; reproducible mode pins the kernels so that another machine with the same torch build and "
+                     "architecture gives the same numbers (study/machine.py)" if "reproducible" in modes else
+                     "; default mode: another machine's CPU kernels may give other numbers (`--reproducible` pins "
+                     "them, README)") + f". This invocation's mode: {mode}.", ""]
+    else:
+        lines += [f"No run was launched under this lock by this version of the study (this invocation's mode: "
+                  f"{mode}).", ""]
+    return "\n".join(lines)
 
 
 def main(argv: list[str]) -> int:
@@ -307,20 +387,36 @@ def main(argv: list[str]) -> int:
     runs = out / "runs"
     if args.dry_run:
         return _dry_run(suite, args, out, runs, auto or suite.seeds)
-    if args.plan:
-        jobs, _ = execute.plan_jobs(suite, args.overrides, out, seeds=auto, link=False)
+    if args.plan:  # every seed the runs folder has, not only the suite's (a study grown by --seeds auto)
+        offsets = {a.seed_offset for a in suite.used_arms()}
+        present = {s - o for s in execute.seeds_present(runs) for o in offsets if s - o >= 0}
+        jobs, _ = execute.plan_jobs(suite, args.overrides, out, seeds=sorted(present | set(auto or suite.seeds)),
+                                    link=False)
         return _plan(suite, args, jobs, runs, out)
     rule = VERDICT_RULE
     stages = records = splan = None
+    execute.REPRODUCIBLE = bool(args.reproducible)
+    mode = "reproducible" if args.reproducible else "default"
+    device = next((o.split("=", 1)[1] for o in reversed(args.overrides) if o.startswith("trainer.device=")), "cpu")
+    locked: dict = {}
+
+    def on_start(jobs_now):
+        """Before the first run: write the lock, or compare with it (refused when changed, unless --amend)."""
+        locked["lock"] = lock.check(out, path.read_text(), path, lock.rule_settings(args, auto, suite.seeds),
+                                    args.amend, machine=lambda: machine.runs_fingerprint(args.reproducible, device),
+                                    mode=mode, runs_before=sum(j.folder is not None for j in jobs_now))
+
     if auto:
         out.mkdir(parents=True, exist_ok=True)
-        verdicts, sides, jobs, launched, dataset, splan, stages, records = _sequential(suite, args, auto, out, runs, rule)
+        verdicts, sides, jobs, launched, dataset, splan, stages, records, looks = _sequential(
+            suite, args, auto, out, runs, rule, on_start)
     else:
         jobs, dataset = execute.plan_jobs(suite, args.overrides, out, link=not args.judge_only)
         execute.locate(jobs, runs)
         if args.judge_only:
             _refuse_blind(jobs, runs, out, "--judge-only")
         out.mkdir(parents=True, exist_ok=True)
+        on_start(jobs)
         done = sum(j.status == "completed" for j in jobs)
         print(f"[study] {suite.name}: {len(suite.claims)} claims, {len({tuple(j.overrides) for j in jobs})} distinct "
               f"arms, {len(jobs)} arm x seed runs ({done} already completed) under {runs}")
@@ -330,6 +426,10 @@ def main(argv: list[str]) -> int:
             if launched:
                 execute.locate(jobs, runs)
         verdicts, sides = judge_suite(suite, jobs, args.correction, args.alpha)
+        looks = [(1, verdicts)]
+    the_lock = locked.get("lock")
+    if launched:
+        lock.record_launch(out, the_lock, mode, machine.runs_fingerprint(args.reproducible, device), launched)
     missing = [f"{j.arm.name} seed {j.seed} ({j.status})" for j in jobs if j.status != "completed"]
     if missing:
         print(f"[study] {len(missing)} run(s) not completed, judged without them: " + "; ".join(missing[:8]))
@@ -346,9 +446,14 @@ def main(argv: list[str]) -> int:
     info = {"data": data, "correction": args.correction, "alpha": args.alpha,
             "runs": f"{launched} run(s) launched this time, {len(jobs) - len(missing)} of "
                     f"{len(jobs)} completed; this invocation took {wall:.0f} s wall.",
-            "opening": opening, "sections": [seeds_md, calibration], "columns": columns}
+            "opening": opening, "sections": [seeds_md, calibration, divergence.section(jobs, seed_status),
+                                             machine_section(the_lock, mode),
+                                             lock.amendments_section(the_lock)],
+            "columns": columns, "header": lock.header_lines(the_lock),
+            "amended": lock.amended_rows(the_lock, verdicts)}
     report = write_report(out, suite, verdicts, sides, info)
-    print(verdict_table(verdicts))
+    seedscsv.write(out, looks, args.correction)  # every number behind the verdicts, full precision
+    print(verdict_table(verdicts, info["amended"]))
     print(seeds_md)
     print(calibration)
     failures = control_failures(verdicts)

@@ -12,7 +12,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .stats import (ALPHA, CONTRADICTED, CORRECTION_NAMES, INCONCLUSIVE, NO_DATA, NO_EFFECT, SUPPORTED, Effect,
-                    rule_text, t_interval)
+                    level_text, rule_text, t_interval)
 from .nullcheck import CANNOT_FAIL
 from .suite import Claim, Suite
 
@@ -53,6 +53,7 @@ class Verdict:
     treatment: ArmNumbers
     reference: ArmNumbers | None
     effect: Effect
+    judged: dict = field(default_factory=dict)  # main.judge_suite: the per-seed arrays judged (seeds.csv)
     null: object = None  # nullcheck.NullCheck: the same test on a null version of the data
 
     @property
@@ -208,6 +209,7 @@ def verdict_rows(verdicts: list[Verdict]) -> pd.DataFrame:
             "accuracy_difference_ci_low": ni.ci[0] if ni else math.nan,
             "accuracy_difference_ci_high": ni.ci[1] if ni else math.nan,
             "p_noninferiority": ni.p if ni else math.nan, "noninferiority": ni.outcome if ni else "",
+            "interval_level": 1 - 2 * e.alpha, "interval_level_text": level_text(e.alpha),
             "zero_variance": e.zero_variance, "verdict": e.verdict, "reason": e.reason,
             "predict": c.predict, "why": c.why, "planted": c.planted, "known_effect": c.known_effect,
             "null_check": v.null.kind if v.null is not None else "",
@@ -220,17 +222,20 @@ def verdict_rows(verdicts: list[Verdict]) -> pd.DataFrame:
 
 
 def _level(verdicts: list[Verdict]) -> str:
-    """'95%': the two-sided level of the effect intervals (1 - 2 alpha; a suite may set its own alpha)."""
-    alpha = verdicts[0].effect.alpha if verdicts else ALPHA
-    return f"{1 - 2 * alpha:.0%}"
+    """'95%': the two-sided level of the effect intervals (1 - 2 alpha) when every row has the same one;
+    'each row's own' when rows were judged at different levels (sequential looks stop rows at levels of
+    their own, e.g. 99.24% at an early look): never one level claimed for all rows that is not theirs."""
+    levels = {v.effect.alpha for v in verdicts} or {ALPHA}
+    return level_text(levels.pop()) if len(levels) == 1 else "each row's own level (column `level`)"
 
 
-def verdict_table(verdicts: list[Verdict]) -> str:
-    """The verdict table (markdown), as the command prints it and report.md shows it under the rule."""
+def verdict_table(verdicts: list[Verdict], amended: dict | None = None) -> str:
+    """The verdict table (markdown), as the command prints it and report.md shows it under the rule;
+    ``amended``: row -> the amendments (lock.py) that touched its claim, marked beside the verdict."""
+    amended = amended or {}
     head = ("| claim | §2 | compared | test | n (treat. / ref.) | effect in SESOI unit "
-            f"[{_level(verdicts)} CI, unadjusted] | SESOI | p (raw → adj.) | accuracy (treat. / ref.) | verdict "
-            "| null check |")
-    lines = [head, "|" + "---|" * 11]
+            "[CI, unadjusted] | level | SESOI | p (raw → adj.) | accuracy (treat. / ref.) | verdict | null check |")
+    lines = [head, "|" + "---|" * 12]
     for v in verdicts:
         e, c = v.effect, v.claim
         acc_t = v.treatment.mean_ci("accuracy")[0]
@@ -243,9 +248,10 @@ def verdict_table(verdicts: list[Verdict]) -> str:
         p_text = "n/a" if not which else f"{which} {_f(p_raw, 2)}" + (
             f" → {_f(p_adj, 2)}" if e.correction != "none" and v.in_family else "")
         lines.append(f"| {v.row} | {claim_label(c)} | {compared} | {e.test_name} | {_n_text(v)} | "
-                     f"{fmt(value)} {_interval_text(ci, fmt)} | {_sesoi_text(c)} | {p_text} | "
-                     f"{_f(acc_t)} / {_f(acc_r)}{_ni_text(e)} | **{e.verdict}**{_theory_mark(c, e)} | "
-                     f"{v.null.text() if v.null is not None else 'n/a'} |")
+                     f"{fmt(value)} {_interval_text(ci, fmt)} | {level_text(e.alpha)} | {_sesoi_text(c)} | {p_text} | "
+                     f"{_f(acc_t)} / {_f(acc_r)}{_ni_text(e)} | **{e.verdict}**{_theory_mark(c, e)}"
+                     + (f" (after amendment {', '.join(map(str, amended[v.row]))})" if v.row in amended else "")
+                     + f" | {v.null.text() if v.null is not None else 'n/a'} |")
     return "\n".join(lines)
 
 
@@ -376,7 +382,7 @@ def forest_plot(verdicts: list[Verdict], path: Path) -> None:
     origin = lambda c: ("negative control" if c.control else "exploratory" if c.paper_claim is None  # noqa: E731
                         else f"§2.{c.paper_claim}")
     ax.set_yticklabels([f"{v.row} ({origin(v.claim)}; /{forest_scale(v)[1]})" for v in reversed(verdicts)], fontsize=8)
-    ax.set_xlabel(f"effect toward the prediction / SESOI, {_level(verdicts)} interval (row ticks: the thresholds; "
+    ax.set_xlabel(f"effect toward the prediction / SESOI, interval at {_level(verdicts)} (row ticks: the thresholds; "
                   "dotted: unbounded)", fontsize=8)
     handles = [ax.plot([], [], "o-", color=c, label=k)[0] for k, c in COLORS.items()]
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -417,12 +423,15 @@ def write_report(out: Path, suite: Suite, verdicts: list[Verdict], sides: dict, 
     table = verdict_rows(verdicts)
     for name, by_row in info.get("columns", {}).items():  # plan.seeds_section: seeds used, stage stopped at
         table[name] = [by_row.get(row) for row in table["claim"]]
+    amended = info.get("amended", {})
+    table["amendments"] = [" ".join(map(str, amended.get(row, []))) for row in table["claim"]]
     table.to_csv(out / "verdicts.csv", index=False)
     forest_plot(verdicts, out / "forest.png")
     correction = info.get("correction", verdicts[0].effect.correction if verdicts else "holm")
     family = [v.row for v in verdicts if v.in_family and v.effect.verdict != NO_DATA]
     flagged = [v.row for v in verdicts if v.cannot_fail and v.claim.family_member]
-    lines = [f"# Study `{suite.name}`", "", *info.get("opening", [])]  # calibrate.py's warnings, if any
+    lines = [f"# Study `{suite.name}`", "", *info.get("header", []),  # lock.py: the lock's hash and state
+             *info.get("opening", [])]  # calibrate.py's warnings, if any
     alpha = info.get("alpha", suite.alpha)
     failures = control_failures(verdicts)
     if failures:
@@ -430,17 +439,22 @@ def write_report(out: Path, suite: Suite, verdicts: list[Verdict], sides: dict, 
                   f"that matters, so it must come out `no effect of interest` at the claims' SESOI; a planted "
                   f"positive must come out `supported`; until they do, this suite's verdicts are not to be trusted "
                   f"(too few seeds, a window too short, or a bias in the pipeline).", ""]
-    lines += [f"Level: one-sided alpha = {alpha:g} per test, two-sided {1 - 2 * alpha:.0%} intervals; "
+    levels = sorted({v.effect.alpha for v in verdicts})
+    level = (f"two-sided {level_text(alpha)} intervals" if levels in ([], [alpha]) else
+             f"each row at the level of the look it stopped at (column `level`: "
+             f"{', '.join(level_text(a) for a in levels)}; one-sided levels {', '.join(f'{a:.4g}' for a in levels)})")
+    lines += [f"Level: one-sided alpha = {alpha:g} per test and direction over the whole study, {level}; "
               f"multiplicity: {CORRECTION_NAMES[correction]} over the family of {len(family)} claim row(s) "
               f"({', '.join(family) or 'none'}; controls judged unadjusted"
               + (f"; left out as they cannot fail as stated (null check): {', '.join(flagged)}" if flagged else "")
               + ").", "",
               "```", rule_text(alpha, correction).rstrip(), "```", "",
-              verdict_table(verdicts), "",
+              verdict_table(verdicts, amended), "",
               f"Suite `{suite.path.name}`; seeds {suite.seeds}; data: {info.get('data', 'as each arm says')}; "
               f"{info.get('runs', '')}", "",
               "Columns: effect in the claim's SESOI unit (difference; relative change; relative change of the "
-              f"non-zero fraction 1 − s), natural sign, with its {_level(verdicts)} interval before any multiplicity "
+              f"non-zero fraction 1 − s), natural sign, with its interval (level: the `level` column, {_level(verdicts)}) "
+              "before any multiplicity "
               "adjustment "
               "(the verdict uses the adjusted p-values; Fieller's for ratios; "
               "`unbounded` where the reference cannot be told from 0); p: the one-sided p-value of the "
@@ -501,7 +515,7 @@ def write_report(out: Path, suite: Suite, verdicts: list[Verdict], sides: dict, 
                   f"{_interval_text(e.rel_ci, _pct)}")
         if not math.isnan(e.nonzero_rel) and (c.metric.probe == "sparsity" or c.sesoi_unit == "nonzero_relative"):
             effect += f"; non-zero fraction {_pct(e.nonzero_rel)} {_interval_text(e.nonzero_rel_ci, _pct)}"
-        effect += (f" ({e.test_name}, {1 - 2 * e.alpha:.0%}). theta (toward the prediction, {c.sesoi_unit}) "
+        effect += (f" ({e.test_name}, {level_text(e.alpha)} intervals). theta (toward the prediction, {c.sesoi_unit}) "
                    f"{_f(e.aligned)} "
                    f"{_interval_text(e.aligned_ci)}; one-sided p: sup {_f(e.p_sup_joint, 2)}, con {_f(e.p_con, 2)}, "
                    f"tost {_f(e.p_tost, 2)}")

@@ -41,15 +41,17 @@ RULE = """\
 How to read a verdict. theta is the claim's effect in its SESOI unit (difference, relative change, or
 relative change of the non-zero fraction 1 - s), signed so that positive is the predicted direction;
 delta is the smallest effect of interest (SESOI). Each claim gets three one-sided t tests at
-alpha = {alpha:g} and the two-sided {level:.0%} interval for theta (Fieller's; the same tests inverted):
+alpha = {alpha:g} and the two-sided {level} interval for theta (Fieller's; the same tests inverted):
   supported             theta > +delta: the interval lies wholly above +delta (p_sup < alpha);
   contradicted          theta < -delta: the interval lies wholly below -delta (p_con < alpha);
   no effect of interest |theta| < delta: TOST equivalence, the interval lies within (-delta, +delta)
                         (p_tost = the larger of the two one-sided p-values < alpha; impossible when delta = 0);
   inconclusive          anything else: the seeds cannot tell (more seeds may; `sparsity-exp study --plan`);
   no data               fewer than {min_seeds} seeds with a value in an arm (runs missing, failed or diverged).
-Seeds without a value are left out of the tests (valid only if they did not fail because of the arm); a
-verdict that left some out says how many.
+A seed whose loss diverged (non-finite) is an outcome of its arm: it is counted at the worst value seen
+in the comparison for the claim's direction (study/divergence.py), so a diverging arm cannot look better;
+seeds missing for reasons outside the arm (crash, refused, not run) are left out, and a verdict that left
+some out says how many.
 A bound claim ("stays below/above B") is judged at every measured step of its window (intersection-union:
 supported only when every step's interval lies beyond B; contradicted when some step's lies wholly on the
 other side, Bonferroni over the steps); its margin is B itself (no SESOI on top).
@@ -59,7 +61,7 @@ A claim with an accuracy non-inferiority margin m ("at equal accuracy") is `supp
 accuracy difference's interval also lies above -m (intersection-union; p_sup is then the larger of the
 two); sparser but not shown non-inferior reads `inconclusive`, with the reason.
 Multiplicity: each of the three p-values is adjusted over the family (the suite's claims that are not
-negative controls) by {correction}; the verdict uses the adjusted p-values, so a {level:.0%} interval beyond
+negative controls) by {correction}; the verdict uses the adjusted p-values, so a {level} interval beyond
 the SESOI can still read `inconclusive` after the adjustment (the reason says so). Holm controls the
 family-wise rate of each kind of wrong verdict (a false `supported`, a false `contradicted`, a false
 `no effect of interest`) at alpha under any dependence between rows (rows sharing a reference arm are
@@ -74,8 +76,21 @@ CORRECTION_NAMES = {"holm": "Holm's step-down", "bh": "Benjamini-Hochberg", "by"
                     "none": "no correction"}
 
 
+def level_text(alpha: float) -> str:
+    """The two-sided level 1 - 2 alpha of an interval, with enough digits that it never rounds to 100%:
+    two significant digits of what lies outside it (0.025 -> '95%', 0.0038 -> '99.24%', 4.5e-5 -> '99.991%')."""
+    if not 0 < alpha < 0.5 or not math.isfinite(alpha):
+        return "n/a"
+    outside = 200 * alpha  # percent outside the interval
+    decimals = max(0, 1 - math.floor(math.log10(outside)))
+    text = f"{100 - outside:.{decimals}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text + "%"
+
+
 def rule_text(alpha: float = ALPHA, correction: str = "holm") -> str:
-    return RULE.format(alpha=alpha, level=1 - 2 * alpha, min_seeds=MIN_SEEDS,
+    return RULE.format(alpha=alpha, level=level_text(alpha), min_seeds=MIN_SEEDS,
                        correction=CORRECTION_NAMES.get(correction, correction))
 
 
@@ -523,26 +538,26 @@ def redecide(e: Effect) -> None:
     lo, hi, d = e.aligned_ci.low, e.aligned_ci.high, e.sesoi
     ci = f"[{lo:.3g}, {hi:.3g}]"
     if raw == SUPPORTED:
-        e.verdict, e.reason = SUPPORTED, f"the {1 - 2 * e.alpha:.0%} CI of theta {ci} lies above +SESOI {d:g}"
+        e.verdict, e.reason = SUPPORTED, f"the {level_text(e.alpha)} CI of theta {ci} lies above +SESOI {d:g}"
         if ni is not None:
             e.reason += f" and accuracy is non-inferior (margin {ni.margin:g})"
     elif raw == CONTRADICTED:
-        e.verdict, e.reason = CONTRADICTED, f"the {1 - 2 * e.alpha:.0%} CI of theta {ci} lies below -SESOI {-d:g}"
+        e.verdict, e.reason = CONTRADICTED, f"the {level_text(e.alpha)} CI of theta {ci} lies below -SESOI {-d:g}"
     elif raw == NO_EFFECT:
         e.verdict = NO_EFFECT
-        e.reason = f"equivalence (TOST): the {1 - 2 * e.alpha:.0%} CI of theta {ci} lies within ±{d:g}"
+        e.reason = f"equivalence (TOST): the {level_text(e.alpha)} CI of theta {ci} lies within ±{d:g}"
     else:
         e.verdict = INCONCLUSIVE
         if ni is not None and nan1(e.p_sup) < e.alpha and not ni.shown:
             e.reason = (f"sparser beyond the SESOI (CI {ci}), but accuracy non-inferiority at margin {ni.margin:g} "
                         f"is {ni.outcome} (accuracy difference {ni.diff:+.3g}, CI [{ni.ci.low:.3g}, {ni.ci.high:.3g}])")
         elif min(nan1(e.p_sup_joint), nan1(e.p_con), nan1(e.p_tost)) < e.alpha:
-            e.reason = (f"the {1 - 2 * e.alpha:.0%} CI of theta {ci} alone would decide, but not after the "
+            e.reason = (f"the {level_text(e.alpha)} CI of theta {ci} alone would decide, but not after the "
                         f"{e.correction} adjustment over "
                         f"{e.family_size} claims")
         else:
-            e.reason = (f"the {1 - 2 * e.alpha:.0%} CI of theta ({e.sesoi_unit}) {ci} reaches across ±SESOI {d:g}"
-                        if d > 0 else f"the {1 - 2 * e.alpha:.0%} CI of theta ({e.sesoi_unit}) {ci} includes 0")
+            e.reason = (f"the {level_text(e.alpha)} CI of theta ({e.sesoi_unit}) {ci} reaches across ±SESOI {d:g}"
+                        if d > 0 else f"the {level_text(e.alpha)} CI of theta ({e.sesoi_unit}) {ci} includes 0")
     if e.kind == "bound" and not (ni is not None or (e.verdict == INCONCLUSIVE and "adjustment" in e.reason)):
         e.reason = _bound_reason(e)
     if adj and e.verdict != INCONCLUSIVE:
@@ -592,7 +607,7 @@ def _bound_reason(e: Effect) -> str:
     steps = e.window_steps or ["the last"]
     where = f"every measured step of {steps}" if len(steps) > 1 else f"step {steps[0]}"
     ci = f"[{e.aligned_ci.low:.3g}, {e.aligned_ci.high:.3g}]"
-    level = f"{1 - 2 * e.alpha:.0%}"
+    level = f"{level_text(e.alpha)}"
     if e.verdict == SUPPORTED:
         return f"at {where} the {level} CI lies beyond the bound (weakest step {e.worst_step}: theta {ci})" \
             if e.worst_step is not None else f"the {level} CI of theta {ci} lies beyond the bound"
