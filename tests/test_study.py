@@ -192,7 +192,9 @@ def test_report_files(tmp_path):
     text = report.read_text()
     assert text.index("| claim |") < text.index("## effect")  # the verdict table comes before the claims
     assert text.index("alpha = 0.025") < text.index("| claim |")  # the rule and its alpha at the top
-    assert "Holm's step-down over the family of 3 claim row(s)" in text
+    # `bounded` (ratio80 ~20 against the cap 100) already holds at step 0: it cannot fail and leaves the family
+    assert "Holm's step-down over the family of 2 claim row(s)" in text
+    assert "left out as they cannot fail as stated (null check): bounded" in text
     assert "| control | control |" in text and "exploratory" not in text.split("| claim |")[1].split("\n")[2]
     assert "](forest.png)" in text and "/" not in text.split("](forest.png)")[0].split("(")[-1]
     table = pd.read_csv(out / "verdicts.csv")

@@ -335,9 +335,9 @@ def test_seeds_auto_adds_seeds_only_where_undecided(tmp_path, monkeypatch, capsy
     assert table.loc["big", "verdict"] == "supported"
     assert table.loc["flat", "stage"] == 2 and table.loc["flat", "seeds_per_arm"] == 6
     report = (out / "report.md").read_text()
-    assert "## Seeds" in report and "stage 1 of 2" in report and "## Calibration of the verdict rule" in report
+    assert "## Seeds" in report and "stage 1 of 2" in report and "## Calibration of the procedure" in report
     assert "O'Brien-Fleming" in report
-    assert "false-positive rate measured on these runs" in table.loc["control", "reason"]  # beside the control
+    assert "passes a true null in" in table.loc["control", "reason"]  # beside the control
     # the same command again: everything is there, nothing is launched, the same verdicts
     launched.clear()
     assert main([str(tmp_path / "suite.yaml"), "--seeds", "auto", "--max-seeds", "6", "--stages", "2",
