@@ -206,6 +206,7 @@ def test_a_planted_positive_must_be_supported_and_cover_its_known_effect(tmp_pat
     _, verdicts, _ = _judged(tmp_path, text.replace("KNOWN", "0.5"))
     planted = next(v for v in verdicts if v.row == "planted")
     assert planted.effect.verdict == stats.SUPPORTED and not planted.in_family
+    assert not planted.cannot_fail and "(planted: expected)" in planted.null.text()  # shown, never flagged
     assert not any("planted" in f for f in control_failures(verdicts))
     _, verdicts, _ = _judged(tmp_path / "off", text.replace("KNOWN", "0.2"))
     assert any("misses the effect known in advance" in f for f in control_failures(verdicts))

@@ -14,6 +14,7 @@ The null version depends on the claim's kind (what the claim says training or an
     seed** (step 0 of seed i+1 against step 0 of seed i, paired as the claim is): no training in between.
   * ``bound`` ("stays below/above B" in training): **step-0 values** against B. A bound the random init
     already satisfies (the authors' plot cap 100 for a ratio80 of ~7) reads `supported` and is flagged.
+  * a planted positive (``planted: true``): shown, never flagged (its effect is there by construction);
   * ``predict: no_effect`` (the theory predicts |theta| < SESOI): the treatment **shifted by 2 x SESOI**
     (in the metric's difference units, from the reference mean): a claim made false by one SESOI beyond
     the margin; if the test still reads `no effect of interest`, it cannot fail.
@@ -47,14 +48,18 @@ class NullCheck:
 
     @property
     def cannot_fail(self) -> bool:
-        return self.verdict == self.theory_outcome
+        return bool(self.theory_outcome) and self.verdict == self.theory_outcome
 
     def text(self) -> str:
-        flag = f" → **{CANNOT_FAIL}**" if self.cannot_fail else ""
+        flag = f" → **{CANNOT_FAIL}**" if self.cannot_fail else "" if self.theory_outcome else " (planted: expected)"
         return f"{self.kind}: {self.verdict}{flag}"
 
 
 def theory_outcome(claim) -> str:
+    """The outcome the claim's theory predicts ('' for a planted positive: its effect is there by construction,
+    often from step 0 on, which is what makes it known in advance; its null check is shown, never flagged)."""
+    if getattr(claim, "planted", False):
+        return ""
     return stats.NO_EFFECT if getattr(claim, "predict", "effect") == "no_effect" else stats.SUPPORTED
 
 
