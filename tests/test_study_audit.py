@@ -52,6 +52,11 @@ def test_a_changed_suite_is_refused_without_amend_and_recorded_with_it(tmp_path,
     assert locked["lock_hash"] == lock.lock_hash(locked)
     report = (out / "report.md").read_text()
     assert f"Pre-registration lock `{locked['lock_hash'][:16]}`" in report and "before any run" in report
+    # the machine and mode that produced the numbers
+    assert locked["mode"] == "default" and locked["launches"][0]["mode"] == "default"
+    assert locked["launches"][0]["runs"] == 15 and "## Machine and mode" in report
+    assert "The numbers come from runs made in mode(s): default" in report
+    assert f"CPU capability {locked['machine']['cpu_capability']}" in report
     # the SESOI of claim `flat` changes after its result was seen: refused, with what changed and how to proceed
     suite.write_text(SUITE.replace("id: flat, paper_claim: 6, statement: flat is sparser, why: w, compare: arms, arms: "
                                    "[ref, flat],\n     metric: {probe: sparsity, metric: activation_sparsity, split: "
@@ -387,3 +392,28 @@ def test_seeds_present_reads_the_run_configs(tmp_path):
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.yaml").write_text(f"seed: {seed}\nmodel: {{width: 8}}\n")
     assert execute.seeds_present(tmp_path) == {0, 7, 107}
+
+
+# ------------------------------------------------------------------------------ machine fingerprint, reproducible mode
+
+def test_reproducible_mode_pins_the_runs_kernels():
+    """The runs' processes (study/launch.py, and this fingerprint's child) get the pinned environment before
+    torch is imported: ATen's portable kernels, one thread, deterministic algorithms, MKL's CNR mode."""
+    from sparsity_exp.study import execute
+
+    import torch
+
+    here = machine.fingerprint()
+    assert here["cpu_capability"] == str(torch.backends.cpu.get_cpu_capability()) and here["torch"] == torch.__version__
+    pinned = machine.runs_fingerprint(True)
+    assert pinned["cpu_capability"] == "DEFAULT" and pinned["threads"] == 1 and pinned["deterministic"]
+    assert pinned["env"]["MKL_CBWR"] == "COMPATIBLE" and "(disabled)" in pinned["onednn"]
+    assert "cpu_capability" in " ".join(machine.differences(here, pinned)) or here["cpu_capability"] == "DEFAULT"
+    try:
+        execute.REPRODUCIBLE = True
+        env = execute._child_env()
+        assert env["ATEN_CPU_CAPABILITY"] == "default" and env[machine.REPRODUCIBLE_FLAG] == "1"
+        execute.REPRODUCIBLE = False
+        assert machine.REPRODUCIBLE_FLAG not in execute._child_env()
+    finally:
+        execute.REPRODUCIBLE = False

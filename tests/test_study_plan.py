@@ -145,11 +145,11 @@ def test_sequential_rule_keeps_its_false_positive_rate_and_the_naive_one_does_no
     fp_naive = _null_rate(naive, four_outcome_rule, "step0", draws)
     assert fp <= alpha + 2.5 * se, fp
     assert fp_naive > alpha + 4 * se, fp_naive  # testing at full alpha at every look inflates it
-    # Pocock-like spending puts ~0.01 at 3 seeds, where a t statistic with 2 df is far from the normal law the
-    # boundaries assume: measured 0.0276 over 80,000 null studies (O'Brien-Fleming: 0.0254), a known ~10% excess
-    # the README states; bounded here so that a worse one fails
+    # Pocock-like spending: each look at the alpha it spends (issue 24; the textbook z levels gave 0.0276 here, a
+    # t statistic with 2 df being far from the normal law they assume); tests/test_study_sequential_rate.py (slow)
+    # checks both spendings and Holm families over 200,000 null studies
     pocock = _null_rate(plan.stage_plan(3, 10, 3, alpha, "pocock"), four_outcome_rule, "step0", draws, seed=1)
-    assert pocock <= 1.15 * alpha + 2.5 * se and pocock < fp_naive - 4 * se, pocock
+    assert pocock <= alpha + 2.5 * se and pocock < fp_naive - 4 * se, pocock
 
 
 @pytest.mark.slow

@@ -357,7 +357,7 @@ def machine_section(the_lock: dict | None, mode: str) -> str:
         lines += ["| launched | mode | runs | machine differs from the locked one in |", "|---|---|---|---|"]
         for item in launches:
             diff = machine.differences(locked, item.get("machine", {}))
-            lines.append(f"| {item['when']} | {item['mode']} | {item['runs']} | {'; '.join(diff) or 'nothing compared'} |")
+            lines.append(f"| {item['when']} | {item['mode']} | {item['runs']} | {'; '.join(diff) or 'nothing (the same fingerprint)'} |")
         modes = sorted({item["mode"] for item in launches})
         lines += ["", f"The numbers come from runs made in mode(s): {', '.join(modes)}"
                   + (" (mixed: runs of different modes may differ in the last digits, and through training "

@@ -75,6 +75,8 @@ def write(out: Path, looks: list[tuple[int, list]], correction: str) -> Path:
     """seeds.csv from every look's verdicts: [(look, verdicts judged at that look), ...]."""
     rows = [r for look, verdicts in looks for v in verdicts for r in verdict_rows(v, look, correction)]
     table = pd.DataFrame(rows)
+    if len(table):
+        table["step"] = table["step"].astype("Int64")  # an integer step, empty where a seed has none
     path = out / NAME
     table.to_csv(path, index=False, float_format=None)
     return path
