@@ -144,6 +144,8 @@ RULES: dict[str, Rule] = {
     "model.name": Rule("str", choices=tuple(sorted(MODELS))),
     "activation.name": Rule("str", choices=tuple(sorted(ACTIVATIONS))),
     "modules.activation": Rule("str", choices=tuple(sorted(ACTIVATIONS)), nullable=True),
+    "modules.dead_units.fraction": Rule("number", low=0, high=1, high_open=True),
+    "modules.dead_units.seed": count(),
     # the activation's own fields, checked with every other value so one error lists them all (the
     # constructors' checks stay for direct use)
     "activation.shift_x": Rule("number"),

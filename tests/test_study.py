@@ -102,14 +102,14 @@ arms:
   ref_reseeded: {base: ref, seed_offset: 100}
   treat: {overrides: [model.width=32]}
 claims:
-  - {id: effect, paper_claim: 7, statement: treat is sparser, compare: arms, arms: [ref, treat],
+  - {id: effect, paper_claim: 7, statement: treat is sparser, why: w, compare: arms, arms: [ref, treat],
      metric: {probe: sparsity, metric: activation_sparsity, split: test}, direction: increase, sesoi: 0.02}
-  - {id: emerge, paper_claim: 3, statement: sparsity rises, compare: step0, arms: [ref],
+  - {id: emerge, paper_claim: 3, statement: sparsity rises, why: w, compare: step0, arms: [ref],
      metric: {probe: sparsity, metric: activation_sparsity, split: test}, window: {mean_last: 2},
      direction: increase, sesoi: 0.02}
-  - {id: bounded, paper_claim: 4, statement: ratio stays below 100, compare: bound, bound: 100, arms: [ref],
+  - {id: bounded, paper_claim: 4, statement: ratio stays below 100, why: w, compare: bound, bound: 100, arms: [ref],
      window: {every_from_step: 100}, metric: {probe: spectrum, metric: ratio80, split: train}, direction: decrease}
-  - {id: control, paper_claim: null, control: true, statement: nothing, compare: arms, arms: [ref, ref_reseeded],
+  - {id: control, paper_claim: null, control: true, statement: nothing, why: w, compare: arms, arms: [ref, ref_reseeded],
      metric: {probe: sparsity, metric: activation_sparsity, split: test}, direction: increase, sesoi: 0.01}
 """
 
@@ -192,7 +192,9 @@ def test_report_files(tmp_path):
     text = report.read_text()
     assert text.index("| claim |") < text.index("## effect")  # the verdict table comes before the claims
     assert text.index("alpha = 0.025") < text.index("| claim |")  # the rule and its alpha at the top
-    assert "Holm's step-down over the family of 3 claim row(s)" in text
+    # `bounded` (ratio80 ~20 against the cap 100) already holds at step 0: it cannot fail and leaves the family
+    assert "Holm's step-down over the family of 2 claim row(s)" in text
+    assert "left out as they cannot fail as stated (null check): bounded" in text
     assert "| control | control |" in text and "exploratory" not in text.split("| claim |")[1].split("\n")[2]
     assert "](forest.png)" in text and "/" not in text.split("](forest.png)")[0].split("(")[-1]
     table = pd.read_csv(out / "verdicts.csv")
@@ -230,9 +232,9 @@ arms:
   base: {overrides: [trainer.steps=2, trainer.log_every=1, trainer.eval_every=1, model.width=8, model.depth=1,
                      probes=cheap, trainer.checkpoint_every=0]}
 claims:
-  - {id: emerge, paper_claim: 3, statement: sparsity rises, compare: step0, arms: [base],
+  - {id: emerge, paper_claim: 3, statement: sparsity rises, why: w, compare: step0, arms: [base],
      metric: {probe: sparsity, metric: activation_sparsity, split: test}, direction: increase, sesoi: 0}
-  - {id: control, paper_claim: 0, control: true, statement: nothing, compare: arms, arms: [base, base],
+  - {id: control, paper_claim: 0, control: true, statement: nothing, why: w, compare: arms, arms: [base, base],
      metric: {probe: sparsity, metric: activation_sparsity, split: test}, direction: increase, sesoi: 0.01}
 """
 
@@ -327,9 +329,9 @@ arms:
   other: {data: auto, overrides: [model.width=32]}
   ref_reseeded: {base: ref, seed_offset: 100}
 claims:
-  - {id: effect, paper_claim: null, statement: s, compare: arms, arms: [ref, other],
+  - {id: effect, paper_claim: null, statement: s, why: w, compare: arms, arms: [ref, other],
      metric: {probe: sparsity, metric: activation_sparsity, split: test}, direction: increase, sesoi: 0.02}
-  - {id: control, paper_claim: null, control: true, statement: c, compare: arms, arms: [ref, ref_reseeded],
+  - {id: control, paper_claim: null, control: true, statement: c, why: w, compare: arms, arms: [ref, ref_reseeded],
      metric: {probe: sparsity, metric: activation_sparsity, split: test}, direction: increase, sesoi: 0.02}
 """)
     suite = load_suite(suite_file)

@@ -55,10 +55,10 @@ def test_a_changed_suite_is_refused_without_amend_and_recorded_with_it(tmp_path,
     assert "The numbers come from runs made in mode(s): default" in report
     assert f"CPU capability {locked['machine']['cpu_capability']}" in report
     # the SESOI of claim `flat` changes after its result was seen: refused, with what changed and how to proceed
-    suite.write_text(SUITE.replace("id: flat, paper_claim: 6, statement: flat is sparser, compare: arms, arms: "
+    suite.write_text(SUITE.replace("id: flat, paper_claim: 6, statement: flat is sparser, why: w, compare: arms, arms: "
                                    "[ref, flat],\n     metric: {probe: sparsity, metric: activation_sparsity, split: "
                                    "test}, direction: increase, sesoi: 0.02",
-                                   "id: flat, paper_claim: 6, statement: flat is sparser, compare: arms, arms: "
+                                   "id: flat, paper_claim: 6, statement: flat is sparser, why: w, compare: arms, arms: "
                                    "[ref, flat],\n     metric: {probe: sparsity, metric: activation_sparsity, split: "
                                    "test}, direction: increase, sesoi: 0.03"))
     assert suite.read_text() != SUITE
@@ -206,14 +206,14 @@ def test_a_diverged_seed_counts_at_the_worst_value_and_a_crashed_one_is_missing(
 
 # ------------------------------------------------------------------------------ seeds.csv
 
-AUDIT_SUITE = SUITE.replace("""  - {id: big, paper_claim: 7, statement: big is sparser, compare: arms, arms: [ref, big],
+AUDIT_SUITE = SUITE.replace("""  - {id: big, paper_claim: 7, statement: big is sparser, why: w, compare: arms, arms: [ref, big],
      metric: {probe: sparsity, metric: activation_sparsity, split: test}, direction: increase, sesoi: 0.02}""",
-                            """  - {id: big, paper_claim: 7, statement: big is sparser, compare: arms, arms: [ref, big],
+                            """  - {id: big, paper_claim: 7, statement: big is sparser, why: w, compare: arms, arms: [ref, big],
      metric: {probe: sparsity, metric: activation_sparsity, split: test}, direction: increase, sesoi: 0.02,
      noninferiority: {margin: 0.01}}
-  - {id: emerge, paper_claim: 3, statement: sparsity rises, compare: step0, arms: [ref], window: {mean_last: 2},
+  - {id: emerge, paper_claim: 3, statement: sparsity rises, why: w, compare: step0, arms: [ref], window: {mean_last: 2},
      metric: {probe: sparsity, metric: activation_sparsity, split: test}, direction: increase, sesoi: 0.02}
-  - {id: bounded, paper_claim: 4, statement: stays below 0.95, compare: bound, bound: 0.95, arms: [flat],
+  - {id: bounded, paper_claim: 4, statement: stays below 0.95, why: w, compare: bound, bound: 0.95, arms: [flat],
      window: {every_from_step: 0}, metric: {probe: sparsity, metric: activation_sparsity, split: test},
      direction: decrease}""")
 
@@ -295,13 +295,13 @@ arms:
   ref_reseeded: {base: ref, seed_offset: 100}
   mod: {overrides: [model.width=24]}
 claims:
-  - {id: mod, paper_claim: 7, statement: mod is sparser at equal accuracy, compare: arms, arms: [ref, mod],
+  - {id: mod, paper_claim: 7, statement: mod is sparser at equal accuracy, why: w, compare: arms, arms: [ref, mod],
      metric: {probe: sparsity, metric: activation_sparsity, split: test}, direction: increase, sesoi: 0.02,
      noninferiority: {margin: 0.01}}
-  - {id: bounded, paper_claim: 4, statement: stays below 0.62, compare: bound, bound: 0.62, arms: [ref],
+  - {id: bounded, paper_claim: 4, statement: stays below 0.62, why: w, compare: bound, bound: 0.62, arms: [ref],
      window: {every_from_step: 50}, metric: {probe: sparsity, metric: activation_sparsity, split: test},
      direction: decrease}
-  - {id: control, paper_claim: null, control: true, statement: nothing, compare: arms, arms: [ref, ref_reseeded],
+  - {id: control, paper_claim: null, control: true, statement: nothing, why: w, compare: arms, arms: [ref, ref_reseeded],
      metric: {probe: sparsity, metric: activation_sparsity, split: test}, direction: increase, sesoi: 0.01}
 """
 

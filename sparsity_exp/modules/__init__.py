@@ -11,6 +11,8 @@ log their sizes (probe ``modules``):
   modules.zeroth_bias      per-token biases with clipping                    -> zeroth_bias_abs
   noise / protocol=weight_noise   token-wise Gaussian weight noise, training mode only
   (any scheduled activation)      k_t of the mixed activation                -> jsrelu_portion
+  modules.dead_units       a fixed seeded mask zeroing a known fraction of units (a study's planted
+                           positive, not a paper module: dead_units.py)
 
 All state lives in the model's parameters (state dict, checkpoints); schedules are functions of the
 trainer's step, so a resumed run gets them back by applying the interventions again.
@@ -116,6 +118,11 @@ def apply_interventions(cfg, model, sites, sample_forward=None) -> list[Callback
         hooks = WeightNoise(noise.get("rho", 0.1), grad_through_scale=noise.get("grad_through_scale", False))
         for s in sites:
             hooks.install(target_linears(s, noise.get("targets", "key")))
+    du = mods.get("dead_units") or {}
+    if float(du.get("fraction", 0.0) or 0.0) > 0:
+        from .dead_units import kill_units
+
+        kill_units(sites, float(du["fraction"]), int(du.get("seed", 0)))
     callbacks.append(ActivationSchedule(sites))
     return callbacks
 

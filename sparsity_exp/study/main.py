@@ -15,12 +15,13 @@ from ..dotted import flatten
 from ..errors import ConfigError, UserError
 from . import calibrate, divergence, execute, lock, machine, plan, procedure, seedscsv
 from .report import ArmNumbers, Verdict, claim_plot, control_failures, verdict_table, write_report
+from .nullcheck import null_check
 from .stats import (CORRECTIONS, NO_DATA, adjust, first_finite_value, judge, series, step0_value, window_value,
                     window_values)
 from .suite import Side, Suite, load_suite, suite_path
 
 USAGE = ("sparsity-exp study SUITE [overrides] [--out DIR] [--seeds 0,1,2 | --seeds auto --max-seeds N] "
-         "[--correction holm|bh|none] [--judge-only] [--plan] [--dry-run] [--amend WHY] [--reproducible]")
+         "[--correction holm|bh|by|none] [--judge-only] [--plan] [--dry-run] [--amend WHY] [--reproducible]")
 
 # The verdict rule the sequential stages, the plan's replay and the calibration apply (plan.Rule): the
 # four-outcome rule of stats.judge at a given one-sided level.
@@ -48,8 +49,8 @@ def _parser() -> argparse.ArgumentParser:
                    "alpha-spending function, O'Brien-Fleming-like (obf: little alpha at early looks) or pocock")
     p.add_argument("--alpha", type=float, default=None, help="one-sided level per direction of the verdicts, the "
                    "sequential stages, the plan and the calibration (default 0.025 = the report's 95%% CI)")
-    p.add_argument("--planted", type=float, default=None, help="the calibration's planted positive, in SESOI "
-                   "units (default: the shift at which the plan gives 95%% power on the control's variance)")
+    p.add_argument("--planted", type=float, default=None, help="the bias, in SESOI units, a negative control must "
+                   "catch in the calibration's simulated studies (planted as through a dead-units arm; default 1.5)")
     p.add_argument("--judge-only", action="store_true", help="run nothing; judge the runs already there "
                    "(refused when none are found and a report would be overwritten: give --out DIR)")
     p.add_argument("--plan", action="store_true", help="run and write nothing; print per claim the seeds per "
@@ -67,7 +68,9 @@ def _parser() -> argparse.ArgumentParser:
                    "deterministic algorithms; study/machine.py), at a speed cost (README)")
     p.add_argument("--correction", choices=sorted(CORRECTIONS), default="holm",
                    help="multiplicity adjustment over the suite's claims (negative controls excluded): Holm's "
-                        "step-down (default, family-wise error), Benjamini-Hochberg (false discovery rate) or none")
+                        "step-down (default, family-wise error, valid under any dependence such as a shared "
+                        "reference arm), Benjamini-Hochberg (false discovery rate; independence or positive "
+                        "dependence), Benjamini-Yekutieli (by: false discovery rate under any dependence) or none")
     return p
 
 
@@ -135,7 +138,9 @@ def _rows(folder: Path) -> pd.DataFrame | None:
 def judge_suite(suite: Suite, jobs: list[execute.Job], correction: str = "holm",
                 alpha: float | None = None) -> tuple[list[Verdict], dict]:
     """Every claim's verdicts (stats.judge per comparison at the one-sided level ``alpha``, the suite's by
-    default), then re-decided under ``correction`` over the suite's non-control claims (stats.adjust)."""
+    default), each beside its null check (nullcheck.py), then re-decided under ``correction`` over the
+    family: the suite's claims that are not controls and whose null check does not read the theory's
+    outcome (a claim that cannot fail as stated is judged unadjusted, like a control; stats.adjust)."""
     alpha = suite.alpha if alpha is None else alpha
     rows = {job.folder: _rows(job.folder) for job in jobs if job.status == "completed"}
     verdicts, sides = [], {}
@@ -149,6 +154,7 @@ def judge_suite(suite: Suite, jobs: list[execute.Job], correction: str = "holm",
             treatment, steps = t.values, None
             accuracy = (t.accuracy, r.accuracy) if r is not None else None
             paired = claim.paired(treat, ref, suite.arms)
+            step0s = (t.step0, r.step0 if r is not None else None)
             div_t = [st == divergence.DIVERGED for st in t.status]
             seeds_t, seeds_r, div_r = list(t.seeds), list(t.seeds), list(div_t)
             if claim.compare == "arms":
@@ -159,6 +165,7 @@ def judge_suite(suite: Suite, jobs: list[execute.Job], correction: str = "holm",
                     pick = lambda nums, xs: [xs[nums.seeds.index(s)] for s in common]  # noqa: E731
                     treatment, reference = pick(t, t.values), pick(r, r.values)
                     accuracy = (pick(t, t.accuracy), pick(r, r.accuracy))
+                    step0s = (pick(t, t.step0), pick(r, r.step0))
                     div_t, div_r = pick(t, div_t), pick(r, div_r)
                     seeds_t = seeds_r = common
             elif claim.compare == "step0":
@@ -188,8 +195,10 @@ def judge_suite(suite: Suite, jobs: list[execute.Job], correction: str = "holm",
                       "diverged_r": list(map(bool, div_r)), "worst": worst, "paired": bool(paired) or
                       claim.compare != "arms", "steps": steps, "alpha": alpha,
                       "accuracy": None if accuracy is None else tuple(np.asarray(a, float) for a in accuracy)}
-            verdicts.append(Verdict(row, claim, t, r, effect, judged))
-    adjust([v.effect for v in verdicts], correction, alpha, [v.claim.control for v in verdicts])
+            check = null_check(claim, treatment, reference, *step0s, paired=paired, alpha=suite.alpha)
+            verdicts.append(Verdict(row, claim, t, r, effect, judged, null=check))
+    # the family: claims that are neither controls (negative or planted) nor flagged by their null check
+    adjust([v.effect for v in verdicts], correction, alpha, [not v.in_family for v in verdicts])
     for v in verdicts:  # after the adjustment (which rewrites the reasons): say what divergence did
         n_t, n_r = sum(v.judged["diverged_t"]), sum(v.judged["diverged_r"]) if v.claim.compare != "bound" else 0
         if (n_t or n_r) and v.effect.verdict != NO_DATA:
@@ -434,9 +443,10 @@ def main(argv: list[str]) -> int:
         print(f"[study] {len(missing)} run(s) not completed, judged without them: " + "; ".join(missing[:8]))
     for claim in suite.claims:  # each panel shows the seeds its verdict used (a stage's, under --seeds auto)
         claim_plot(claim, sides[claim.id], out / f"claim_{claim.id}.png", [v for v in verdicts if v.claim is claim])
-    cals = calibrate.calibrate(verdicts, suite, rule, args.alpha, planted_k=args.planted)
+    cals = calibrate.calibrate(verdicts, suite, rule, args.alpha, planted_k=args.planted, splan=splan)
+    family = calibrate.family_calibration(verdicts, args.correction, args.alpha, splan=splan)
     calibrate.annotate(verdicts, cals)
-    opening, calibration = calibrate.calibration_section(cals, args.alpha)
+    opening, calibration = calibrate.calibration_section(cals, args.alpha, family)
     seeds_md, columns = plan.seeds_section(verdicts, splan, stages, records)
     wall = time.perf_counter() - started
     data = (f"{dataset.name} (chosen from {[d.name for d in suite.datasets]}; arms marked `data: auto`)"
@@ -456,8 +466,8 @@ def main(argv: list[str]) -> int:
     print(calibration)
     failures = control_failures(verdicts)
     if failures:
-        print(f"[study] WARNING: negative control {'; '.join(failures)}: see {report}")
-    for line in calibrate.failures(cals):
+        print(f"[study] WARNING: control {'; '.join(failures)}: see {report}")
+    for line in calibrate.failures(cals, family):
         print(f"[study] WARNING: calibration: {line}")
     print(f"[study] data: {data}")
     print(f"[study] {launched} run(s) launched; {wall:.0f} s wall; report: {report}")

@@ -107,10 +107,12 @@ def plan_row(v, level: float, target: float = plan.POWER) -> PlanRow:
 def plan_rows(verdicts, alpha: float, correction: str, auto: bool, base: int, max_seeds: int | None, stages: int,
               spending: str, target: float = plan.POWER) -> tuple[list[PlanRow], str]:
     """Every verdict row's plan at the level the procedure will judge it at, and a line saying which."""
-    family = sum(1 for v in verdicts if not v.claim.control)
+    # the family as judge_suite forms it: no controls (negative or planted), no claim that cannot fail as stated
+    inside = lambda v: getattr(v, "in_family", not v.claim.control)  # noqa: E731
+    family = sum(1 for v in verdicts if inside(v))
     rows = []
     for v in verdicts:
-        level = level_for(alpha, correction, family, auto, base, max_seeds, stages, spending, v.claim.control)
+        level = level_for(alpha, correction, family, auto, base, max_seeds, stages, spending, not inside(v))
         row = plan_row(v, level, target)
         row.note = f"level {level:.3g}" + ("; " + row.note if row.note else "")
         rows.append(row)

@@ -13,11 +13,14 @@ from matplotlib.figure import Figure
 
 from .stats import (ALPHA, CONTRADICTED, CORRECTION_NAMES, INCONCLUSIVE, NO_DATA, NO_EFFECT, SUPPORTED, Effect,
                     level_text, rule_text, t_interval)
+from .nullcheck import CANNOT_FAIL
 from .suite import Claim, Suite
 
 COLORS = {SUPPORTED: "tab:green", NO_EFFECT: "tab:blue", CONTRADICTED: "tab:red", INCONCLUSIVE: "tab:gray",
           NO_DATA: "tab:olive"}
-CONTROL_PASSES = (INCONCLUSIVE, NO_EFFECT)  # a negative control must be neither supported nor contradicted
+# a negative control must show equivalence at its SESOI (the claims' own): `inconclusive` does not pass, since
+# a control that cannot rule out a bias of the claims' size cannot vouch for their verdicts
+CONTROL_PASSES = (NO_EFFECT,)
 
 
 @dataclass
@@ -51,6 +54,17 @@ class Verdict:
     reference: ArmNumbers | None
     effect: Effect
     judged: dict = field(default_factory=dict)  # main.judge_suite: the per-seed arrays judged (seeds.csv)
+    null: object = None  # nullcheck.NullCheck: the same test on a null version of the data
+
+    @property
+    def cannot_fail(self) -> bool:
+        """The null check reads the theory's outcome: the claim cannot fail as stated."""
+        return bool(self.null is not None and self.null.cannot_fail)
+
+    @property
+    def in_family(self) -> bool:
+        """In the multiplicity family: a claim (not a negative control or planted positive) that can fail."""
+        return self.claim.family_member and not self.cannot_fail
 
 
 def _f(x, digits=3) -> str:
@@ -144,6 +158,8 @@ def _ni_text(e: Effect) -> str:
 def claim_label(c: Claim) -> str:
     if c.control:
         return "control"
+    if c.planted:
+        return "planted"
     return "exploratory" if c.paper_claim is None else str(c.paper_claim)
 
 
@@ -195,6 +211,12 @@ def verdict_rows(verdicts: list[Verdict]) -> pd.DataFrame:
             "p_noninferiority": ni.p if ni else math.nan, "noninferiority": ni.outcome if ni else "",
             "interval_level": 1 - 2 * e.alpha, "interval_level_text": level_text(e.alpha),
             "zero_variance": e.zero_variance, "verdict": e.verdict, "reason": e.reason,
+            "predict": c.predict, "why": c.why, "planted": c.planted, "known_effect": c.known_effect,
+            "null_check": v.null.kind if v.null is not None else "",
+            "null_check_verdict": v.null.verdict if v.null is not None else "",
+            "null_check_theta": v.null.effect.aligned if v.null is not None and v.null.effect is not None else math.nan,
+            "cannot_fail": v.cannot_fail, "in_family": v.in_family,
+            "shared_reference": shared_reference_text(v, verdicts),
         })
     return pd.DataFrame(rows)
 
@@ -212,8 +234,8 @@ def verdict_table(verdicts: list[Verdict], amended: dict | None = None) -> str:
     ``amended``: row -> the amendments (lock.py) that touched its claim, marked beside the verdict."""
     amended = amended or {}
     head = ("| claim | §2 | compared | test | n (treat. / ref.) | effect in SESOI unit "
-            "[CI, unadjusted] | level | SESOI | p (raw → adj.) | accuracy (treat. / ref.) | verdict |")
-    lines = [head, "|" + "---|" * 11]
+            "[CI, unadjusted] | level | SESOI | p (raw → adj.) | accuracy (treat. / ref.) | verdict | null check |")
+    lines = [head, "|" + "---|" * 12]
     for v in verdicts:
         e, c = v.effect, v.claim
         acc_t = v.treatment.mean_ci("accuracy")[0]
@@ -224,24 +246,82 @@ def verdict_table(verdicts: list[Verdict], amended: dict | None = None) -> str:
         value, ci, fmt = _unit_value(e)
         which, p_raw, p_adj = decisive_p(e)
         p_text = "n/a" if not which else f"{which} {_f(p_raw, 2)}" + (
-            f" → {_f(p_adj, 2)}" if e.correction != "none" and not c.control else "")
+            f" → {_f(p_adj, 2)}" if e.correction != "none" and v.in_family else "")
         lines.append(f"| {v.row} | {claim_label(c)} | {compared} | {e.test_name} | {_n_text(v)} | "
                      f"{fmt(value)} {_interval_text(ci, fmt)} | {level_text(e.alpha)} | {_sesoi_text(c)} | {p_text} | "
-                     f"{_f(acc_t)} / {_f(acc_r)}{_ni_text(e)} | **{e.verdict}**"
+                     f"{_f(acc_t)} / {_f(acc_r)}{_ni_text(e)} | **{e.verdict}**{_theory_mark(c, e)}"
                      + (f" (after amendment {', '.join(map(str, amended[v.row]))})" if v.row in amended else "")
-                     + " |")
+                     + f" | {v.null.text() if v.null is not None else 'n/a'} |")
     return "\n".join(lines)
 
 
+def _theory_mark(c: Claim, e: Effect) -> str:
+    """' (predicted)' where a claim predicting no effect reads `no effect of interest`: its theory's outcome."""
+    return " (predicted)" if c.predict == "no_effect" and e.verdict == NO_EFFECT else ""
+
+
 def control_failures(verdicts: list[Verdict]) -> list[str]:
-    """Negative controls that fail: `supported` or `contradicted` (the arms differ in nothing that matters),
-    or `no data` (the control was not run, so the suite is unchecked: a failure to report, not a pass)."""
+    """Controls that fail. A negative control passes only as `no effect of interest` at its SESOI (the
+    claims' own): `supported` / `contradicted` is a bias, `inconclusive` a bias of the claims' size not ruled
+    out, `no data` an unchecked suite. A planted positive fails unless `supported`, and is flagged when its
+    interval misses the effect known in advance (the pipeline measures something else than it planted)."""
     out = []
     for v in verdicts:
-        if v.claim.control and v.effect.verdict not in CONTROL_PASSES:
-            out.append(f"{v.row} came out `{v.effect.verdict}`" + (" (not run: the suite is unchecked)"
-                                                                  if v.effect.verdict == NO_DATA else ""))
+        e = v.effect
+        if v.claim.control and e.verdict not in CONTROL_PASSES:
+            why = {NO_DATA: " (not run: the suite is unchecked)",
+                   INCONCLUSIVE: " (a bias as large as the SESOI is not ruled out: equivalence not shown)"}
+            out.append(f"{v.row} came out `{e.verdict}`" + why.get(e.verdict, ""))
+        if v.claim.planted:
+            if e.verdict != SUPPORTED:
+                out.append(f"planted positive {v.row} came out `{e.verdict}`, not `supported`")
+            known = v.claim.known_effect
+            lo, hi = e.aligned_ci.low, e.aligned_ci.high
+            if known is not None and e.aligned_ci.kind == "CI" and not lo <= known <= hi:
+                out.append(f"planted positive {v.row}: its interval [{lo:.3g}, {hi:.3g}] misses the effect known in "
+                           f"advance ({known:g})")
     return out
+
+
+def shared_references(verdicts: list[Verdict]) -> dict[str, list[str]]:
+    """Reference arm -> the family rows (arm comparisons) that use it, where two or more do: their errors are
+    correlated (one unlucky draw of the reference moves every one of those verdicts the same way)."""
+    uses: dict[str, list[str]] = {}
+    for v in verdicts:
+        if v.claim.compare == "arms" and v.reference is not None and not v.claim.control and not v.claim.planted:
+            uses.setdefault(v.reference.arm, []).append(v.row)
+    return {arm: rows for arm, rows in uses.items() if len(rows) > 1}
+
+
+def shared_reference_text(v: Verdict, verdicts: list[Verdict]) -> str:
+    if v.claim.compare != "arms" or v.reference is None:
+        return ""
+    rows = shared_references(verdicts).get(v.reference.arm, [])
+    return ", ".join(r for r in rows if r != v.row) if v.row in rows else ""
+
+
+def shared_reference_section(verdicts: list[Verdict], correction: str) -> str:
+    """The report's note on comparisons that share a reference arm, and whether the correction is valid."""
+    shared = shared_references(verdicts)
+    lines = ["## Shared reference arms", ""]
+    if not shared:
+        return "\n".join(lines + ["No two claim rows share a reference arm: their errors are independent.", ""])
+    for arm, rows in shared.items():
+        lines.append(f"- `{arm}` is the reference of {', '.join(rows)}: their errors are **correlated** (the same "
+                     f"reference seeds enter every one; a reference that reads low makes all of them look like "
+                     f"effects at once).")
+    valid = {"holm": "Holm's step-down controls the family-wise error under arbitrary dependence (it rests on "
+                     "Bonferroni's inequality, not on independence), so the family's stated rate holds with this "
+                     "dependence.",
+             "by": "Benjamini-Yekutieli controls the false discovery rate under arbitrary dependence, so the "
+                   "stated rate holds with this dependence.",
+             "bh": "**Benjamini-Hochberg is proved only under independence or positive regression dependence**; "
+                   "with a shared reference use --correction by (Benjamini-Yekutieli, any dependence) or holm, or "
+                   "give each comparison its own reference seeds (an arm `{base: REF, seed_offset: K}` per "
+                   "comparison; then the test is Welch's).",
+             "none": "No correction: each row's error rate is its own, and rows sharing a reference err together."}
+    lines += ["", valid.get(correction, ""), ""]
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------ figures
@@ -422,23 +502,26 @@ def write_report(out: Path, suite: Suite, verdicts: list[Verdict], sides: dict, 
     table.to_csv(out / "verdicts.csv", index=False)
     forest_plot(verdicts, out / "forest.png")
     correction = info.get("correction", verdicts[0].effect.correction if verdicts else "holm")
-    family = [v.row for v in verdicts if not v.claim.control and v.effect.verdict != NO_DATA]
+    family = [v.row for v in verdicts if v.in_family and v.effect.verdict != NO_DATA]
+    flagged = [v.row for v in verdicts if v.cannot_fail and v.claim.family_member]
     lines = [f"# Study `{suite.name}`", "", *info.get("header", []),  # lock.py: the lock's hash and state
              *info.get("opening", [])]  # calibrate.py's warnings, if any
     alpha = info.get("alpha", suite.alpha)
     failures = control_failures(verdicts)
     if failures:
-        lines += [f"> **WARNING: negative control {'; '.join(failures)}**: its arms differ in nothing that "
-                  f"matters, so it must come out `inconclusive` or `no effect of interest`; until it does, this "
-                  f"suite's verdicts are not to be trusted (too few seeds, a window too short, or a bias in the "
-                  f"pipeline).", ""]
+        lines += [f"> **WARNING: control {'; '.join(failures)}**: a negative control's arms differ in nothing "
+                  f"that matters, so it must come out `no effect of interest` at the claims' SESOI; a planted "
+                  f"positive must come out `supported`; until they do, this suite's verdicts are not to be trusted "
+                  f"(too few seeds, a window too short, or a bias in the pipeline).", ""]
     levels = sorted({v.effect.alpha for v in verdicts})
     level = (f"two-sided {level_text(alpha)} intervals" if levels in ([], [alpha]) else
              f"each row at the level of the look it stopped at (column `level`: "
              f"{', '.join(level_text(a) for a in levels)}; one-sided levels {', '.join(f'{a:.4g}' for a in levels)})")
     lines += [f"Level: one-sided alpha = {alpha:g} per test and direction over the whole study, {level}; "
               f"multiplicity: {CORRECTION_NAMES[correction]} over the family of {len(family)} claim row(s) "
-              f"({', '.join(family) or 'none'}; negative controls judged unadjusted).", "",
+              f"({', '.join(family) or 'none'}; controls judged unadjusted"
+              + (f"; left out as they cannot fail as stated (null check): {', '.join(flagged)}" if flagged else "")
+              + ").", "",
               "```", rule_text(alpha, correction).rstrip(), "```", "",
               verdict_table(verdicts, amended), "",
               f"Suite `{suite.path.name}`; seeds {suite.seeds}; data: {info.get('data', 'as each arm says')}; "
@@ -454,21 +537,36 @@ def write_report(out: Path, suite: Suite, verdicts: list[Verdict], sides: dict, 
               "failed, diverged or are missing. verdicts.csv has every number (all three p-values raw and "
               "adjusted, theta in SESOI units, the exact permutation p of the direction, whose floor is 0.05 "
               "for 3 vs 3 seeds and 0.125 for 3 pairs).", "",
-              "![forest plot](forest.png)", "", *info.get("sections", [])]  # seeds/looks, calibration
+              "Null check (nullcheck.py): the claim's own test on a null version of its data (step-0 values for "
+              "arm and bound claims, step 0 of another seed for emergence claims, shuffled arm labels where there "
+              "is no step 0, the treatment moved 2 x SESOI for a claim predicting no effect); a null check that "
+              f"reads the claim's predicted outcome marks it **{CANNOT_FAIL}**, and it leaves the family.", "",
+              "![forest plot](forest.png)", "", shared_reference_section(verdicts, correction),
+              *info.get("sections", [])]  # seeds/looks, calibration
     for v in verdicts:
         c, e = v.claim, v.effect
-        origin = ("negative control" if c.control else "exploratory claim (no numbered claim of the paper)"
+        origin = ("negative control" if c.control else "planted positive (effect known in advance)" if c.planted
+                  else "exploratory claim (no numbered claim of the paper)"
                   if c.paper_claim is None else f"docs/paper.md §2 claim {c.paper_claim}")
+        predicted = (f"predicted: no effect of interest (|theta| < SESOI; direction of theta: {c.direction})"
+                     if c.predict == "no_effect" else f"predicted: {c.direction}")
         lines += [f"## {v.row}: {c.statement}", "",
-                  f"{origin}. Metric {c.metric.label}, {c.window.label}; predicted: {c.direction}; "
+                  f"{origin}. Metric {c.metric.label}, {c.window.label}; {predicted}; "
                   + (f"bound {c.bound:g} (the margin)" if c.compare == "bound" else
                      f"smallest effect of interest {c.sesoi:g} ({c.sesoi_unit})")
                   + (f"; accuracy non-inferiority margin {c.ni_margin:g}" if c.ni_margin is not None else "")
                   + (f" on {c.ni_metric.label}" if c.ni_metric is not None else "")
                   + (" (lower is better: its 'accuracy' columns show the value negated, so a treatment is "
                      "non-inferior when its difference lies above -margin)" if c.ni_direction == "decrease" else "")
-                  + f"; {e.test_name}." + (f" {c.note}" if c.note else "")
-                  + (f" Why these thresholds: {c.why}" if c.why else ""), ""]
+                  + f"; {e.test_name}." + (f" {c.note}" if c.note else ""), ""]
+        if c.why:
+            lines += [f"Why this {c.margin_kind or 'size'}: {c.why}", ""]
+        if c.known_effect is not None:
+            lines += [f"Effect known in advance: theta = {c.known_effect:g} ({c.sesoi_unit}).", ""]
+        sharing = shared_reference_text(v, verdicts)
+        if sharing:
+            lines += [f"Shares its reference arm `{v.reference.arm}` with {sharing}: correlated errors (section "
+                      f"\"Shared reference arms\").", ""]
         shown = [v.treatment] + ([v.reference] if v.reference is not None else [])
         lines += ["| arm | overrides | seeds | per-seed values | mean [95% t CI] | accuracy mean [CI] |",
                   "|---|---|---|---|---|---|"]
@@ -498,7 +596,7 @@ def write_report(out: Path, suite: Suite, verdicts: list[Verdict], sides: dict, 
                    f"{_f(e.aligned)} "
                    f"{_interval_text(e.aligned_ci)}; one-sided p: sup {_f(e.p_sup_joint, 2)}, con {_f(e.p_con, 2)}, "
                    f"tost {_f(e.p_tost, 2)}")
-        if e.correction != "none" and not c.control and e.verdict != NO_DATA:
+        if e.correction != "none" and v.in_family and e.verdict != NO_DATA:
             effect += (f"; adjusted ({e.correction}, family of {e.family_size}): sup {_f(e.p_sup_adj, 2)}, "
                        f"con {_f(e.p_con_adj, 2)}, tost {_f(e.p_tost_adj, 2)}")
         effect += f"; exact permutation p of the direction {_f(e.p_perm, 2)}."
@@ -506,7 +604,14 @@ def write_report(out: Path, suite: Suite, verdicts: list[Verdict], sides: dict, 
         if ni is not None:
             lines += [f"Accuracy non-inferiority (margin {ni.margin:g}): difference {_f(ni.diff)} "
                       f"{_interval_text(ni.ci)}, p {_f(ni.p, 2)}: **{ni.outcome}**.", ""]
-        lines += [f"**Verdict: {e.verdict}** — {e.reason}.", ""]
+        lines += [f"**Verdict: {e.verdict}**{_theory_mark(c, e)} — {e.reason}.", ""]
+        if v.null is not None:
+            ne = v.null.effect
+            detail = "" if ne is None else (f" (theta {_f(ne.aligned)} {_interval_text(ne.aligned_ci)}"
+                                             + (f"; {ne.reason}" if ne.reason and ne.verdict != SUPPORTED else "") + ")")
+            lines += [f"Null check ({v.null.kind}): **{v.null.verdict}**{detail}"
+                      + (f". **{CANNOT_FAIL}**: the claim reads its predicted outcome where its cause is absent, "
+                         f"so it is left out of the family (judged unadjusted)" if v.cannot_fail else "") + ".", ""]
         fig = f"claim_{c.id}.png"
         if (out / fig).exists():
             lines += [f"![{c.id}]({fig})", ""]

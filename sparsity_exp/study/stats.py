@@ -33,7 +33,9 @@ MIN_SEEDS = 3  # fewer seeds with a value (per arm; pairs for a paired test) is 
 SUPPORTED, NO_EFFECT, CONTRADICTED, INCONCLUSIVE = "supported", "no effect of interest", "contradicted", "inconclusive"
 NO_DATA = "no data"  # too few seeds with a value: the claim was not tested (runs missing, failed or diverged)
 OUTCOMES = (SUPPORTED, NO_EFFECT, CONTRADICTED, INCONCLUSIVE, NO_DATA)
-CORRECTIONS = {"holm": "holm", "bh": "fdr_bh", "none": None}  # --correction -> statsmodels' method
+# --correction -> statsmodels' method. Holm and Benjamini-Yekutieli hold under any dependence between the rows
+# (rows that share a reference arm are correlated); Benjamini-Hochberg needs independence or positive dependence
+CORRECTIONS = {"holm": "holm", "bh": "fdr_bh", "by": "fdr_by", "none": None}
 
 RULE = """\
 How to read a verdict. theta is the claim's effect in its SESOI unit (difference, relative change, or
@@ -62,12 +64,16 @@ Multiplicity: each of the three p-values is adjusted over the family (the suite'
 negative controls) by {correction}; the verdict uses the adjusted p-values, so a {level} interval beyond
 the SESOI can still read `inconclusive` after the adjustment (the reason says so). Holm controls the
 family-wise rate of each kind of wrong verdict (a false `supported`, a false `contradicted`, a false
-`no effect of interest`) at alpha; BH controls the false discovery rate instead. Negative controls are
-judged unadjusted (a stricter test for them) and must come out neither `supported` nor `contradicted`.
+`no effect of interest`) at alpha under any dependence between rows (rows sharing a reference arm are
+correlated); BH controls the false discovery rate instead (under independence or positive dependence), BY
+under any dependence. Controls (negative and planted) and claims whose null check reads their predicted
+outcome ("cannot fail as stated") are judged unadjusted, outside the family. A negative control passes
+only as `no effect of interest` at its SESOI (equivalence); a planted positive only as `supported`.
 Zero variance (identical values over seeds) gives no interval and no test: `inconclusive`, said as such.
 """
 
-CORRECTION_NAMES = {"holm": "Holm's step-down", "bh": "Benjamini-Hochberg", "none": "no correction"}
+CORRECTION_NAMES = {"holm": "Holm's step-down", "bh": "Benjamini-Hochberg", "by": "Benjamini-Yekutieli",
+                    "none": "no correction"}
 
 
 def level_text(alpha: float) -> str:

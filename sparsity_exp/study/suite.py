@@ -33,9 +33,17 @@ metric of the same runs, ``direction`` being the better side (decrease: lower is
 loss: the treatment may be worse by at most m). ``baseline: first_finite`` (step0 claims) compares with
 the first measured step whose value is finite instead of step 0: for a ratio that is 0/0 at
 initialisation (AS_K / coef_L0 on torchvision's ViT, whose classification head starts at zero, so no
-gradient reaches the blocks at step 0). ``why:`` (optional) says in checkable units why the SESOI, bound
-or margin is what it is. ``paper_claim: null`` marks an
-exploratory claim (no numbered claim of docs/paper.md §2). Every metric's probe must be a registered
+gradient reaches the blocks at step 0). ``paper_claim: null`` marks an
+exploratory claim (no numbered claim of docs/paper.md §2).
+
+``why:`` (a string) is required on every claim with a SESOI > 0, a bound or an accuracy margin: why that size
+matters, in units a reader can check (the paper's headline effect, the seed-to-seed SD, a measurement's
+resolution); the report prints it beside the claim. ``predict: no_effect`` marks a claim whose theory
+predicts |theta| < SESOI (its outcome is `no effect of interest`; default ``effect``: `supported`).
+``planted: true`` marks a positive control: an arm with an intervention whose effect on the metric is
+known in advance (``known_effect``, theta in the claim's unit), judged like any claim, which must come
+out `supported` (and its interval should cover the known effect); like negative controls it stays out of
+the multiplicity family. Every metric's probe must be a registered
 probe (``sparsity_exp.probes.PROBES``) or a trainer row (train, eval, modules), and where the probe's
 code names its metrics, the metric must be one of them: a typo is an error at load, not `no data`.
 """
@@ -53,6 +61,7 @@ COMPARES = ("arms", "step0", "bound")
 BASELINES = ("step0", "first_finite")
 DIRECTIONS = ("increase", "decrease")
 UNITS = ("difference", "relative", "nonzero_relative")
+PREDICTS = ("effect", "no_effect")
 METRIC_KEYS = ("probe", "metric", "split", "layer", "divide_by")
 
 
@@ -131,11 +140,26 @@ class Claim:
     ni_metric: "Metric | None" = None  # the non-inferiority metric (None: the suite's accuracy)
     ni_direction: str = "increase"   # which way the non-inferiority metric is better
     baseline: str = "step0"          # step0 claims: step0 | first_finite (the first step with a finite value)
-    why: str = ""                    # why the SESOI / bound / margin is what it is (checkable units)
+    why: str = ""                    # why the SESOI / bound / margin has its size, in units a reader can check
+    predict: str = "effect"          # effect: `supported` is the theory's outcome; no_effect: `no effect of interest` is
+    planted: bool = False            # a positive control: an arm whose effect is known in advance (must be `supported`)
+    known_effect: float | None = None  # planted: the effect theta the intervention puts there by construction
+
+    @property
+    def margin_kind(self) -> str | None:
+        """What `why` must justify: 'SESOI', 'bound', 'SESOI and accuracy margin' (None: nothing to justify)."""
+        parts = (["bound"] if self.compare == "bound" else ["SESOI"] if self.sesoi > 0 else []) + \
+            (["accuracy margin"] if self.ni_margin is not None else [])
+        return " and ".join(parts) or None
+
+    @property
+    def family_member(self) -> bool:
+        """In the multiplicity family: not a negative control, not a planted positive."""
+        return not self.control and not self.planted
 
     @property
     def exploratory(self) -> bool:
-        return self.paper_claim is None and not self.control
+        return self.paper_claim is None and not self.control and not self.planted
 
     def paired(self, treatment: "Side", reference: "Side | None", arms: dict) -> bool:
         """Whether this comparison is judged with the paired t: always for step0 and bound; for two arms
@@ -382,7 +406,7 @@ def _claim(spec: dict, arms: dict[str, Arm], where: str, suite_test: str | None 
             raise ConfigError(f"{where}: missing `{key}`{hint}")
     unknown = set(spec) - {"id", "paper_claim", "statement", "compare", "arms", "metric", "window", "direction",
                            "sesoi", "sesoi_unit", "bound", "control", "note", "test", "noninferiority", "baseline",
-                           "why"}
+                           "why", "predict", "planted", "known_effect"}
     if unknown:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
     compare = spec["compare"]
@@ -424,9 +448,6 @@ def _claim(spec: dict, arms: dict[str, Arm], where: str, suite_test: str | None 
                           f"step with a finite value, for a ratio that is 0/0 at initialisation)")
     if baseline != "step0" and compare != "step0":
         raise ConfigError(f"{where}: baseline: {baseline} is for compare: step0 claims (emergence in training)")
-    why = spec.get("why", "")
-    if not isinstance(why, str):
-        raise ConfigError(f"{where}: why is one string (why the SESOI, bound or margin is what it is), not {why!r}")
     metric = _metric(spec["metric"], where)
     check_metric(metric, where)
     sides = []
@@ -450,12 +471,46 @@ def _claim(spec: dict, arms: dict[str, Arm], where: str, suite_test: str | None 
         if len(offsets) > 1:
             raise ConfigError(f"{where}: test: paired needs arms that share seeds; these have seed_offset "
                               f"{sorted(offsets)} (use test: welch)")
+    predict = spec.get("predict", "effect")
+    if predict not in PREDICTS:
+        raise ConfigError(f"{where}: predict={predict!r}; choose effect (the theory predicts an effect beyond the SESOI: "
+                          f"`supported` is its outcome) or no_effect (it predicts |effect| < SESOI: `no effect of "
+                          f"interest` is its outcome)")
+    if predict == "no_effect" and (compare == "bound" or float(spec["sesoi"]) <= 0):
+        raise ConfigError(f"{where}: predict: no_effect needs a SESOI > 0 (equivalence within +-SESOI) and "
+                          f"compare arms or step0")
+    planted = bool(spec.get("planted", False))
+    if planted and (compare != "arms" or spec.get("control")):
+        raise ConfigError(f"{where}: planted: true marks a positive control (an arm whose effect is known in "
+                          f"advance against its reference): it needs compare: arms and is not a negative control")
+    known = spec.get("known_effect")
+    if known is not None and not planted:
+        raise ConfigError(f"{where}: known_effect is the effect a planted positive puts there by construction; "
+                          f"set planted: true or drop it")
+    why = str(spec.get("why") or "").strip()
+    control = bool(spec.get("control", False))
+    needs = ("bound" if compare == "bound" else "SESOI" if float(spec["sesoi"]) > 0 else None) or (
+        "accuracy margin" if ni is not None else None)
+    if needs and not why:
+        raise ConfigError(f"{where}: missing `why:` for its {needs}: say why {_size_text(spec, compare)} is the "
+                          f"size that matters, in units a reader can check (the paper's headline effect, the "
+                          f"seed-to-seed SD, a measurement's resolution), e.g. why: \"10% = a third of the paper's "
+                          f">= 36% headline\"")
     paper_claim = spec["paper_claim"]
     return Claim(id=str(spec["id"]), paper_claim=None if paper_claim is None else int(paper_claim),
                  statement=str(spec["statement"]),
                  compare=compare, sides=sides, metric=metric, window=_window(spec.get("window"), where, compare),
                  direction=spec["direction"], sesoi=float(spec["sesoi"]), sesoi_unit=unit,
                  bound=None if spec.get("bound") is None else float(spec["bound"]),
-                 control=bool(spec.get("control", False)), note=str(spec.get("note", "")), test=test,
+                 control=control, note=str(spec.get("note", "")), test=test,
                  ni_margin=None if ni is None else float(ni["margin"]), ni_metric=ni_metric,
-                 ni_direction=ni_direction, baseline=baseline, why=why)
+                 ni_direction=ni_direction, baseline=baseline, why=why, predict=predict, planted=planted,
+                 known_effect=None if known is None else float(known))
+
+
+def _size_text(spec: dict, compare: str) -> str:
+    if compare == "bound":
+        return f"bound {spec.get('bound')}"
+    if float(spec.get("sesoi", 0)) > 0:
+        return f"sesoi {spec['sesoi']} ({spec.get('sesoi_unit', 'difference')})"
+    return f"the accuracy margin {spec['noninferiority']['margin']}"
