@@ -55,6 +55,7 @@ class Rule:
     length: int | None = None  # lists: exact length; items are checked with ``item``
     item: "Rule | None" = None
     text: str | None = None  # says what is allowed where the fields above cannot (e.g. a pattern)
+    nonempty: bool = False  # lists: at least one item
 
     def describe(self) -> str:
         if self.text:
@@ -68,6 +69,8 @@ class Rule:
             parts.append(f"{'and ' if self.low is not None else ''}{'<' if self.high_open else '<='} {self.high:g}")
         if self.choices:
             parts = [f"one of {', '.join(map(str, self.choices))}"]
+        if self.nonempty:
+            parts[0] = "a non-empty list"
         if self.item is not None:
             parts.append(f"each {self.item.describe()}")
         return " ".join(parts) + (" or null" if self.nullable else "")
@@ -83,7 +86,8 @@ class Rule:
             return (self.choices is None or value in self.choices) and (
                 self.pattern is None or re.fullmatch(self.pattern, value) is not None)
         if self.kind == "list":
-            if not isinstance(value, (list, tuple)) or (self.length is not None and len(value) != self.length):
+            if not isinstance(value, (list, tuple)) or (self.length is not None and len(value) != self.length) \
+                    or (self.nonempty and not value):
                 return False
             return self.item is None or all(self.item.ok(v) for v in value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -177,6 +181,34 @@ RULES: dict[str, Rule] = {
     "probes.*.every": count(),
     "probes.*.measure_every": count(),
     "probes.*.at_end": Rule("bool"),
+    # probe settings that pass the type check of the constructor's default but that no code can use
+    # (they used to fail only when the probe first measured, after training, or measured nothing)
+    "probes.*.batches": positive_int(),
+    "probes.*.samples": positive_int(),
+    "probes.*.bins": positive_int(),
+    "probes.gradient_density.log10_range": Rule("list", length=2, item=Rule("number")),
+    "probes.gradient_density.save_every": count(),
+    "probes.gradients.thresholds": Rule("list", nonempty=True, item=Rule("number", low=0, low_open=True)),
+    "probes.diagonality.powers": Rule("list", nonempty=True, item=Rule("number", low=0, low_open=True)),
+    "probes.spectrum.mass": Rule("number", low=0, high=1, low_open=True),
+    "probes.spectrum.ratio_threshold": Rule("number", low=0),
+    "probes.spectrum.nonzero_above": Rule("number", low=0),
+    "probes.neurons.dead_at_most": fraction(),
+    "probes.neurons.always_on_at_least": fraction(),
+    "probes.rmt.thr": Rule("number", low=0, low_open=True),
+    "probes.rmt.v": Rule("number", low=0, low_open=True),
+    "probes.rmt.max_pending_rows": positive_int(),
+    "probes.sharpness.rho": Rule("number", low=0, low_open=True),
+    "probes.sharpness.rho_feature": Rule("number", low=0, low_open=True, nullable=True),
+    "probes.sharpness.steps": positive_int(),
+    "probes.sharpness.step_size": Rule("number", low=0, low_open=True),
+    "probes.hessian.iterations": positive_int(),
+    "probes.hessian.krylov": Rule("int", low=2),
+    "probes.hessian.tol": Rule("number", low=0),
+    "probes.hessian.block_samples": count(nullable=True),
+    "probes.hessian.feature_samples": positive_int(nullable=True),
+    "probes.hessian.block": positive_int(nullable=True),
+    "probes.hessian.memory_mb": Rule("number", low=0, low_open=True, nullable=True),
 }
 
 

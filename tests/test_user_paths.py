@@ -341,3 +341,19 @@ def test_settings_without_effect_under_the_chosen_value_are_refused(compose):
         "or drop trainer.compile_mode"]
     assert problems(compose("+activation.grad_clip=2")) == []
     assert problems(compose("+data.mixup_alpha=0.0")) == []  # a setting left at its neutral value
+
+
+def test_probe_settings_no_code_can_use_are_refused_at_start_up(compose):
+    """Values of a probe setting's type that used to fail only when the probe first measured (after
+    training: torch.histogram with 0 bins, a division by rmt.v=0, no batch to measure) or measured
+    nothing (no powers): refused by the start-up check, each naming its key; the presets pass."""
+    from sparsity_exp.validate import problems
+
+    for preset in ("none", "cheap", "default", "full", "checkpoints"):
+        assert problems(compose(f"probes={preset}")) == [], preset
+    found = problems(compose("probes=full", "probes.rmt.v=0", "probes.gradient_density.bins=0",
+                             "probes.sharpness.batches=0", "probes.diagonality.powers=[]", "probes.spectrum.mass=1.5",
+                             "probes.neurons.dead_at_most=2.0", "probes.gradient_density.log10_range=[1.0]"))
+    assert sorted(p.split("=")[0] for p in found) == sorted([
+        "probes.rmt.v", "probes.gradient_density.bins", "probes.sharpness.batches", "probes.diagonality.powers",
+        "probes.spectrum.mass", "probes.neurons.dead_at_most", "probes.gradient_density.log10_range"]), found
