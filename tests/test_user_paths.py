@@ -357,3 +357,13 @@ def test_probe_settings_no_code_can_use_are_refused_at_start_up(compose):
     assert sorted(p.split("=")[0] for p in found) == sorted([
         "probes.rmt.v", "probes.gradient_density.bins", "probes.sharpness.batches", "probes.diagonality.powers",
         "probes.spectrum.mass", "probes.neurons.dead_at_most", "probes.gradient_density.log10_range"]), found
+
+
+def test_probe_batches_option_must_be_a_positive_integer(finished):
+    from sparsity_exp.errors import UserError
+    from sparsity_exp.posthoc import probe_run
+
+    _, run = finished
+    for value in ("0", "many", "-2"):
+        with pytest.raises(UserError, match=rf"batches={value}: must be an integer >= 1"):
+            probe_run(run, [f"batches={value}"])
