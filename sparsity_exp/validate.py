@@ -135,6 +135,8 @@ RULES: dict[str, Rule] = {
     "trainer.checkpoint_every": count(),
     "trainer.keep_checkpoints": count(),
     "trainer.precision": Rule("str", choices=("fp32", "bf16")),
+    "trainer.compile_mode": Rule("str", choices=("default", "reduce-overhead", "max-autotune",
+                                                 "max-autotune-no-cudagraphs"), nullable=True),
     "trainer.grad_accum": positive_int(),  # and divides batch_size: see CHECKS
     # optimizer and schedule
     "optim.lr": Rule("number", low=0, low_open=True),
@@ -383,7 +385,14 @@ def _other_choices_keys(flat: dict) -> list[str]:
     return out
 
 
-CHECKS = [_steps_or_epochs, _accumulation, _replaced_activation, _known_probes, _finite_numbers, _run_label,
+def _threads(flat: dict) -> list[str]:
+    value = flat.get("trainer.threads", "auto")
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return []
+    return [f"trainer.threads={value!r}: must be auto or an integer >= 1 (torch threads)"]
+
+
+CHECKS = [_threads, _steps_or_epochs, _accumulation, _replaced_activation, _known_probes, _finite_numbers, _run_label,
           _compile_mode_alone, _other_choices_keys]
 
 # Roots whose keys no YAML of conf/ lists: checked another way (probes), or not ours (hydra)

@@ -367,3 +367,14 @@ def test_probe_batches_option_must_be_a_positive_integer(finished):
     for value in ("0", "many", "-2"):
         with pytest.raises(UserError, match=rf"batches={value}: must be an integer >= 1"):
             probe_run(run, [f"batches={value}"])
+
+
+def test_threads_and_compile_mode_values_no_code_can_use(compose):
+    from sparsity_exp.validate import problems
+
+    assert problems(compose("trainer.threads=many")) == [
+        "trainer.threads='many': must be auto or an integer >= 1 (torch threads)"]
+    assert problems(compose("trainer.threads=0"))[0].startswith("trainer.threads=0")
+    assert problems(compose("trainer.compile=true", "trainer.compile_mode=fastest"))[0].startswith(
+        "trainer.compile_mode='fastest': must be one of default, reduce-overhead")
+    assert problems(compose("trainer.threads=2", "trainer.compile=true", "trainer.compile_mode=max-autotune")) == []
