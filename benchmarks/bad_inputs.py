@@ -313,12 +313,14 @@ def main() -> int:
     p = prepare(work)
     chosen = [c for c in (extra_cases(p) if args.extra_only else cases(p)) if args.only in c[0]]
     watched = [p[k] for k in ("run", "cut", "trunc_ckpt", "foreign_ckpt")]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda c: judge(*c, work, watched), chosen))
-    for _, line, _ in results:
-        print(line)
+    results = []
+    with ThreadPoolExecutor(args.jobs) as pool:  # each result printed (and the table rewritten) as it lands
+        for result in pool.map(lambda c: judge(*c, work, watched), chosen):
+            results.append(result)
+            print(result[1], flush=True)
+            if args.markdown:
+                Path(args.markdown).write_text(markdown([r for _, _, r in results], work))
     if args.markdown:
-        Path(args.markdown).write_text(markdown([r for _, _, r in results], work))
         print(f"table in {args.markdown}")
     clear = sum(ok for ok, _, _ in results)
     print(f"{clear}/{len(results)} bad inputs got a clear error (exit 2, 'error:', no traceback, folder unchanged)")

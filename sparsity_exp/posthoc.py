@@ -22,6 +22,7 @@ from pathlib import Path
 from .probes import build_probes
 from .probes.base import ProbeSet
 from .assemble import load_run, load_saved_weights, select_checkpoints
+from .errors import UserError
 from .record import POSTHOC_FILE, Recorder
 
 
@@ -35,6 +36,13 @@ def probe_run(run_dir: Path, args=(), file=None) -> Path:
             settings[key] = a.partition("=")[2]
         else:
             overrides.append(a)
+    try:
+        batches = int(settings["batches"])
+    except ValueError:
+        batches = 0
+    if batches < 1:
+        raise UserError(f"batches={settings['batches']}: must be an integer >= 1 (the training batches each "
+                        f"checkpoint is observed on), e.g. batches=4")
     run = load_run(run_dir, overrides)  # the run as training assembled it; weights per checkpoint below
     chosen = select_checkpoints(run_dir, settings["checkpoints"])
     with Recorder(run_dir, filename=POSTHOC_FILE, array_prefix="posthoc_") as recorder:
@@ -50,7 +58,7 @@ def probe_run(run_dir: Path, args=(), file=None) -> Path:
             for site in run.sites:  # scheduled activations (mixing) as they were at that step
                 site.act.set_step(step)
             ctx.step = step
-            probe_set.measure_saved(int(settings["batches"]))
+            probe_set.measure_saved(batches)
             recorder.flush()
             print(f"step {step}: {len(probe_set)} probe(s) measured", file=file)
     out = run_dir / POSTHOC_FILE

@@ -55,6 +55,7 @@ class Rule:
     length: int | None = None  # lists: exact length; items are checked with ``item``
     item: "Rule | None" = None
     text: str | None = None  # says what is allowed where the fields above cannot (e.g. a pattern)
+    nonempty: bool = False  # lists: at least one item
 
     def describe(self) -> str:
         if self.text:
@@ -68,6 +69,8 @@ class Rule:
             parts.append(f"{'and ' if self.low is not None else ''}{'<' if self.high_open else '<='} {self.high:g}")
         if self.choices:
             parts = [f"one of {', '.join(map(str, self.choices))}"]
+        if self.nonempty:
+            parts[0] = "a non-empty list"
         if self.item is not None:
             parts.append(f"each {self.item.describe()}")
         return " ".join(parts) + (" or null" if self.nullable else "")
@@ -83,7 +86,8 @@ class Rule:
             return (self.choices is None or value in self.choices) and (
                 self.pattern is None or re.fullmatch(self.pattern, value) is not None)
         if self.kind == "list":
-            if not isinstance(value, (list, tuple)) or (self.length is not None and len(value) != self.length):
+            if not isinstance(value, (list, tuple)) or (self.length is not None and len(value) != self.length) \
+                    or (self.nonempty and not value):
                 return False
             return self.item is None or all(self.item.ok(v) for v in value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -131,6 +135,8 @@ RULES: dict[str, Rule] = {
     "trainer.checkpoint_every": count(),
     "trainer.keep_checkpoints": count(),
     "trainer.precision": Rule("str", choices=("fp32", "bf16")),
+    "trainer.compile_mode": Rule("str", choices=("default", "reduce-overhead", "max-autotune",
+                                                 "max-autotune-no-cudagraphs"), nullable=True),
     "trainer.grad_accum": positive_int(),  # and divides batch_size: see CHECKS
     # optimizer and schedule
     "optim.lr": Rule("number", low=0, low_open=True),
@@ -181,6 +187,34 @@ RULES: dict[str, Rule] = {
     "probes.*.every": count(),
     "probes.*.measure_every": count(),
     "probes.*.at_end": Rule("bool"),
+    # probe settings that pass the type check of the constructor's default but that no code can use
+    # (they used to fail only when the probe first measured, after training, or measured nothing)
+    "probes.*.batches": positive_int(),
+    "probes.*.samples": positive_int(),
+    "probes.*.bins": positive_int(),
+    "probes.gradient_density.log10_range": Rule("list", length=2, item=Rule("number")),
+    "probes.gradient_density.save_every": count(),
+    "probes.gradients.thresholds": Rule("list", nonempty=True, item=Rule("number", low=0, low_open=True)),
+    "probes.diagonality.powers": Rule("list", nonempty=True, item=Rule("number", low=0, low_open=True)),
+    "probes.spectrum.mass": Rule("number", low=0, high=1, low_open=True),
+    "probes.spectrum.ratio_threshold": Rule("number", low=0),
+    "probes.spectrum.nonzero_above": Rule("number", low=0),
+    "probes.neurons.dead_at_most": fraction(),
+    "probes.neurons.always_on_at_least": fraction(),
+    "probes.rmt.thr": Rule("number", low=0, low_open=True),
+    "probes.rmt.v": Rule("number", low=0, low_open=True),
+    "probes.rmt.max_pending_rows": positive_int(),
+    "probes.sharpness.rho": Rule("number", low=0, low_open=True),
+    "probes.sharpness.rho_feature": Rule("number", low=0, low_open=True, nullable=True),
+    "probes.sharpness.steps": positive_int(),
+    "probes.sharpness.step_size": Rule("number", low=0, low_open=True),
+    "probes.hessian.iterations": positive_int(),
+    "probes.hessian.krylov": Rule("int", low=2),
+    "probes.hessian.tol": Rule("number", low=0),
+    "probes.hessian.block_samples": count(nullable=True),
+    "probes.hessian.feature_samples": positive_int(nullable=True),
+    "probes.hessian.block": positive_int(nullable=True),
+    "probes.hessian.memory_mb": Rule("number", low=0, low_open=True, nullable=True),
 }
 
 
@@ -355,7 +389,14 @@ def _other_choices_keys(flat: dict) -> list[str]:
     return out
 
 
-CHECKS = [_steps_or_epochs, _accumulation, _replaced_activation, _known_probes, _finite_numbers, _run_label,
+def _threads(flat: dict) -> list[str]:
+    value = flat.get("trainer.threads", "auto")
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return []
+    return [f"trainer.threads={value!r}: must be auto or an integer >= 1 (torch threads)"]
+
+
+CHECKS = [_threads, _steps_or_epochs, _accumulation, _replaced_activation, _known_probes, _finite_numbers, _run_label,
           _compile_mode_alone, _other_choices_keys]
 
 # Roots whose keys no YAML of conf/ lists: checked another way (probes), or not ours (hydra)

@@ -123,6 +123,13 @@ def all_pairs(factors: dict[str, list]) -> list[dict]:
     return out
 
 
+def each_once(factors: dict[str, list]) -> list[dict]:
+    """The smallest covering set: every choice of every factor in at least one combination (row i takes
+    choice i mod n of each factor), as many rows as the largest factor has choices."""
+    rows = max(len(v) for v in factors.values())
+    return [{name: values[i % len(values)] for name, values in factors.items()} for i in range(rows)]
+
+
 def full_product(axes=AXES) -> list[dict]:
     f = factors(extra=False)
     return [dict(zip(axes, values)) for values in itertools.product(*(f[a] for a in axes))]

@@ -3,17 +3,23 @@ protocol x modules (with the activation and noise groups riding along) trains tw
 version of the model and is then probed post hoc (`sparsity-exp probe` over its checkpoints); the
 choices are read from conf/ (tests/combos.py), so a new preset joins without an edit.
 
-Default suite: the pairwise (all-pairs) set of tests/combos.all_pairs over the six groups, every
-combination run once in one module fixture (one process). `-m slow`: the full product of the four
-main axes (model x probes x protocol x modules)."""
+Default suite (one module fixture, one process): every choice of every group at least once
+(tests/combos.each_once) plus the combinations that once crashed (REGRESSIONS: the Hessian of a ViT at
+step 0, whose zero-initialised head makes it exactly zero, a three-way interaction model x probes x
+protocol that the pairwise set missed). `-m slow`: the pairwise (all-pairs) set over the six groups
+(tests/combos.all_pairs, 30 combinations) and the full product of the four main axes (model x probes x
+protocol x modules, 150 combinations)."""
 import numpy as np
 import pytest
 import torch
 
-from .combos import all_pairs, factors, full_product, run_combo
+from .combos import all_pairs, each_once, factors, full_product, run_combo
 from .tiny import exact_hessian, probe_context, tiny_batch, tiny_mlp
 
 PAIRS = all_pairs(factors())
+REGRESSIONS = [{"model": "vit", "probes": "full", "protocol": "vanilla", "modules": "none", "activation": "relu",
+                "noise": "off"}]
+FAST = each_once(factors()) + REGRESSIONS
 
 
 def _id(combo):
@@ -31,8 +37,8 @@ def _run_all(combos, folder):
 
 
 @pytest.fixture(scope="module")
-def pairwise(tmp_path_factory):
-    return _run_all(PAIRS, tmp_path_factory.mktemp("pairs"))
+def fast_set(tmp_path_factory):
+    return _run_all(FAST, tmp_path_factory.mktemp("combos"))
 
 
 def test_pairwise_set_covers_every_pair_of_choices():
@@ -47,9 +53,22 @@ def test_pairwise_set_covers_every_pair_of_choices():
     assert set(f["protocol"]) == {"vanilla", "weight_noise", "sparsity_finetune"}
 
 
-@pytest.mark.parametrize("combo", PAIRS, ids=_id)
-def test_combination_trains_and_probes_post_hoc(pairwise, combo):
-    assert pairwise[_id(combo)] is None, pairwise[_id(combo)]
+@pytest.mark.parametrize("combo", FAST, ids=_id)
+def test_combination_trains_and_probes_post_hoc(fast_set, combo):
+    assert fast_set[_id(combo)] is None, fast_set[_id(combo)]
+
+
+def test_each_once_covers_every_choice():
+    f = factors()
+    for name, values in f.items():
+        assert {c[name] for c in each_once(f)} == set(values), name
+
+
+@pytest.mark.slow
+def test_pairwise_set_of_all_six_groups(tmp_path):
+    results = _run_all(PAIRS, tmp_path)
+    failed = {k: v for k, v in results.items() if v is not None}
+    assert not failed, "\n".join(f"{k}: {v}" for k, v in failed.items())
 
 
 @pytest.mark.slow

@@ -81,7 +81,7 @@ def test_sigterm_hint_resumes_when_pasted_into_a_shell(tmp_path):
             "trainer.eval_every=20", "trainer.checkpoint_every=10", "trainer.progress=false", "probes=none"]
     proc = subprocess.Popen([sys.executable, "-c", code, *args], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
+    deadline = time.time() + 600  # a loaded machine takes long to start
     while not list((tmp_path / "results").glob("*/metrics.csv")) or \
             "\n6," not in list((tmp_path / "results").glob("*/metrics.csv"))[0].read_text():
         assert proc.poll() is None and time.time() < deadline, proc.communicate()
@@ -341,3 +341,40 @@ def test_settings_without_effect_under_the_chosen_value_are_refused(compose):
         "or drop trainer.compile_mode"]
     assert problems(compose("+activation.grad_clip=2")) == []
     assert problems(compose("+data.mixup_alpha=0.0")) == []  # a setting left at its neutral value
+
+
+def test_probe_settings_no_code_can_use_are_refused_at_start_up(compose):
+    """Values of a probe setting's type that used to fail only when the probe first measured (after
+    training: torch.histogram with 0 bins, a division by rmt.v=0, no batch to measure) or measured
+    nothing (no powers): refused by the start-up check, each naming its key; the presets pass."""
+    from sparsity_exp.validate import problems
+
+    for preset in ("none", "cheap", "default", "full", "checkpoints"):
+        assert problems(compose(f"probes={preset}")) == [], preset
+    found = problems(compose("probes=full", "probes.rmt.v=0", "probes.gradient_density.bins=0",
+                             "probes.sharpness.batches=0", "probes.diagonality.powers=[]", "probes.spectrum.mass=1.5",
+                             "probes.neurons.dead_at_most=2.0", "probes.gradient_density.log10_range=[1.0]"))
+    assert sorted(p.split("=")[0] for p in found) == sorted([
+        "probes.rmt.v", "probes.gradient_density.bins", "probes.sharpness.batches", "probes.diagonality.powers",
+        "probes.spectrum.mass", "probes.neurons.dead_at_most", "probes.gradient_density.log10_range"]), found
+
+
+def test_probe_batches_option_must_be_a_positive_integer(finished):
+    from sparsity_exp.errors import UserError
+    from sparsity_exp.posthoc import probe_run
+
+    _, run = finished
+    for value in ("0", "many", "-2"):
+        with pytest.raises(UserError, match=rf"batches={value}: must be an integer >= 1"):
+            probe_run(run, [f"batches={value}"])
+
+
+def test_threads_and_compile_mode_values_no_code_can_use(compose):
+    from sparsity_exp.validate import problems
+
+    assert problems(compose("trainer.threads=many")) == [
+        "trainer.threads='many': must be auto or an integer >= 1 (torch threads)"]
+    assert problems(compose("trainer.threads=0"))[0].startswith("trainer.threads=0")
+    assert problems(compose("trainer.compile=true", "trainer.compile_mode=fastest"))[0].startswith(
+        "trainer.compile_mode='fastest': must be one of default, reduce-overhead")
+    assert problems(compose("trainer.threads=2", "trainer.compile=true", "trainer.compile_mode=max-autotune")) == []
