@@ -152,6 +152,10 @@ RULES: dict[str, Rule] = {
     "modules.activation": Rule("str", choices=tuple(sorted(ACTIVATIONS)), nullable=True),
     "modules.dead_units.fraction": Rule("number", low=0, high=1, high_open=True),
     "modules.dead_units.seed": count(),
+    # a negative floor clamps nothing (|gamma| >= -1 always holds): the module would silently be off
+    "modules.restricted_norm.min_gamma": Rule("number", low=0, low_open=True),
+    "protocol.mixing_steps": count(),
+    "protocol.uplift_steps": count(),
     # the activation's own fields, checked with every other value so one error lists them all (the
     # constructors' checks stay for direct use)
     "activation.shift_x": Rule("number"),

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from ..errors import DatasetNotFound
+from ..errors import ConfigError, DatasetNotFound
 from . import DataBundle, DataInfo, idx
 
 
@@ -23,6 +23,13 @@ def digits(cfg) -> DataBundle:
     bunch = load_digits()
     x = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]
     y = bunch.target.astype(np.int64)
+    n_test = int(np.ceil(len(y) * cfg.test_fraction))
+    n_classes = len(np.unique(y))
+    if min(n_test, len(y) - n_test) < n_classes:  # a stratified split needs every class on both sides
+        raise ConfigError(f"data.test_fraction={cfg.test_fraction} leaves {len(y) - n_test} training and {n_test} "
+                          f"test images of the digits' {len(y)}: each side needs at least one per class "
+                          f"({n_classes}); pick a fraction between {n_classes / len(y):.3f} and "
+                          f"{1 - n_classes / len(y):.3f} (default 0.2)")
     x_tr, x_te, y_tr, y_te = train_test_split(
         x, y, test_size=cfg.test_fraction, random_state=cfg.split_seed, stratify=y
     )

@@ -271,6 +271,9 @@ def text(cfg) -> DataBundle:
     docs = pydoc_documents()
     order = np.random.default_rng(cfg.split_seed).permutation(len(docs))
     n_test = max(1, int(round(len(docs) * cfg.test_fraction)))
+    if n_test >= len(docs):
+        raise ConfigError(f"data.test_fraction={cfg.test_fraction} leaves no training document of the embedded "
+                          f"corpus's {len(docs)}: pick a smaller fraction (default 0.1)")
     return _bundle(cfg, [docs[i] for i in order[n_test:]], [docs[i] for i in order[:n_test]])
 
 

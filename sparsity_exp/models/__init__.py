@@ -29,6 +29,13 @@ def build_model(model_cfg, info, activation_cfg) -> nn.Module:
     if name not in MODELS:
         raise ConfigError(f"model.name={name!r} is unknown; choose one of {sorted(MODELS)}")
     module, _ = MODELS[name]
+    task = getattr(module, "TASK", None)  # the batches the model takes: classification (images) or seq2seq (tokens)
+    if task is not None and task != info.task:
+        wants = "image batches (data=digits, mnist, fashion_mnist, cifar10, cifar100, imagenet)" \
+            if task == "classification" else "token sequences (data=text or c4)"
+        raise ConfigError(f"model={name} takes {wants}, but the data gives {info.task} batches: pick such data, "
+                          f"or a model for it (" + ("model=t5 for text" if task == "classification"
+                                                    else "model=mlp, vit or llama for images") + ")")
     return module.build(model_cfg, info, lambda: build_activation(activation_cfg))
 
 

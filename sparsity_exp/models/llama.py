@@ -42,6 +42,9 @@ class LlamaClassifier(nn.Module):
         return self.head(state[:, -1])
 
 
+TASK = "classification"  # the batches it takes (models.build_model checks the data against it)
+
+
 def build(cfg, info, make_act) -> LlamaClassifier:
     from transformers import LlamaConfig
 

@@ -77,6 +77,9 @@ class LNMLP(nn.Module):
         return self.head(z)
 
 
+TASK = "classification"  # the batches it takes (models.build_model checks the data against it)
+
+
 def build(cfg, info, make_act) -> LNMLP:
     return LNMLP(
         in_features=math.prod(info.input_shape),

@@ -20,6 +20,9 @@ from ..sites import MLPSite
 _FF_LAYER = {"encoder": 1, "decoder": 2}
 
 
+TASK = "seq2seq"  # the batches it takes (models.build_model checks the data against it)
+
+
 def build(cfg, info, make_act):
     from transformers import T5Config, T5ForConditionalGeneration  # heavy: imported by T5 runs only
 

@@ -17,6 +17,9 @@ from ..errors import ConfigError
 from ..sites import MLPSite
 
 
+TASK = "classification"  # the batches it takes (models.build_model checks the data against it)
+
+
 def build(cfg, info, make_act):
     from torchvision.models.vision_transformer import VisionTransformer
 
