@@ -23,8 +23,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from tests.idx import write_mnist_like  # noqa: E402
 
-TINY = ["model.width=16", "model.depth=2", "trainer.steps=4", "trainer.log_every=2", "trainer.eval_every=4",
-        "trainer.progress=false"]
+TINY_RUN = ["trainer.steps=4", "trainer.log_every=2", "trainer.eval_every=4", "trainer.progress=false"]
+TINY = ["model.width=16", "model.depth=2", *TINY_RUN]  # the LN-MLP's size keys: other models have their own
+
+
+def merged(*overrides: str) -> list[str]:
+    """The overrides with one value per key, the last given winning (Hydra refuses a key given twice,
+    which would test that refusal instead of the value under test)."""
+    out: dict[str, str] = {}
+    for o in overrides:
+        out[o.split("=", 1)[0] if "=" in o else o] = o
+    return list(out.values())
 
 
 def prepare(work: Path) -> dict:
@@ -162,22 +171,22 @@ def extra_cases(p: dict) -> list[tuple[str, list[str]]]:
     vit = ["model=vit", "model.num_layers=1", "model.hidden_dim=16", "model.mlp_dim=32", "model.num_heads=2"]
     t5 = ["model=t5", "model.d_model=16", "model.d_kv=8", "model.d_ff=32", "model.num_layers=1",
           "model.num_decoder_layers=1", "model.num_heads=2", "data.inputs_length=16"]
-    return [
+    cases = [
         ("value: seed beyond the generators' range", ["run", *TINY, "seed=4294967296"]),
         ("value: huge seed", ["run", *TINY, "seed=99999999999999999999"]),
         ("value: split_seed beyond range", ["run", *TINY, "data.split_seed=4294967296"]),
-        ("value: vit heads not dividing the width", ["run", *TINY, *vit, "model.num_heads=3"]),
-        ("value: vit patch not dividing the image", ["run", *TINY, *vit, "model.patch_size=3"]),
-        ("value: vit image size other than the data's", ["run", *TINY, *vit, "model.image_size=10"]),
-        ("value: vit zero heads", ["run", *TINY, *vit, "model.num_heads=0"]),
-        ("value: t5 zero heads", ["run", *TINY, *t5, "model.num_heads=0"]),
-        ("value: t5 inputs_length 1", ["run", *TINY, *t5, "data.inputs_length=1"]),
-        ("value: t5 vocab smaller than the tokenizer's", ["run", *TINY, *t5, "model.vocab_size=10"]),
-        ("value: text noise density 0", ["run", *TINY, *t5, "data.noise_density=0"]),
-        ("value: text noise density 1.5", ["run", *TINY, *t5, "data.noise_density=1.5"]),
-        ("value: text mean span 0", ["run", *TINY, *t5, "data.mean_noise_span_length=0"]),
-        ("value: image model on text data", ["run", *TINY, *vit, "data=text"]),
-        ("value: t5 on image data", ["run", *TINY, *t5, "data=digits"]),
+        ("value: vit heads not dividing the width", ["run", *TINY_RUN, *vit, "model.num_heads=3"]),
+        ("value: vit patch not dividing the image", ["run", *TINY_RUN, *vit, "model.patch_size=3"]),
+        ("value: vit image size other than the data's", ["run", *TINY_RUN, *vit, "model.image_size=10"]),
+        ("value: vit zero heads", ["run", *TINY_RUN, *vit, "model.num_heads=0"]),
+        ("value: t5 zero heads", ["run", *TINY_RUN, *t5, "model.num_heads=0"]),
+        ("value: t5 inputs_length 1", ["run", *TINY_RUN, *t5, "data.inputs_length=1"]),
+        ("value: t5 vocab smaller than the tokenizer's", ["run", *TINY_RUN, *t5, "model.vocab_size=10"]),
+        ("value: text noise density 0", ["run", *TINY_RUN, *t5, "data.noise_density=0"]),
+        ("value: text noise density 1.5", ["run", *TINY_RUN, *t5, "data.noise_density=1.5"]),
+        ("value: text mean span 0", ["run", *TINY_RUN, *t5, "data.mean_noise_span_length=0"]),
+        ("value: image model on text data", ["run", *TINY_RUN, *vit, "data=text"]),
+        ("value: t5 on image data", ["run", *TINY_RUN, *t5, "data=digits"]),
         ("value: mlp on text data", ["run", *TINY, "data=text"]),
         ("value: test fraction leaving a tiny training set", ["run", *TINY, "data.test_fraction=0.999"]),
         ("value: threads 0", ["run", *TINY, "trainer.threads=0"]),
@@ -253,7 +262,24 @@ def extra_cases(p: dict) -> list[tuple[str, list[str]]]:
         ("value: warmup_start above 1", ["run", *TINY, "optim.schedule.warmup_start=2"]),
         ("value: tensorboard a word", ["run", *TINY, "trainer.tensorboard=maybe"]),
         ("value: precision bf16 with a word", ["run", *TINY, "trainer.precision=bf32"]),
+        ("value: digits test fraction emptying a class", ["run", *TINY, "data.test_fraction=0.001"]),
+        ("value: text test fraction leaving no training document",
+         ["run", *TINY_RUN, *t5, "data=text", "data.test_fraction=0.9999"]),
+        ("no effect: restricted norm floor negative", ["run", *TINY, "modules.restricted_norm.enabled=true",
+                                                       "modules.restricted_norm.min_gamma=-1"]),
+        ("value: mixing steps negative", ["run", *TINY, "protocol=sparsity_finetune", f"protocol.init={run}",
+                                          "protocol.mixing_steps=-1"]),
+        ("value: llama on text data", ["run", *TINY_RUN, "model=llama", "data=text"]),
+        ("value: gated LN-MLP without V", ["run", *TINY, "model=mlp_gated", "model.value=false"]),
+        ("value: t5 feed_forward_proj unknown", ["run", *TINY_RUN, *t5, "model.feed_forward_proj=gated-swish"]),
+        ("value: magnitude cett above 1", ["run", *TINY, "+probes.magnitude.cett=1.5"]),
+        ("value: dead units fraction 1", ["run", *TINY, "modules.dead_units.fraction=1"]),
     ]
+    return [(name, [a for a in args if not a.startswith(("model.", "data.", "trainer.", "seed=", "+", "noise.",
+                                                          "modules.", "protocol.", "optim.", "activation."))]
+             + merged(*[a for a in args if a.startswith(("model.", "data.", "trainer.", "seed=", "+", "noise.",
+                                                         "modules.", "protocol.", "optim.", "activation."))])
+             if args and args[0] == "run" else args) for name, args in cases]
 
 
 def cli(args):
@@ -295,7 +321,7 @@ def markdown(rows: list[dict], work: Path) -> str:
 
     out = ["| # | input | command | exit | first line of the error | clear |", "|---|---|---|---|---|---|"]
     for i, r in enumerate(rows, 1):
-        cmd = "sparsity-exp " + " ".join(a for a in r["args"] if a not in TINY)
+        cmd = "sparsity-exp " + " ".join(a for a in r["args"] if a not in TINY)  # TINY_RUN is inside TINY
         out.append(f"| {i} | {short(r['name'])} | `{short(cmd)}` | {r['exit']} | {short(r['first'])} | "
                    f"{'yes' if r['ok'] else 'NO'} |")
     return "\n".join(out) + "\n"

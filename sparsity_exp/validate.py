@@ -176,6 +176,9 @@ RULES: dict[str, Rule] = {
     "model.norm_affine": Rule("bool"),
     "model.norm_eps": Rule("number", low=0, low_open=True),
     "model.final_norm": Rule("bool"),
+    "model.num_heads": positive_int(),
+    "model.num_attention_heads": positive_int(),
+    "model.num_key_value_heads": positive_int(nullable=True),
     "model.gated": Rule("bool"),  # optional (LN-MLP; absent = false): a gated block, docs/paper.md §1.7
     "model.feed_forward_proj": Rule("str", choices=("relu", "gated-gelu", "gated-relu")),  # optional (T5; absent = relu)
     # data
@@ -342,6 +345,25 @@ def _compile_mode_alone(flat: dict) -> list[str]:
             f"or drop trainer.compile_mode"]
 
 
+def _heads_divide_width(flat: dict) -> list[str]:
+    """Multi-head attention splits the width into equal heads: torchvision's ViT and LLaMA need the
+    width divisible by the heads (and the heads by the key/value heads), else they fail at build time
+    with a traceback. (T5 has its own head size d_kv, so any count works.)"""
+    out = []
+    for width_key, heads_key in (("model.hidden_dim", "model.num_heads"),
+                                 ("model.hidden_size", "model.num_attention_heads")):
+        width, heads = flat.get(width_key), flat.get(heads_key)
+        if isinstance(width, int) and isinstance(heads, int) and heads >= 1 and width % heads:
+            out.append(f"{heads_key}={heads}: must divide {width_key}={width} (each head gets {width_key} / "
+                       f"{heads_key} dimensions); pick a divisor, e.g. {heads_key}="
+                       f"{max(d for d in range(1, heads + 1) if width % d == 0)}")
+    heads, kv = flat.get("model.num_attention_heads"), flat.get("model.num_key_value_heads")
+    if isinstance(heads, int) and isinstance(kv, int) and kv >= 1 and heads % kv:
+        out.append(f"model.num_key_value_heads={kv}: must divide model.num_attention_heads={heads} (grouped-query "
+                   f"attention); pick a divisor or null")
+    return out
+
+
 # groups whose choices carry a ``name`` that says which code reads them (model=vit_b16 is name: vit)
 NAMED_GROUPS = ("model", "data", "activation", "optim", "protocol")
 
@@ -400,7 +422,8 @@ def _threads(flat: dict) -> list[str]:
     return [f"trainer.threads={value!r}: must be auto or an integer >= 1 (torch threads)"]
 
 
-CHECKS = [_threads, _steps_or_epochs, _accumulation, _replaced_activation, _known_probes, _finite_numbers, _run_label,
+CHECKS = [_heads_divide_width,
+          _threads, _steps_or_epochs, _accumulation, _replaced_activation, _known_probes, _finite_numbers, _run_label,
           _compile_mode_alone, _other_choices_keys]
 
 # Roots whose keys no YAML of conf/ lists: checked another way (probes), or not ours (hydra)

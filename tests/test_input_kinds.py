@@ -31,3 +31,14 @@ def test_values_no_code_can_use_are_refused_at_start_up(compose, override, key):
     assert any(p.startswith(key + "=") for p in found), found
     assert not [p for p in problems(compose("modules=sparsified", "protocol=sparsity_finetune", "protocol.init=somewhere"))
                 if p.startswith(key)]
+
+
+@pytest.mark.parametrize("overrides, key", [(["model=vit", "model.hidden_dim=16", "model.num_heads=3"], "model.num_heads=3"),
+                                            (["model=vit", "model.num_heads=0"], "model.num_heads=0"),
+                                            (["model=llama", "model.num_attention_heads=3"], "model.num_attention_heads=3"),
+                                            (["model=llama", "model.num_key_value_heads=3"], "model.num_key_value_heads=3")])
+def test_attention_heads_that_do_not_divide_the_width_are_refused_at_start_up(compose, overrides, key):
+    # torchvision's ViT and LLaMA used to fail at build time with a traceback
+    found = problems(compose(*overrides))
+    assert any(p.startswith(key + ":") for p in found), found
+    assert not [p for p in problems(compose(overrides[0])) if "heads" in p]
