@@ -190,6 +190,7 @@ RULES: dict[str, Rule] = {
     "data.augment": Rule("bool"),
     "data.crop_padding": count(),
     "data.rotation": Rule("number", low=0, high=180),
+    "data.inputs_length": Rule("int", low=2),  # text: span corruption of one token leaves no input (was a ZeroDivisionError)
     # probes: every probe takes these cadence fields
     "probes.*.every": count(),
     "probes.*.measure_every": count(),

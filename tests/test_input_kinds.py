@@ -24,12 +24,14 @@ def test_a_test_fraction_that_empties_a_class_is_refused(cli, fraction):
 @pytest.mark.parametrize("override, key", [("modules.restricted_norm.min_gamma=-1", "modules.restricted_norm.min_gamma"),
                                            ("modules.restricted_norm.min_gamma=0", "modules.restricted_norm.min_gamma"),
                                            ("protocol.mixing_steps=-1", "protocol.mixing_steps"),
-                                           ("protocol.uplift_steps=-5", "protocol.uplift_steps")])
+                                           ("protocol.uplift_steps=-5", "protocol.uplift_steps"),
+                                           ("data.inputs_length=1", "data.inputs_length")])
 def test_values_no_code_can_use_are_refused_at_start_up(compose, override, key):
-    cfg = compose("modules=sparsified", "protocol=sparsity_finetune", "protocol.init=somewhere", override)
+    extra = ["model=t5", "data=text"] if override.startswith("data.") else []
+    cfg = compose(*extra, "modules=sparsified", "protocol=sparsity_finetune", "protocol.init=somewhere", override)
     found = problems(cfg)
     assert any(p.startswith(key + "=") for p in found), found
-    assert not [p for p in problems(compose("modules=sparsified", "protocol=sparsity_finetune", "protocol.init=somewhere"))
+    assert not [p for p in problems(compose(*extra, "modules=sparsified", "protocol=sparsity_finetune", "protocol.init=somewhere"))
                 if p.startswith(key)]
 
 
