@@ -60,8 +60,11 @@ def data_of(model: str) -> str:
             for k, v in entry.items():
                 if "data" in k:
                     own = v
-    if own is None:
-        return "digits"
+    if own is None:  # the kind of batches the model's code takes (a preset may inherit its name from another)
+        from sparsity_exp.models import MODELS
+
+        name = node.get("name") or _yaml("model", next(e for e in node["defaults"] if isinstance(e, str)))["name"]
+        return "text" if getattr(MODELS[name][0], "TASK", "classification") == "seq2seq" else "digits"
     if own in ("digits", "text"):
         return own
     return "text" if DATASETS[own].startswith("text:") else "digits"
