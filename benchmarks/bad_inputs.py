@@ -275,10 +275,8 @@ def extra_cases(p: dict) -> list[tuple[str, list[str]]]:
         ("value: magnitude cett above 1", ["run", *TINY, "+probes.magnitude.cett=1.5"]),
         ("value: dead units fraction 1", ["run", *TINY, "modules.dead_units.fraction=1"]),
     ]
-    return [(name, [a for a in args if not a.startswith(("model.", "data.", "trainer.", "seed=", "+", "noise.",
-                                                          "modules.", "protocol.", "optim.", "activation."))]
-             + merged(*[a for a in args if a.startswith(("model.", "data.", "trainer.", "seed=", "+", "noise.",
-                                                         "modules.", "protocol.", "optim.", "activation."))])
+    keys = ("model.", "data.", "trainer.", "seed=", "+", "noise.", "modules.", "protocol.", "optim.", "activation.")
+    return [(name, [a for a in args if not a.startswith(keys)] + merged(*[a for a in args if a.startswith(keys)])
              if args and args[0] == "run" else args) for name, args in cases]
 
 
