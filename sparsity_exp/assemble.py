@@ -187,6 +187,8 @@ def source_model(cfg, info) -> tuple[torch.nn.Module, dict]:
     if changed:
         raise ConfigError(f"protocol.init={cfg.protocol.init}: that run used {', '.join(changed)}, whose extra "
                           f"parameters cannot be rebuilt here; finetune from a run trained with modules=none")
+    if run is not None:
+        _warn_unused_settings(cfg, src_cfg, run)
     model = build_model(src_cfg.model, info, src_cfg.activation)
     try:
         step = load_weights(model, ckpt)
@@ -202,6 +204,27 @@ def source_model(cfg, info) -> tuple[torch.nn.Module, dict]:
               "model": OmegaConf.to_container(src_cfg.model, resolve=True),
               "activation": OmegaConf.to_container(src_cfg.activation, resolve=True)}
     return model, record
+
+
+def _warn_unused_settings(cfg, src_cfg, run: Path) -> None:
+    """A finetune from a run folder rebuilds the model from that run's ``model`` and ``activation``
+    settings; this run's own values of them have no effect (its ``modules`` are what changes the
+    model): said, key by key, instead of ignored in silence."""
+    import warnings
+
+    from .dotted import flatten
+
+    differ = []
+    for group in ("model", "activation"):
+        mine = flatten({group: OmegaConf.to_container(cfg.get(group) or {}, resolve=True)})
+        theirs = flatten({group: OmegaConf.to_container(src_cfg.get(group) or {}, resolve=True)})
+        differ += [f"{k}={mine.get(k)!r} (source run: {theirs.get(k)!r})" for k in sorted(set(mine) | set(theirs))
+                   if mine.get(k) != theirs.get(k)]
+    if differ:
+        warnings.warn(f"protocol.init={cfg.protocol.init} is a run folder: the model is rebuilt from its "
+                      f"config.yaml, so these settings of this run have no effect: {'; '.join(differ)}. "
+                      f"To change the activation during finetuning use modules= (e.g. modules=sparsified)",
+                      UserWarning, stacklevel=2)
 
 
 class CheckpointMismatch(ValueError):

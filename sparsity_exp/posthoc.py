@@ -61,6 +61,9 @@ def probe_run(run_dir: Path, args=(), file=None) -> Path:
             probe_set.measure_saved(batches)
             recorder.flush()
             print(f"step {step}: {len(probe_set)} probe(s) measured", file=file)
+    if probe_set.failures:  # the warnings above say why; the rows are 'probe_failed'
+        print("failed (rows 'probe_failed'): " + ", ".join(f"{probe} ({split}) x{n}" for (probe, split), n
+                                                          in probe_set.failures.items()), file=file)
     out = run_dir / POSTHOC_FILE
     print(f"rows in {out}", file=file)
     return out

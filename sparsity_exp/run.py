@@ -232,6 +232,7 @@ def precision_and_accumulation(t) -> dict:
 
 def _summary(cfg, trainer: Trainer, run_dir: Path, wall: float) -> dict:
     final = {"train": {}, "test": {}}
+    failures = getattr(trainer.probes, "failures", {})
     for (split, probe, metric, layer), value in trainer.last.items():
         if probe in ("train", "eval") and metric != "lr":
             final[split][metric] = value
@@ -248,6 +249,8 @@ def _summary(cfg, trainer: Trainer, run_dir: Path, wall: float) -> dict:
         "world_size": distributed.world_size(),
         "seed": cfg.seed,
         **final,
+        # a probe whose rows or measurement raised (the run went on; metrics.csv has 'probe_failed' rows)
+        **({"probe_failures": {f"{probe}/{split}": n for (probe, split), n in failures.items()}} if failures else {}),
     }
 
 

@@ -104,7 +104,7 @@ def tree_with_probe(tmp_path: Path, metrics: tuple) -> Path:
 
 def contract_tests(tree: Path, select: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(tree), MPLBACKEND="Agg", OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "-m", "not slow",
                            "tests/test_probe_presets.py", "-k", select],
                           cwd=tree, env=env, capture_output=True, text=True, timeout=600)
 

@@ -199,3 +199,25 @@ def test_t5_lora_is_rank_r_on_each_of_q_k_v(compose):
             lin = getattr(att, proj)
             assert lin.lora_A["default"].weight.shape == (3, lin.in_features)
             assert lin.lora_B["default"].weight.shape == (lin.out_features, 3)
+
+
+def test_model_and_activation_settings_a_run_folder_overrides_are_warned(compose, tiny, tmp_path, source):
+    """From a run folder the model is rebuilt from that run's config: this run's activation= and
+    model.* values have no effect, and the warning says which (none when they agree)."""
+    import warnings
+
+    from sparsity_exp.assemble import initial_model
+    from sparsity_exp.data import build_data
+
+    def warned(*overrides):
+        cfg = compose(*tiny, *FT, f"protocol.init={source}", *overrides)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model, _ = initial_model(cfg, build_data(cfg.data).info)
+        return model, [str(w.message) for w in caught if "have no effect" in str(w.message)]
+
+    model, said = warned("activation=gelu", "model.width=48")
+    assert len(said) == 1
+    assert "model.width=48 (source run: 32)" in said[0] and "activation.name='gelu' (source run: 'relu')" in said[0]
+    assert model.blocks[0].key.in_features == 32  # the source's width, as the warning says
+    assert warned()[1] == []

@@ -199,6 +199,7 @@ class ProbeSet:
         self._train = [p for p in self.probes if p.every > 0]  # observe training batches
         self._measure = [p for p in self.probes if has_measure(p)]
         self._pending: list = []  # observed on training batches, rows not written yet
+        self.failures: dict = {}  # (probe, split) -> how many times its rows or measurement failed
 
     def __iter__(self):
         return iter(self.probes)
@@ -232,7 +233,26 @@ class ProbeSet:
     def _rows(self, probe, split: str) -> list:
         from ..distributed import probe_rows  # sums the device accumulators over ranks first
 
-        return probe_rows(probe, split)
+        return self._guarded(probe, split, lambda: probe_rows(probe, split))
+
+    def _guarded(self, probe, split: str, compute) -> list:
+        """``compute()``'s rows; an exception inside a probe's rows or measurement does not end a run
+        that may have trained for days: it is reported (a warning with the traceback, on stderr and in
+        run.log), the probe writes one row ``(split, 'probe_failed', 'avg', nan)`` that says so at this step, and the
+        count goes into ``failures`` (the run's summary). Training's own errors are not caught here."""
+        try:
+            return compute()
+        except Exception as exc:  # noqa: BLE001 (any failure of one probe; never the run's)
+            import sys
+            import traceback
+
+            key = (probe.name, split)
+            self.failures[key] = self.failures.get(key, 0) + 1
+            # printed, as the run prints everything it says (runlog.py copies stderr into run.log)
+            print(f"warning: probe {probe.name!r} failed at step {self.context.step} ({split}): "
+                  f"{type(exc).__name__}: {exc}; the run goes on, and metrics.csv has a 'probe_failed' row "
+                  f"for it at this step\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+            return [(split, "probe_failed", "avg", float("nan"))]
 
     def write_train(self) -> None:
         """Rows of every probe that observed training batches since the last write (probe order)."""
@@ -262,7 +282,7 @@ class ProbeSet:
         """Standalone measurements due at the context's step (all of ``probes`` when given)."""
         due = probes if probes is not None else [p for p in self._measure if p.measure_due(self.context.step, last)]
         for p in due:
-            self.write(p.name, p.measure(self.context))
+            self.write(p.name, self._guarded(p, "train", lambda p=p: p.measure(self.context)))
         return due
 
     def measure_saved(self, batches: int = 1) -> None:
