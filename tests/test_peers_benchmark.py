@@ -7,9 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# slow (22 s of a 2-core default suite): the benchmark script's own check; the spectrum's exactness against
+# numpy's eigenvalues and SVD stays in the default suite (test_spectrum_gram.py, test_spectral_probes.py)
+@pytest.mark.slow
 def test_peers_benchmark_json(tmp_path):
     out = tmp_path / "peers.json"
     res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "peers.py"), "--samples", "3", "--repeats", "1",

@@ -217,6 +217,10 @@ def test_sigkill_mid_run_then_resume_gives_identical_metrics(compose, tmp_path):
     assert summary["status"] == "completed" and summary["resumed_from_step"] == 10
 
 
+# slow (two processes, 29 s): the default suite checks the same signal -> exit 75 -> interrupted summary ->
+# checkpoint path in test_user_paths.py::test_sigterm_hint_resumes_when_pasted_into_a_shell, and that
+# trainer.resume=auto finds the interrupted folder in process (test_auto_picks_the_newest_unfinished_run...)
+@pytest.mark.slow
 def test_sigterm_exits_with_the_requeue_code_and_auto_resumes(tmp_path):
     from sparsity_exp.lifecycle.preempt import REQUEUE_EXIT_CODE
 

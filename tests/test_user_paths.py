@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from .conftest import ROOT
+from sparsity_exp.lifecycle.checkpoint import list_checkpoints
 
 SMALL = ["model.width=16", "model.depth=1", "trainer.steps=4", "trainer.log_every=2", "trainer.eval_every=4",
          "trainer.checkpoint_every=2", "trainer.progress=false", "trainer.batch_size=64", "probes=cheap"]
@@ -89,6 +90,11 @@ def test_sigterm_hint_resumes_when_pasted_into_a_shell(tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == REQUEUE_EXIT_CODE, err
+    (stopped,) = list((tmp_path / "results").iterdir())
+    summary = json.loads((stopped / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["signal"] == "SIGTERM"
+    assert list_checkpoints(stopped)[-1][0] == summary["step"] > 6
+    assert "trainer.resume=auto" in err  # a requeued job's form is said too
     hint = next(line for line in err.splitlines() if "to continue: " in line)
     command = hint.split("to continue: ", 1)[1].split(" (a requeued", 1)[0]
     assert command.startswith("sparsity-exp resume ")
@@ -200,7 +206,9 @@ def test_resumed_sweep_closing_hint_names_every_folder(capsys):
 # ------------------------------------------------------------------------- sweeps
 
 
-@pytest.mark.parametrize("launcher", ["basic", "local"])
+# [basic] is slow (a process, 15 s): the default launcher's failure count and kept folders are checked in
+# process by test_bad_input.py::test_sweep_keeps_going_and_exits_non_zero; the line format here by [local]
+@pytest.mark.parametrize("launcher", [pytest.param("basic", marks=pytest.mark.slow), "local"])
 def test_sweep_with_failed_jobs_exits_1_and_lists_them_last(tmp_path, launcher):
     """Job 1 is refused at start-up (no folder), job 2 fails while training (a non-finite loss, its
     folder kept): the sweep exits 1 and its last lines name each with its error and folder."""
