@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import distributed
 from .assemble import assemble, make_task, resolve_device, seed_everything  # noqa: F401 (public names)
 from .lifecycle import leftovers, liveness, segments
-from .errors import ConfigError, StorageError, UserError
+from .errors import STORAGE_ERRNOS, ConfigError, StorageError, UserError
 from .lifecycle import folders
 from .atomic import write_atomic, write_json
 from .lifecycle.checkpoint import CheckpointError
@@ -122,8 +122,6 @@ def _execute(cfg: DictConfig, run_dir: Path) -> dict:
         raise _storage_error(run_dir, exc) from None
 
 
-# a write the file system refused (no space, quota, read-only): said as such, the summary not left "running"
-STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 
 
 def _storage_error(run_dir: Path, exc: OSError) -> StorageError:

@@ -66,3 +66,20 @@ def test_a_probe_that_raises_writes_a_row_that_says_so_and_the_run_completes(cli
     expected = good[~lost].sort_values(key).reset_index(drop=True)
     pd.testing.assert_frame_equal(rest[key + ["value"]], expected[key + ["value"]])
     assert "probe_failures" not in json.loads((_only_run(tmp_path / "ok") / "summary.json").read_text())
+
+
+def test_a_full_disk_inside_a_probe_is_the_runs_error_not_the_probes(cli, tiny, tmp_path, monkeypatch):
+    """A write the file system refuses while a probe saves its arrays ends the run as a storage error
+    (one `error:` line naming the file, summary 'failed'), not as a 'probe_failed' row."""
+    import errno
+
+    def full(self, ctx):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "spectra.npz"))
+
+    monkeypatch.setattr(SpectrumProbe, "measure", full)
+    out = cli("run", *tiny, "probes=default", "++probes.spectrum.measure_every=10", cwd=tmp_path)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "error: cannot write" in out.stderr and "No space left on device" in out.stderr
+    assert "probe_failed" not in out.stderr
+    summary = json.loads((_only_run(tmp_path / "results") / "summary.json").read_text())
+    assert summary["status"] == "failed"

@@ -32,6 +32,7 @@ from typing import Any, Iterator
 
 import torch
 
+from ..errors import STORAGE_ERRNOS
 from ..sites import MLPSite
 from .forward import observing, run_task  # noqa: F401 (public here too)
 from .masking import token_mask_for
@@ -238,21 +239,29 @@ class ProbeSet:
     def _guarded(self, probe, split: str, compute) -> list:
         """``compute()``'s rows; an exception inside a probe's rows or measurement does not end a run
         that may have trained for days: it is reported (a warning with the traceback, on stderr and in
-        run.log), the probe writes one row ``(split, 'probe_failed', 'avg', nan)`` that says so at this step, and the
-        count goes into ``failures`` (the run's summary). Training's own errors are not caught here."""
+        run.log), the probe writes one row ``(split, 'probe_failed', 'avg', nan)`` that says so at this
+        step, and the count goes into ``failures`` (the run's summary). Training's own errors are not
+        caught here, nor a write the file system refused (the run's error, said by run.py)."""
         try:
             return compute()
+        except OSError as exc:
+            if exc.errno in STORAGE_ERRNOS:  # a full disk is the run's problem (run.py says so), not the probe's
+                raise
+            return self._failed(probe, split, exc)
         except Exception as exc:  # noqa: BLE001 (any failure of one probe; never the run's)
-            import sys
-            import traceback
+            return self._failed(probe, split, exc)
 
-            key = (probe.name, split)
-            self.failures[key] = self.failures.get(key, 0) + 1
-            # printed, as the run prints everything it says (runlog.py copies stderr into run.log)
-            print(f"warning: probe {probe.name!r} failed at step {self.context.step} ({split}): "
-                  f"{type(exc).__name__}: {exc}; the run goes on, and metrics.csv has a 'probe_failed' row "
-                  f"for it at this step\n{traceback.format_exc()}", file=sys.stderr, flush=True)
-            return [(split, "probe_failed", "avg", float("nan"))]
+    def _failed(self, probe, split: str, exc: Exception) -> list:
+        """Said on stderr (run.log copies it: the run prints everything it says), counted, one row."""
+        import sys
+        import traceback
+
+        key = (probe.name, split)
+        self.failures[key] = self.failures.get(key, 0) + 1
+        print(f"warning: probe {probe.name!r} failed at step {self.context.step} ({split}): "
+              f"{type(exc).__name__}: {exc}; the run goes on, and metrics.csv has a 'probe_failed' row "
+              f"for it at this step\n{traceback.format_exc()}", file=sys.stderr, flush=True)
+        return [(split, "probe_failed", "avg", float("nan"))]
 
     def write_train(self) -> None:
         """Rows of every probe that observed training batches since the last write (probe order)."""
