@@ -191,6 +191,10 @@ RULES: dict[str, Rule] = {
     "data.crop_padding": count(),
     "data.rotation": Rule("number", low=0, high=180),
     "data.inputs_length": Rule("int", low=2),  # text: span corruption of one token leaves no input (was a ZeroDivisionError)
+    # span corruption masks a fraction of each chunk strictly between none and all (0 was silently raised to one
+    # token; 1 or more never fits the inputs and the sizing loop did not end); spans are at least a token long
+    "data.noise_density": Rule("number", low=0, high=1, low_open=True, high_open=True),
+    "data.mean_noise_span_length": Rule("number", low=1),
     # probes: every probe takes these cadence fields
     "probes.*.every": count(),
     "probes.*.measure_every": count(),

@@ -25,7 +25,12 @@ def test_a_test_fraction_that_empties_a_class_is_refused(cli, fraction):
                                            ("modules.restricted_norm.min_gamma=0", "modules.restricted_norm.min_gamma"),
                                            ("protocol.mixing_steps=-1", "protocol.mixing_steps"),
                                            ("protocol.uplift_steps=-5", "protocol.uplift_steps"),
-                                           ("data.inputs_length=1", "data.inputs_length")])
+                                           ("data.inputs_length=1", "data.inputs_length"),
+                                           # 0 was raised to one masked token without a word; >= 1 never ended
+                                           # the span-corruption sizing loop (the battery's run hung)
+                                           ("data.noise_density=0", "data.noise_density"),
+                                           ("data.noise_density=1.5", "data.noise_density"),
+                                           ("data.mean_noise_span_length=0.5", "data.mean_noise_span_length")])
 def test_values_no_code_can_use_are_refused_at_start_up(compose, override, key):
     extra = ["model=t5", "data=text"] if override.startswith("data.") else []
     cfg = compose(*extra, "modules=sparsified", "protocol=sparsity_finetune", "protocol.init=somewhere", override)
