@@ -97,6 +97,12 @@ def main(argv: list[str], prog: str = "sparsity-exp figures", names=None) -> int
     out = Path(args.out)
     table = load_or_collect(args.paths, out)
     hue = [k.strip() for k in args.hue.split(",") if k.strip()] if args.hue else None
+    unknown = [k for k in hue or [] if k not in table.columns]
+    if unknown:  # every figure that groups would be skipped for it: said once, before any is drawn
+        from .plots.common import config_columns
+
+        raise UserError(f"--hue {','.join(unknown)}: not a config key that varies across these runs (a "
+                        f"group needs one); choose from: {', '.join(config_columns(table)) or 'none (nothing varies)'}")
     made, skipped = make_figures(table, out, chosen, hue=hue)
     for name, paths in made.items():
         print(f"made    {name}: {', '.join(str(p) for p in paths if p.suffix == '.png')} (+ .pdf)")

@@ -17,6 +17,7 @@ check (validate.py) before anything is built. Options of this command: ``checkpo
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from .probes import build_probes
@@ -45,7 +46,8 @@ def probe_run(run_dir: Path, args=(), file=None) -> Path:
                         f"checkpoint is observed on), e.g. batches=4")
     run = load_run(run_dir, overrides)  # the run as training assembled it; weights per checkpoint below
     chosen = select_checkpoints(run_dir, settings["checkpoints"])
-    with Recorder(run_dir, filename=POSTHOC_FILE, array_prefix="posthoc_") as recorder:
+    with _untouched_unless_measured(run_dir / POSTHOC_FILE) as measured, \
+            Recorder(run_dir, filename=POSTHOC_FILE, array_prefix="posthoc_") as recorder:
         # the same driver as training; no optimizer (lr 0), every checkpoint is a step of its own
         ctx = run.probe_context(recorder, posthoc=True)
         probes = build_probes(run.cfg.probes, run.sites, ctx)
@@ -60,6 +62,7 @@ def probe_run(run_dir: Path, args=(), file=None) -> Path:
             ctx.step = step
             probe_set.measure_saved(batches)
             recorder.flush()
+            measured.append(step)
             print(f"step {step}: {len(probe_set)} probe(s) measured", file=file)
     if probe_set.failures:  # the warnings above say why; the rows are 'probe_failed'
         print("failed (rows 'probe_failed'): " + ", ".join(f"{probe} ({split}) x{n}" for (probe, split), n
@@ -67,3 +70,22 @@ def probe_run(run_dir: Path, args=(), file=None) -> Path:
     out = run_dir / POSTHOC_FILE
     print(f"rows in {out}", file=file)
     return out
+
+
+@contextmanager
+def _untouched_unless_measured(path: Path):
+    """Yields a list the caller appends each measured step to. A command refused before its first
+    measurement (a probe setting its constructor rejects, an unreadable or foreign checkpoint) leaves
+    ``path`` as it found it (absent, or its old bytes), so the run folder stays as it was; rows of
+    checkpoints measured before a later failure are kept (no result is lost)."""
+    before = path.read_bytes() if path.exists() else None
+    measured: list = []
+    try:
+        yield measured
+    except BaseException:
+        if not measured:
+            if before is None:
+                path.unlink(missing_ok=True)
+            else:
+                path.write_bytes(before)
+        raise

@@ -31,7 +31,10 @@ def set_threads(threads, launcher_target: str = "") -> int:
     if threads in (None, "auto"):
         threads = 1 if "joblib" in (launcher_target or "").lower() else None
     if threads is not None:
-        n = int(threads)
+        try:
+            n = int(threads)
+        except (TypeError, ValueError):  # set before the start-up check runs: said here in its words
+            raise ConfigError(f"trainer.threads={threads!r}: must be auto or an integer >= 1 (torch threads)") from None
         if n < 1:
             raise ConfigError(f"trainer.threads={threads}; use a positive number or auto")
         os.environ["OMP_NUM_THREADS"] = str(n)  # for processes this job starts (DataLoader workers)

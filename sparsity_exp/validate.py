@@ -126,6 +126,7 @@ RULES: dict[str, Rule] = {
     "trainer.log_every": positive_int(),
     "trainer.eval_every": positive_int(),
     "trainer.device": Rule("str", pattern=DEVICE_PATTERN, text="auto, cpu, cuda or cuda:N"),
+    "trainer.tensorboard": Rule("bool"),  # 'maybe' used to be taken as true (a non-empty string)
     "trainer.num_workers": count(),
     "trainer.data_seed_offset": count(high=SEED_MAX),  # optional key (no default): batch order from seed + offset
     "trainer.jobs_per_gpu": positive_int(),

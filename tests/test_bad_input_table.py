@@ -57,6 +57,10 @@ ROWS = [
     ("unknown modules.activation", ["modules.activation=foo"], "modules.activation='foo': must be one of"),  # not the list: a new activation changes it
     ("modules.activation over another activation", ["activation=gelu", "modules.activation=jsrelu"],
      "so activation=gelu would be lost"),
+    # found by benchmarks/bad_inputs.py: a traceback from the thread setting (read before the start-up
+    # check), and a word taken as true
+    ("threads a word", ["trainer.threads=many"], "trainer.threads='many': must be auto or an integer >= 1"),
+    ("tensorboard a word", ["trainer.tensorboard=maybe"], "trainer.tensorboard='maybe': must be true or false"),
 ]
 
 

@@ -386,3 +386,35 @@ def test_threads_and_compile_mode_values_no_code_can_use(compose):
     assert problems(compose("trainer.compile=true", "trainer.compile_mode=fastest"))[0].startswith(
         "trainer.compile_mode='fastest': must be one of default, reduce-overhead")
     assert problems(compose("trainer.threads=2", "trainer.compile=true", "trainer.compile_mode=max-autotune")) == []
+
+
+def test_figures_with_an_unknown_hue_key_is_refused_before_drawing(cli, tmp_path):
+    """`figures --hue KEY` with a KEY no run has used to skip every grouped figure and exit 0."""
+    for lr in ("0.05", "0.1"):
+        assert cli("run", *SMALL, f"optim.lr={lr}", cwd=tmp_path).returncode == 0
+    out = cli("figures", "results", "--hue", "nope.key", "--out", "figs", cwd=tmp_path)
+    first = out.stderr.strip().splitlines()[0]
+    assert out.returncode == 2 and first.startswith("error: --hue nope.key: not a config key that varies"), out.stderr
+    assert first.endswith("choose from: optim.lr") and not list((tmp_path / "figs").glob("*.png"))
+    assert cli("figures", "results", "--hue", "optim.lr", "--out", "figs", cwd=tmp_path).returncode == 0
+
+
+def _digest(folder: Path) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_refused_probe_command_leaves_the_run_folder_byte_identical(cli, tmp_path):
+    """`sparsity-exp probe` refused before its first measurement (a setting the probe rejects when it is
+    built, an unreadable newest checkpoint) used to leave a header-only posthoc_metrics.csv behind."""
+    assert cli("run", *SMALL, cwd=tmp_path).returncode == 0
+    (run,) = list((tmp_path / "results").iterdir())
+    before = _digest(run)
+    refused = cli("probe", str(run), "probes=full", "probes.hessian.samples=1", cwd=tmp_path)
+    assert refused.returncode == 2 and "probes.hessian" in refused.stderr.splitlines()[0], refused.stderr[-1500:]
+    assert _digest(run) == before
+    newest = sorted((run / "checkpoints").glob("step_*.pt"))[-1]
+    newest.write_bytes(newest.read_bytes()[:200])
+    before = _digest(run)
+    refused = cli("probe", str(run), "checkpoints=last", cwd=tmp_path)
+    assert refused.returncode == 2 and "cannot be read as a checkpoint" in refused.stderr, refused.stderr[-1500:]
+    assert _digest(run) == before
