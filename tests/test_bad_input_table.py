@@ -92,9 +92,12 @@ def test_bad_run_input_is_a_clear_error(monkeypatch, capsys, tmp_path, kind, arg
 
 
 # one row of each path through a real process: a config check (validate.py), Hydra's own refusal, an
-# error raised while building the data (exit code 2 and no traceback as a user sees them)
-@pytest.mark.parametrize("kind,args,says", [r for r in ROWS if r[0] in (
-    "value out of range", "Hydra: unknown key", "missing dataset")], ids=lambda v: v if isinstance(v, str) else None)
+# error raised while building the data (exit code 2 and no traceback as a user sees them); the first two
+# are slow (a process each; their in-process rows above stay in the default suite, as does the data row)
+@pytest.mark.parametrize("kind,args,says", [pytest.param(*r, marks=[pytest.mark.slow] if r[0] != "missing dataset" else [])
+                                            for r in ROWS if r[0] in ("value out of range", "Hydra: unknown key",
+                                                                      "missing dataset")],
+                         ids=lambda v: v if isinstance(v, str) else None)
 def test_bad_run_input_is_a_clear_error_in_a_process(cli, tmp_path, kind, args, says):
     args = args(tmp_path) if callable(args) else args
     out = cli("run", *TINY, *args, process=True)

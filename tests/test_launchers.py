@@ -8,6 +8,10 @@ from hydra import compose, initialize_config_dir
 from sparsity_exp.config import conf_dir, register_resolvers
 
 
+# slow (a joblib pool of processes, 18 s of a 2-core default suite): the default suite runs the local launcher
+# in test_user_paths.py (a failed sweep under hydra/launcher=local, its job folders and summaries), and
+# test_speed.py checks that trainer.threads=auto is 1 under joblib
+@pytest.mark.slow
 def test_local_joblib_grid_gives_distinct_completed_folders(cli, tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     out = cli("run", "-m", "hydra/launcher=local", "hydra.launcher.n_jobs=2", "model.width=16", "model.depth=1",
