@@ -130,7 +130,11 @@ def _fake_run(folder: Path, start: float, end: float, ratio: float, noise: np.ra
     return folder
 
 
-def _synthetic(tmp_path, planted: float, ratio: float = 20.0, diverge: tuple | None = None):
+def synthetic_jobs(tmp_path, planted: float, ratio: float = 20.0, diverge=(), crash=()):
+    """The synthetic suite (SUITE: 5 seeds, treat sparser by ``planted``) as finished jobs, where the
+    (arm, seed) runs in ``diverge`` ended with a non-finite loss and those in ``crash`` failed for
+    another reason (what run.py writes in each case)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "synthetic.yaml"
     path.write_text(SUITE)
     suite = load_suite(path)
@@ -141,10 +145,16 @@ def _synthetic(tmp_path, planted: float, ratio: float = 20.0, diverge: tuple | N
             end = 0.6 + (planted if arm.name == "treat" else 0.0)
             folder = _fake_run(tmp_path / "runs" / f"{arm.name}_{seed}", 0.5, end, ratio, noise)
             status = "completed"
-            if diverge == (arm.name, seed):  # what run.py writes when the loss went non-finite
-                (folder / "summary.json").write_text(json.dumps({"status": "failed", "error": "NonFiniteLoss: loss nan"}))
-                status = "failed"
+            for which, error in ((diverge, "NonFiniteLoss: loss is nan at step 826"), (crash, "RuntimeError: killed")):
+                if (arm.name, seed) in which:
+                    (folder / "summary.json").write_text(json.dumps({"status": "failed", "error": error}))
+                    status = "failed"
             jobs.append(execute.Job(arm, seed + arm.seed_offset, arm.overrides, folder, status))
+    return suite, jobs
+
+
+def _synthetic(tmp_path, planted: float, ratio: float = 20.0, diverge: tuple | None = None):
+    suite, jobs = synthetic_jobs(tmp_path, planted, ratio, diverge={diverge} if diverge else ())
     verdicts, sides = judge_suite(suite, jobs)
     return suite, {v.row: v for v in verdicts}, sides
 

@@ -143,29 +143,10 @@ def test_each_row_carries_its_own_interval_level():
 # ------------------------------------------------------------------------------ divergence as an outcome
 
 def _jobs_with(tmp_path, planted: float, diverge=(), crash=(), ratio: float = 20.0):
-    """tests/test_study.py's synthetic suite (5 seeds, treat sparser by ``planted``), where the runs in
-    ``diverge`` ended with a non-finite loss and those in ``crash`` failed for another reason."""
-    from sparsity_exp.study import execute
-    from sparsity_exp.study.suite import load_suite
-    from tests.test_study import SUITE as SYNTHETIC, _fake_run
+    """tests/test_study.py's synthetic suite as finished jobs, some diverged or crashed."""
+    from tests.test_study import synthetic_jobs
 
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    path = tmp_path / "synthetic.yaml"
-    path.write_text(SYNTHETIC)
-    suite = load_suite(path)
-    noise = np.random.default_rng(1)
-    jobs = []
-    for arm in suite.used_arms():
-        for seed in suite.seeds:
-            folder = _fake_run(tmp_path / "runs" / f"{arm.name}_{seed}", 0.5,
-                               0.6 + (planted if arm.name == "treat" else 0.0), ratio, noise)
-            status = "completed"
-            for which, error in ((diverge, "NonFiniteLoss: loss is nan at step 826"), (crash, "RuntimeError: killed")):
-                if (arm.name, seed) in which:
-                    (folder / "summary.json").write_text(json.dumps({"status": "failed", "error": error}))
-                    status = "failed"
-            jobs.append(execute.Job(arm, seed + arm.seed_offset, arm.overrides, folder, status))
-    return suite, jobs
+    return synthetic_jobs(tmp_path, planted, ratio, diverge=diverge, crash=crash)
 
 
 def test_a_diverged_seed_counts_at_the_worst_value_and_a_crashed_one_is_missing(tmp_path):
