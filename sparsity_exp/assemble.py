@@ -26,6 +26,7 @@ from .batches import make_batches, to_device
 from .data import build_data
 from .errors import ConfigError, UserError
 from .lifecycle.checkpoint import CHECKPOINT_DIR, list_checkpoints, load_checkpoint
+from .lifecycle.state import rng_state, set_rng_state
 from .models import build_model, find_sites
 from .sites import check_sites
 from .modules import apply_interventions
@@ -111,7 +112,13 @@ def assemble(cfg: DictConfig) -> Assembly:
     # TF32 or not, here for training and post hoc alike: the same checkpoint measured online and by
     # `sparsity-exp probe` must use the same matmul precision on CUDA
     set_backend_flags(cfg.trainer, device)
+    # The data builders draw from their own seeded generators, but a library they import lazily may draw
+    # from a global one at import (scikit-learn imports rich, which takes Python's getrandbits): without
+    # this the first run in a process (an in-process sweep's first job, a test) would draw other numbers
+    # than an identical later one
+    before = rng_state()
     data = build_data(cfg.data)
+    set_rng_state(before)
     model, init = initial_model(cfg, data.info)
     model = model.to(device)
     sites = find_sites(model)

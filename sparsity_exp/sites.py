@@ -60,7 +60,16 @@ class MLPSite:
 
     def part(self, which: str) -> Optional[nn.Module]:
         path = self.paths.get(which)
-        return None if path is None else self.model.get_submodule(path)
+        if path is None:
+            return None
+        # live lookup, walked through the child dictionaries: probes resolve parts on every observed
+        # step, and nn.Module.get_submodule's generic attribute path costs ~6 us a part on a slow core
+        module = self.model
+        for name in path.split("."):
+            module = module._modules.get(name)
+            if module is None:
+                return self.model.get_submodule(path)  # not a plain child chain: its own lookup (and error)
+        return module
 
     @property
     def norm(self) -> Optional[nn.Module]:

@@ -96,3 +96,32 @@ def test_cli_missing_dataset_is_a_short_error(cli, tmp_path):
     out = cli("run", "data=mnist", f"data.root={tmp_path / 'none'}", "trainer.progress=false")
     assert out.returncode == 2
     assert "error: MNIST not found" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_first_run_in_a_process_draws_what_a_later_one_does(tmp_path):
+    """Building the data imports libraries lazily (the digits: scikit-learn, which imports rich, which takes a
+    draw from Python's global generator at import). The run's generators must not see that: in a fresh
+    interpreter, two identical assemblies leave Python's, NumPy's and torch's generators in the same state."""
+    import subprocess
+    import sys
+
+    from .conftest import ROOT, TINY
+
+    script = f"""
+import random, numpy as np, torch
+from hydra import compose, initialize_config_dir
+from sparsity_exp.assemble import assemble
+from sparsity_exp.config import conf_dir, register_resolvers
+register_resolvers()
+with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+    cfg = compose(config_name="config", overrides={TINY!r})
+draws = []
+for _ in range(2):
+    assemble(cfg)
+    draws.append((random.random(), float(np.random.rand()), float(torch.rand(()))))
+print(repr(draws))
+"""
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    first, second = eval(out.stdout.strip().splitlines()[-1])
+    assert first == second

@@ -19,7 +19,9 @@ rows) folds them in with one product: C <- P_n (C + X^T X), which is the recursi
 C <- d_t C + w U_t^T U_t unrolled, since P_n / P_t = prod_{s>t} d_s. One large product replaces a
 p x p outer product and a float64 p x p update per site per step. X^T X runs in the activations'
 precision (float32; on a CPU as BLAS's symmetric rank-k update, half the work) and is summed into
-the float64 C.
+the float64 C. C is symmetric, so only its lower triangle is
+kept up to date (the rest of the stored matrix is ignored): ``covariances``, ``rows`` and a
+checkpoint see the whole symmetric matrix, rebuilt from that triangle.
 
     a = tr C / ||C||_F^2;  alpha = tr(aC);  anisotropy = ||aC - I||_F sqrt(p)
     rel_anisotropy_* = anisotropy / p;      alpha_* = alpha / p          (the authors' 'ratio' tags)
@@ -74,19 +76,22 @@ def mp_bound(p: int, steps: float, batch: int, alpha: float, anisotropy: float, 
 
 
 def _gram(x: torch.Tensor) -> torch.Tensor:
-    """X^T X in x's precision. On a CPU through BLAS's symmetric rank-k update (scipy's ?syrk: half a
-    general product's work), its one triangle mirrored (exact: adding zeros); elsewhere x.T @ x."""
+    """X^T X in x's precision, of which only the LOWER triangle (diagonal included) is meant:
+    on a CPU through BLAS's symmetric rank-k update (scipy's ?syrk: half a general product's work,
+    the upper triangle left zero); elsewhere the whole product (its upper triangle equal to the lower)."""
     if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
         from scipy.linalg.blas import dsyrk, ssyrk
 
         syrk = ssyrk if x.dtype == torch.float32 else dsyrk
         # x^T (rows x p, C order) is p x rows in Fortran order: no copy; the Fortran-order upper
-        # triangle of the result is the lower one of its C-order transpose, the rest zeros
-        lower = torch.from_numpy(syrk(1.0, x.contiguous().numpy().T, trans=0).T)
-        full = lower + lower.T
-        full.diagonal().sub_(lower.diagonal())
-        return full
+        # triangle of the result is the lower one of its C-order transpose
+        return torch.from_numpy(syrk(1.0, x.contiguous().numpy().T, trans=0).T)
     return x.T @ x
+
+
+def symmetric(lower: torch.Tensor) -> torch.Tensor:
+    """The symmetric matrix whose lower triangle (diagonal included) is ``lower``'s."""
+    return lower.tril() + lower.tril(-1).T
 
 
 class RMTProbe(Probe):
@@ -122,7 +127,10 @@ class RMTProbe(Probe):
 
     def state_dict(self) -> dict:
         self._fold()
-        return {k: getattr(self, k) for k in self._STATE}
+        state = {k: getattr(self, k) for k in self._STATE}
+        for k in ("_c_in", "_c_grad"):  # whole symmetric matrices: the checkpoint's format does not depend on the fold
+            state[k] = [None if c is None else symmetric(c) for c in state[k]]
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         for k in self._STATE:
@@ -132,7 +140,8 @@ class RMTProbe(Probe):
     def covariances(self) -> tuple[list, list]:
         """The running (input, grad) covariances per site, float64, with every observation folded in."""
         self._fold()
-        return self._c_in, self._c_grad
+        return ([None if c is None else symmetric(c) for c in self._c_in],
+                [None if c is None else symmetric(c) for c in self._c_grad])
 
     def _training_state(self) -> tuple[int, float, float, int]:
         """(step, lr, weight decay, micro-batches per step) of the step being observed, from the
@@ -188,7 +197,7 @@ class RMTProbe(Probe):
             product = _gram(parts[0] if len(parts) == 1 else torch.cat(parts))
             if store[i] is None:
                 store[i] = product.to(torch.float64).mul_(self._since_fold)
-            else:
+            else:  # C <- (C + X^T X) P, in this order (a checkpoint's sums stay those of earlier runs, bit for bit)
                 store[i].add_(product).mul_(self._since_fold)
         self._pending, self._filled, self._pending_rows, self._since_fold = {}, {}, 0, 1.0
 
@@ -234,10 +243,11 @@ class RMTProbe(Probe):
         steps = self._last_step - self._first_step + 1
         cols = {k: [] for k in ("rel_anisotropy_input", "alpha_input", "rel_anisotropy_grad", "alpha_grad",
                                 "bound_re", "bound_im")}
+        c_in, c_grad = self.covariances()
         for i in range(len(self.sites)):
-            an_in, al_in = anisotropy_alpha(self._c_in[i])
-            an_g, al_g = anisotropy_alpha(self._c_grad[i])
-            re, im = mp_bound(self._c_in[i].shape[0], min(steps, t_eff) if self.cap_t_eff else steps,
+            an_in, al_in = anisotropy_alpha(c_in[i])
+            an_g, al_g = anisotropy_alpha(c_grad[i])
+            re, im = mp_bound(c_in[i].shape[0], min(steps, t_eff) if self.cap_t_eff else steps,
                               self._batch_rows, al_in, an_in, self.v)
             for k, v in zip(cols, (an_in, al_in, an_g, al_g, re, im)):
                 cols[k].append(v)
