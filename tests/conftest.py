@@ -14,7 +14,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
     for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(_var, str(_share))
+        if not os.environ.get(_var, "").strip().isdigit() or int(os.environ[_var]) < 1:  # unset, empty or not a count
+            os.environ[_var] = str(_share)
     import torch
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))

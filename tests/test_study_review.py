@@ -168,6 +168,20 @@ def test_adjust_p_is_statsmodels_with_untestable_as_one(correction, method):
     assert stats.adjust_p(p, correction) == pytest.approx(multipletests(np.nan_to_num(p, nan=1.0), method=method)[1])
 
 
+def test_holm_is_statsmodels_row_by_row_with_ties_and_leading_axes():
+    """stats.holm (written out: statsmodels' Holm runs gc.collect() on every call) equals multipletests'
+    Holm on every row of a batch of simulated families, ties and p-values near 1 included."""
+    from statsmodels.stats.multitest import multipletests
+
+    rng = np.random.default_rng(7)
+    p = rng.uniform(0, 1, (50, 11)) ** 3
+    p[:10, 3] = p[:10, 5]  # ties
+    p[10:20, :4] = 0.9  # adjusted values clipped at 1
+    got = stats.holm(p)
+    for row, adjusted in zip(p, got):
+        assert adjusted == pytest.approx(multipletests(row, method="holm")[1], abs=1e-15)
+
+
 def test_no_claim_is_both_supported_and_no_effect_after_adjustment():
     """p_tost >= 1 - p_sup and p_tost >= 1 - p_con for every claim, raw and adjusted, so at most one of the
     three adjusted p-values is below alpha."""

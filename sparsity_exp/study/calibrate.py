@@ -108,22 +108,11 @@ class ControlCalibration:
 
 # ------------------------------------------------------------------------------ the verdict rule, vectorised
 
-def _holm(p: np.ndarray) -> np.ndarray:
-    """Holm's step-down adjusted p-values along the last axis (any leading axes: simulated studies)."""
-    m = p.shape[-1]
-    order = np.argsort(p, axis=-1)
-    ranked = np.take_along_axis(p, order, axis=-1) * (m - np.arange(m))
-    ranked = np.minimum(np.maximum.accumulate(ranked, axis=-1), 1.0)
-    out = np.empty_like(ranked)
-    np.put_along_axis(out, order, ranked, axis=-1)
-    return out
-
-
 def _adjust(p: np.ndarray, correction: str) -> np.ndarray:
     if correction in (None, "none") or p.shape[-1] <= 1:
         return p
     if correction == "holm":
-        return _holm(p)
+        return stats.holm(p)
     from statsmodels.stats.multitest import multipletests  # BH / BY: row by row (calibration only)
 
     method = stats.CORRECTIONS[correction]
