@@ -35,6 +35,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rounds import fmt_load, fmt_ratio, load_summary, ratio_summary, run_rounds  # noqa: E402
 
 
+def matmul_work(model, sites) -> tuple[int, int]:
+    """Multiply-adds per row (sample) of the plain training step's linear maps (forward; backward: the
+    weight gradients and, except for the first layer, the input gradients) and of the update's Gram
+    products (a symmetric rank-k update: p (p + 1) / 2 per row for each input and gradient covariance)."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    forward = sum(m.in_features * m.out_features for m in linears)
+    step = 3 * forward - linears[0].in_features * linears[0].out_features
+    gram = sum(p * (p + 1) // 2 for s in sites for p in (s.key.in_features, s.key.out_features))
+    return step, gram
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=200)
@@ -53,6 +64,8 @@ def main(argv=None) -> None:
     x = torch.randn(args.steps, args.batch, 64, device=dev)
     y = torch.randint(0, 10, (args.steps, args.batch), device=dev)
 
+    fold_cpu = [0.0]  # CPU time of the folds (the Gram products) inside the rmt blocks
+
     def run(probes) -> None:
         for i in range(args.steps):
             host.step += 1
@@ -61,7 +74,9 @@ def main(argv=None) -> None:
             opt.step()
             opt.zero_grad(set_to_none=True)
             if probes and (i + 1) % args.log_every == 0:
+                start = time.process_time()
                 getattr(rmt, "covariances", lambda: None)()  # the fold a log step's rows() starts with (older probes: none)
+                fold_cpu[0] += time.process_time() - start
 
     def sync() -> None:
         if dev.type == "cuda":
@@ -69,6 +84,7 @@ def main(argv=None) -> None:
 
     run([])
     run([rmt])  # warm-up
+    fold_cpu[0] = 0.0
     t = run_rounds({"plain": lambda: run([]), "rmt": lambda: run([rmt])}, args.rounds, sync=sync)
     clock = "cpu" if dev.type == "cpu" else "wall"
     p = statistics.median(t[clock]["plain"]) / args.steps
@@ -86,6 +102,14 @@ def main(argv=None) -> None:
         print(f"rmt / plain ({k:4s}) {fmt_ratio(s)}  (coverage {100 * s['coverage']:.1f}%; rounds for +-2%: "
               f"{s['rounds_needed']})")
     print(f"one rows() call {rows_s * 1e3:8.3f} ms   (at log steps only)")
+    if dev.type == "cpu":
+        fold = fold_cpu[0] / (args.rounds * args.steps)
+        print(f"of the update:  folds (Gram products) {fold * 1e3:.3f} ms a step ({100 * fold / p:.0f}% of a plain step), "
+              f"capture of the rows {(r - p - fold) * 1e3:.3f} ms ({100 * (r - p - fold) / p:.0f}%)")
+    step_macs, gram_macs = matmul_work(model, host.sites)
+    print(f"matmul work per row: training step {step_macs / 1e6:.3f} M MAC, Gram products {gram_macs / 1e6:.3f} M MAC "
+          f"({100 * gram_macs / step_macs:.0f}% of the step's): the update's floor at equal BLAS speed, before any "
+          "cost of capturing the rows")
     return share
 
 

@@ -42,6 +42,7 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 
 from .base import Probe, layer_rows
@@ -75,17 +76,26 @@ def mp_bound(p: int, steps: float, batch: int, alpha: float, anisotropy: float, 
             math.sqrt(2) / (c * v * math.sqrt(v)) * alpha**2 * common)
 
 
-def _gram(x: torch.Tensor) -> torch.Tensor:
-    """X^T X in x's precision, of which only the LOWER triangle (diagonal included) is meant:
-    on a CPU through BLAS's symmetric rank-k update (scipy's ?syrk: half a general product's work,
-    the upper triangle left zero); elsewhere the whole product (its upper triangle equal to the lower)."""
+def _gram(x: torch.Tensor, out: dict | None = None) -> torch.Tensor:
+    """X^T X in x's precision, of which only the LOWER triangle (diagonal included) is meant: on a CPU
+    through BLAS's symmetric rank-k update (scipy's ?syrk: half a general product's work, the upper
+    triangle left zero), written into a p x p array kept in ``out`` (by p and dtype) and reused from
+    call to call (a fresh one per fold is a page-faulting allocation each time); elsewhere the whole
+    product (its upper triangle equal to the lower). The result is valid until the next call."""
     if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
         from scipy.linalg.blas import dsyrk, ssyrk
 
         syrk = ssyrk if x.dtype == torch.float32 else dsyrk
+        p = x.shape[1]
         # x^T (rows x p, C order) is p x rows in Fortran order: no copy; the Fortran-order upper
         # triangle of the result is the lower one of its C-order transpose
-        return torch.from_numpy(syrk(1.0, x.contiguous().numpy().T, trans=0).T)
+        a = x.contiguous().numpy().T
+        if out is None:
+            return torch.from_numpy(syrk(1.0, a, trans=0).T)
+        c = out.get((p, x.dtype))
+        if c is None:  # zeros: the triangle syrk never writes stays zero
+            c = out[(p, x.dtype)] = np.zeros((p, p), dtype=a.dtype, order="F")
+        return torch.from_numpy(syrk(1.0, a, beta=0.0, c=c, trans=0, overwrite_c=1).T)
     return x.T @ x
 
 
@@ -113,6 +123,7 @@ class RMTProbe(Probe):
         # from fold to fold (no allocation per observation); _filled: rows in it since the last fold
         self._buffers, self._filled = {}, {}
         self._pending_rows = 0  # rows kept for the first site's input covariance
+        self._gram_out = {}  # (p, dtype) -> the p x p array the CPU Gram product is written into, reused
         self._since_fold = 1.0  # P_t: product of the decays of the observations since the last fold
         self._last_step = None  # step of the previous observation
         self._first_step = None
@@ -194,7 +205,7 @@ class RMTProbe(Probe):
             parts = ([self._buffers[key][:self._filled[key]]] if self._filled.get(key) else []) + \
                 self._pending.get(key, [])
             store = self._c_in if name == "input" else self._c_grad
-            product = _gram(parts[0] if len(parts) == 1 else torch.cat(parts))
+            product = _gram(parts[0] if len(parts) == 1 else torch.cat(parts), self._gram_out)
             if store[i] is None:
                 store[i] = product.to(torch.float64).mul_(self._since_fold)
             else:  # C <- (C + X^T X) P, in this order (a checkpoint's sums stay those of earlier runs, bit for bit)
