@@ -89,3 +89,22 @@ def test_rounds_alternate_the_order():
     out = rounds.run_rounds({"a": lambda: seen.append("a"), "b": lambda: seen.append("b")}, 3)
     assert seen == ["a", "b", "b", "a", "a", "b"]
     assert all(len(v) == 3 for k in ("wall", "cpu") for v in out[k].values()) and len(out["load"]) == 3
+
+
+def test_rmt_cost_counts_the_gram_work_against_the_steps_by_hand(capsys):
+    """benchmarks/rmt_cost.py's work line: per row, the LN-MLP's training step is 3 x its linear maps'
+    multiply-adds less the first layer's input gradient; the Gram products p (p + 1) / 2 for each site's
+    input and gradient covariance. Counted by hand for width 16, depth 4 (64 inputs, 10 classes)."""
+    import rmt_cost
+
+    from sparsity_exp.activations import ReLU
+    from sparsity_exp.models import find_sites
+    from sparsity_exp.models.mlp import LNMLP
+
+    model = LNMLP(in_features=64, num_classes=10, make_act=ReLU, width=16, depth=4)
+    forward = 64 * 16 + 4 * 16 * 16 + 16 * 10
+    assert rmt_cost.matmul_work(model, find_sites(model)) == (3 * forward - 64 * 16, 8 * 16 * 17 // 2)
+    rmt_cost.main(["--rounds", "1", "--steps", "4", "--log-every", "2", "--width", "16", "--device", "cpu"])
+    printed = capsys.readouterr().out
+    assert f"training step {(3 * forward - 64 * 16) / 1e6:.3f} M MAC, Gram products {8 * 16 * 17 / 2 / 1e6:.3f} M MAC" in printed
+    assert "folds (Gram products)" in printed and "rmt / plain (cpu )" in printed
