@@ -18,8 +18,8 @@ decays d_1..d_t since the last fold), and ``rows`` (or a checkpoint, or ``max_pe
 rows) folds them in with one product: C <- P_n (C + X^T X), which is the recursion
 C <- d_t C + w U_t^T U_t unrolled, since P_n / P_t = prod_{s>t} d_s. One large product replaces a
 p x p outer product and a float64 p x p update per site per step. X^T X runs in the activations'
-precision (float32; on a CPU as BLAS's symmetric rank-k update, half the work) and is summed into
-the float64 C. C is symmetric, so only its lower triangle is
+precision (float32; on a CPU as BLAS's symmetric rank-k update, half the work, written into one
+reused p x p array) and is summed into the float64 C. C is symmetric, so only its lower triangle is
 kept up to date (the rest of the stored matrix is ignored): ``covariances``, ``rows`` and a
 checkpoint see the whole symmetric matrix, rebuilt from that triangle.
 
