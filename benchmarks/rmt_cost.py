@@ -8,7 +8,7 @@ order-statistic interval, for this process's CPU time and for wall time, and the
 paper/mlp_rmt; what a log step's rows() does first), inside the timed loop; the rest of rows() (norms
 per site) is timed apart. Random data already on the device.
 
-    OMP_NUM_THREADS=1 python benchmarks/rmt_cost.py [--steps 200] [--rounds 15] [--width 256] [--device cpu]
+    OMP_NUM_THREADS=1 python benchmarks/rmt_cost.py [--steps 200] [--rounds 15] [--width 256] [--device cpu] [--breakdown]
 
 On a CPU quote the CPU-time ratio (other jobs disturb it far less than wall time).
 """
@@ -30,9 +30,40 @@ from sparsity_exp.models import find_sites  # noqa: E402
 from sparsity_exp.models.mlp import LNMLP  # noqa: E402
 from sparsity_exp.probes import build_probes, observing  # noqa: E402
 from sparsity_exp.probes.base import ProbeContext  # noqa: E402
+from sparsity_exp.probes.rmt import RMTProbe  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rounds import fmt_load, fmt_ratio, load_summary, ratio_summary, run_rounds  # noqa: E402
+
+
+class _NoFold(RMTProbe):
+    """The update without its folds: kept rows are dropped at every fold (no Gram product)."""
+
+    def _fold(self) -> None:
+        self._pending, self._filled, self._pending_rows, self._since_fold = {}, {}, 0, 1.0
+
+
+class _KeptByReference(_NoFold):
+    """... and the rows kept by reference instead of copied into the buffer (not safe for gradients in
+    general: the lower bound of keeping them at all)."""
+
+    def _add(self, name: str, i: int, u: torch.Tensor) -> None:
+        self._pending.setdefault((name, i), []).append(u)
+
+
+class _RowsNotKept(_NoFold):
+    def _add(self, name: str, i: int, u: torch.Tensor) -> None:
+        pass
+
+
+class _HooksOnly(_NoFold):
+    def _observed(self, site, x: torch.Tensor, output: torch.Tensor) -> None:
+        pass
+
+
+# the update cut down step by step (--breakdown): each adds one part of the capture to the one before
+CUT_DOWN = {"module hooks only": _HooksOnly, "rows taken, not kept": _RowsNotKept,
+            "kept by reference": _KeptByReference, "copied, never folded": _NoFold}
 
 
 def matmul_work(model, sites) -> tuple[int, int]:
@@ -54,6 +85,9 @@ def main(argv=None) -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--log-every", type=int, default=20)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also time the update cut down, in the same rounds: the module hooks alone; the rows taken "
+                         "(gradient hooks too) but not kept; kept by reference (no copy); copied but never folded")
     args = ap.parse_args(argv)
     dev = torch.device(args.device)
     torch.manual_seed(0)
@@ -61,6 +95,9 @@ def main(argv=None) -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.05, weight_decay=0.01)
     host = ProbeContext(sites=find_sites(model), optimizer=opt)  # what the ProbeSet hands its probes
     (rmt,) = build_probes({"rmt": {"every": 1}}, host.sites, host)
+    cut_down = {name: cls(host.sites, every=1) for name, cls in CUT_DOWN.items()} if args.breakdown else {}
+    for probe in cut_down.values():
+        probe.ctx = host
     x = torch.randn(args.steps, args.batch, 64, device=dev)
     y = torch.randint(0, 10, (args.steps, args.batch), device=dev)
 
@@ -75,8 +112,9 @@ def main(argv=None) -> None:
             opt.zero_grad(set_to_none=True)
             if probes and (i + 1) % args.log_every == 0:
                 start = time.process_time()
-                getattr(rmt, "covariances", lambda: None)()  # the fold a log step's rows() starts with (older probes: none)
-                fold_cpu[0] += time.process_time() - start
+                getattr(probes[0], "covariances", lambda: None)()  # the fold a log step's rows() starts with (older probes: none)
+                if probes[0] is rmt:
+                    fold_cpu[0] += time.process_time() - start
 
     def sync() -> None:
         if dev.type == "cuda":
@@ -85,7 +123,11 @@ def main(argv=None) -> None:
     run([])
     run([rmt])  # warm-up
     fold_cpu[0] = 0.0
-    t = run_rounds({"plain": lambda: run([]), "rmt": lambda: run([rmt])}, args.rounds, sync=sync)
+    for probe in cut_down.values():
+        run([probe])  # warm-up
+    variants = {"plain": lambda: run([]), "rmt": lambda: run([rmt])}
+    variants.update({name: (lambda probe=probe: run([probe])) for name, probe in cut_down.items()})
+    t = run_rounds(variants, args.rounds, sync=sync)
     clock = "cpu" if dev.type == "cpu" else "wall"
     p = statistics.median(t[clock]["plain"]) / args.steps
     r = statistics.median(t[clock]["rmt"]) / args.steps
@@ -106,6 +148,8 @@ def main(argv=None) -> None:
         fold = fold_cpu[0] / (args.rounds * args.steps)
         print(f"of the update:  folds (Gram products) {fold * 1e3:.3f} ms a step ({100 * fold / p:.0f}% of a plain step), "
               f"capture of the rows {(r - p - fold) * 1e3:.3f} ms ({100 * (r - p - fold) / p:.0f}%)")
+    for name in cut_down:
+        print(f"{name:>22s} / plain (cpu) {fmt_ratio(ratio_summary(t['cpu'][name], t['cpu']['plain']))}")
     step_macs, gram_macs = matmul_work(model, host.sites)
     print(f"matmul work per row: training step {step_macs / 1e6:.3f} M MAC, Gram products {gram_macs / 1e6:.3f} M MAC "
           f"({100 * gram_macs / step_macs:.0f}% of the step's): the update's floor at equal BLAS speed, before any "

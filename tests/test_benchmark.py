@@ -104,7 +104,9 @@ def test_rmt_cost_counts_the_gram_work_against_the_steps_by_hand(capsys):
     model = LNMLP(in_features=64, num_classes=10, make_act=ReLU, width=16, depth=4)
     forward = 64 * 16 + 4 * 16 * 16 + 16 * 10
     assert rmt_cost.matmul_work(model, find_sites(model)) == (3 * forward - 64 * 16, 8 * 16 * 17 // 2)
-    rmt_cost.main(["--rounds", "1", "--steps", "4", "--log-every", "2", "--width", "16", "--device", "cpu"])
+    rmt_cost.main(["--rounds", "1", "--steps", "4", "--log-every", "2", "--width", "16", "--device", "cpu", "--breakdown"])
     printed = capsys.readouterr().out
+    for name in rmt_cost.CUT_DOWN:
+        assert f"{name} / plain (cpu)" in printed
     assert f"training step {(3 * forward - 64 * 16) / 1e6:.3f} M MAC, Gram products {8 * 16 * 17 / 2 / 1e6:.3f} M MAC" in printed
     assert "folds (Gram products)" in printed and "rmt / plain (cpu )" in printed
