@@ -44,8 +44,8 @@ class _NoFold(RMTProbe):
 
 
 class _KeptByReference(_NoFold):
-    """... and the rows kept by reference instead of copied into the buffer (not safe for gradients in
-    general: the lower bound of keeping them at all)."""
+    """... and every row kept by reference instead of copied into the buffer, the gradients' too (not
+    safe for gradients in general: the lower bound of keeping them at all)."""
 
     def _add(self, name: str, i: int, u: torch.Tensor) -> None:
         self._pending.setdefault((name, i), []).append(u)
@@ -63,7 +63,7 @@ class _HooksOnly(_NoFold):
 
 # the update cut down step by step (--breakdown): each adds one part of the capture to the one before
 CUT_DOWN = {"module hooks only": _HooksOnly, "rows taken, not kept": _RowsNotKept,
-            "kept by reference": _KeptByReference, "copied, never folded": _NoFold}
+            "all kept by reference": _KeptByReference, "copied, never folded": _NoFold}
 
 
 def matmul_work(model, sites) -> tuple[int, int]:
@@ -87,7 +87,8 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--breakdown", action="store_true",
                     help="also time the update cut down, in the same rounds: the module hooks alone; the rows taken "
-                         "(gradient hooks too) but not kept; kept by reference (no copy); copied but never folded")
+                         "(gradient hooks too) but not kept; all kept by reference (no copy); copied into the kept "
+                         "buffer but never folded")
     args = ap.parse_args(argv)
     dev = torch.device(args.device)
     torch.manual_seed(0)
