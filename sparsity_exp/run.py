@@ -122,8 +122,6 @@ def _execute(cfg: DictConfig, run_dir: Path) -> dict:
         raise _storage_error(run_dir, exc) from None
 
 
-
-
 def _storage_error(run_dir: Path, exc: OSError) -> StorageError:
     where = exc.filename or run_dir
     _mark_failed(run_dir, exc, fallback=True)
